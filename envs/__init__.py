@@ -1,0 +1,3 @@
+"""Environments: the pure-JAX interface, built-in tasks, and adapters chosen by `env_name`."""
+from envs.base import ActionSpace, AutoResetStep, Box, Discrete, Environment, MultiDiscrete, StepResult
+from envs.registry import UnknownEnvError, make

@@ -1,0 +1,60 @@
+"""The PPO loss on one minibatch: clipped surrogate, clipped value loss, entropy bonus.
+
+Advantages are normalised per minibatch. Besides the loss it returns the statistics the trainer logs.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jaxtyping import Array, Float
+
+from learner import distributions
+
+
+@struct.dataclass
+class Minibatch:
+  """The SGD inputs for M samples."""
+  obs: Float[Array, "M obs"]
+  action: Array  # [M] int32 or [M, A]
+  log_prob: Float[Array, "M"]  # behaviour policy log-prob of `action`
+  value: Float[Array, "M"]  # behaviour critic's value, for value clipping
+  advantage: Float[Array, "M"]
+  target: Float[Array, "M"]  # return target for the critic
+
+
+@struct.dataclass
+class LossAux:
+  policy_loss: jax.Array
+  value_loss: jax.Array
+  entropy: jax.Array
+  approx_kl: jax.Array  # E[(r - 1) - log r], the low-variance k3 estimator of KL(behaviour ‖ current)
+  clip_fraction: jax.Array
+
+
+def ppo_loss(params, mb: Minibatch, *, apply_fn: Callable, dist: distributions.Distribution, clip_eps: float,
+             vf_coef: float, ent_coef: float) -> tuple[jax.Array, LossAux]:
+  head, value = apply_fn(params, mb.obs)
+  log_prob = dist.log_prob(head, mb.action)
+  log_ratio = log_prob - mb.log_prob
+  ratio = jnp.exp(log_ratio)
+
+  adv = (mb.advantage - mb.advantage.mean()) / (mb.advantage.std() + 1e-8)
+  surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
+  policy_loss = -surrogate.mean()
+
+  value_clipped = mb.value + jnp.clip(value - mb.value, -clip_eps, clip_eps)
+  value_loss = 0.5 * jnp.maximum((value - mb.target)**2, (value_clipped - mb.target)**2).mean()
+
+  entropy = dist.entropy(head).mean()
+  loss = policy_loss + vf_coef * value_loss - ent_coef * entropy
+  aux = LossAux(
+      policy_loss=policy_loss,
+      value_loss=value_loss,
+      entropy=entropy,
+      approx_kl=((ratio - 1.0) - log_ratio).mean(),
+      clip_fraction=(jnp.abs(ratio - 1.0) > clip_eps).mean(),
+  )
+  return loss, aux

@@ -1,0 +1,1 @@
+"""The training dataflow: rollout, advantage computation, SGD, evaluation, composed into one update."""

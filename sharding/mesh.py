@@ -1,0 +1,60 @@
+"""Device mesh and the layout of the training state on it.
+
+One mesh axis, `data`, carries the env axis: env states, observations and rollouts are split over it; params and
+optimizer state are replicated. All placement decisions live here; the pipeline only calls `Layout.constrain_envs`
+at a few points where XLA's propagation needs a hint.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA = "data"
+
+
+def make_mesh(data_devices: int = -1, devices=None) -> Mesh:
+  """A 1-D mesh over the first `data_devices` devices (-1: all visible devices, across all processes)."""
+  devices = list(jax.devices() if devices is None else devices)
+  if data_devices == -1:
+    data_devices = len(devices)
+  if not 1 <= data_devices <= len(devices):
+    raise ValueError(f"mesh.data={data_devices} but {len(devices)} devices are visible")
+  return Mesh(np.asarray(devices[:data_devices]), (DATA,))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where each part of the training state lives on `mesh`."""
+  mesh: Mesh
+
+  @property
+  def num_shards(self) -> int:
+    return self.mesh.shape[DATA]
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  def env_sharding(self, ndim: int, axis: int = 0) -> NamedSharding:
+    """Splits dimension `axis` (the env axis) of an ndim-array over `data`."""
+    if ndim == 0:
+      return self.replicated
+    spec = [None] * ndim
+    spec[axis] = DATA
+    return NamedSharding(self.mesh, P(*spec))
+
+  def env_shardings(self, tree, axis: int = 0):
+    """Shardings for a pytree of arrays (or ShapeDtypeStructs) whose `axis` is the env axis."""
+    return jax.tree.map(lambda x: self.env_sharding(np.ndim(x) if not hasattr(x, "ndim") else x.ndim, axis), tree)
+
+  def constrain_envs(self, tree, axis: int = 0):
+    """with_sharding_constraint: the env axis of every leaf is split over `data`."""
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self.env_sharding(x.ndim, axis)), tree)
+
+  def train_state_shardings(self, state_shapes):
+    """TrainState of shardings: the runner is split over envs, everything else replicated."""
+    replicated = jax.tree.map(lambda _: self.replicated, state_shapes)
+    return replicated.replace(runner=self.env_shardings(state_shapes.runner))
