@@ -5,7 +5,7 @@ what is available, so config validation can report it before anything compiles.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from envs import base, cartpole, toy
 

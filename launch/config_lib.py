@@ -131,3 +131,33 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> Resolved:
   return Resolved(ppo=ppo, batch_size=batch_size, minibatch_size=batch_size // config.num_minibatches,
                   num_updates=num_updates,
                   total_gradient_steps=num_updates * config.update_epochs * config.num_minibatches)
+
+
+def unknown_override_keys(args: list[str]) -> list[str]:
+  """The `--config.KEY=VALUE` command-line overrides whose KEY is not in the schema."""
+  schema = _flat_keys(default_config.get_config())
+  prefixes = {k.rsplit(".", i)[0] for k in schema for i in range(k.count(".") + 1)}
+  unknown = []
+  for arg in args:
+    if arg.startswith("--config."):
+      key = arg[len("--config."):].split("=", 1)[0]
+      if key not in prefixes:
+        unknown.append(key)
+  return unknown
+
+
+def describe(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, Any]:
+  """The fully resolved config as plain JSON-able data: every key plus the derived values."""
+  resolved = resolve(config, num_devices)
+  out = config.to_dict()
+  out["network"]["hidden_sizes"] = list(out["network"]["hidden_sizes"])
+  out["derived"] = {
+      "batch_size": resolved.batch_size,
+      "minibatch_size": resolved.minibatch_size,
+      "num_minibatches": resolved.ppo.num_minibatches,
+      "num_updates": resolved.num_updates,
+      "env_steps": resolved.env_steps,
+      "total_gradient_steps": resolved.total_gradient_steps,
+      "num_devices": num_devices,
+  }
+  return out

@@ -1,9 +1,11 @@
 """Entry point: parses flags and the ml_collections config, then trains.
 
   python -m launch.train --workdir=DIR [--config=launch/configs/NAME.py[:ARG]] [--config.KEY=VALUE ...]
+  python -m launch.train --workdir=DIR --dry_run ...   # print the resolved config as JSON and exit
 
-Exit codes: 0 done; 2 invalid config (one message naming each bad key, no traceback).
+Exit codes: 0 done; 2 invalid config or flags (one message naming each bad key, no traceback).
 """
+import json
 import os
 import sys
 
@@ -12,25 +14,57 @@ from ml_collections import config_flags
 
 from launch import config_lib
 
+EXIT_CONFIG_ERROR = 2
+
+
+def _fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(EXIT_CONFIG_ERROR)
+
+
+if __name__ == "__main__":
+  # config_flags applies `--config.KEY=VALUE` overrides as the flag is defined, so unknown keys are caught first.
+  _unknown = config_lib.unknown_override_keys(sys.argv[1:])
+  if _unknown:
+    _fail("invalid config:\n  " + "\n  ".join(
+        f"config.{k}: unknown key (known keys are those of launch/configs/default.py)" for k in _unknown))
+
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard, plots (and checkpoints).", required=True)
+flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard, plots (and checkpoints).")
+flags.DEFINE_bool("dry_run", False, "Validate the config, print it fully resolved as one JSON object, and exit.")
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file, optionally FILE.py:ARG.", lock_config=True)
 
-EXIT_CONFIG_ERROR = 2
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing, with bad flag values reported in one line and exit code 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(f"{e}\nPass --helpshort to see the flags.")
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from launch import trainer  # pylint: disable=import-outside-toplevel  (imports jax after flags parsed)
+    _fail(f"unexpected arguments: {argv[1:]}")
   try:
-    row = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    config = FLAGS.config
+    config.keys()  # config_flags defers a config file's load error to the first access
+  except OSError as e:
+    _fail(f"could not load --config: {e}")
+  import jax  # pylint: disable=import-outside-toplevel
+  try:
+    if FLAGS.dry_run:
+      print(json.dumps(config_lib.describe(config, jax.device_count()), indent=2))
+      return
+    if not FLAGS.workdir:
+      _fail("--workdir is required")
+    from launch import trainer  # pylint: disable=import-outside-toplevel
+    row = trainer.train_and_evaluate(config, FLAGS.workdir)
   except config_lib.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_CONFIG_ERROR)
+    _fail(str(e))
   logging.info("done: %s", row)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -4,7 +4,7 @@ Advantages are normalised per minibatch. Besides the loss it returns the statist
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

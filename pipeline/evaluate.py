@@ -1,7 +1,7 @@
 """Evaluation: the deterministic (mode) policy, one episode in each of `num_episodes` parallel envs."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

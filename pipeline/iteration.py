@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +68,10 @@ class Agent:
     return self.model.apply(params, obs, method=networks.ActorCritic.value)
 
 
+def _global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
 def init_train_state(agent: Agent, key: jax.Array, num_envs: int) -> TrainState:
   key, params_key, env_key = jax.random.split(key, 3)
   params = agent.model.init(params_key, jnp.zeros(agent.env.observation_shape, jnp.float32))
@@ -102,7 +106,7 @@ def make_iteration(agent: Agent, ppo: PPOSettings,
     new_state = TrainState(params=params, opt_state=opt_state, runner=runner, key=key, update=state.update + 1)
     metrics = UpdateMetrics(policy_loss=aux.policy_loss, value_loss=aux.value_loss, entropy=aux.entropy,
                             approx_kl=aux.approx_kl, clip_fraction=aux.clip_fraction,
-                            param_norm=optax.global_norm(params), episode_return_sum=stats.return_sum,
+                            param_norm=_global_norm(params), episode_return_sum=stats.return_sum,
                             episode_count=stats.count)
     return new_state, metrics
 

@@ -5,7 +5,7 @@ permutation is drawn over the global sample index, so minibatch contents do not 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

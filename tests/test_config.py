@@ -1,0 +1,137 @@
+"""Every config error gets one clear message naming the key and the rule, before anything compiles."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from launch import config_lib
+from launch.configs import debug, default
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _errors(num_devices=8, **overrides):
+  config = default.get_config()
+  for k, v in overrides.items():
+    node = config
+    *path, leaf = k.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return config_lib.check(config, num_devices)
+
+
+def test_default_and_debug_configs_are_valid():
+  assert config_lib.check(default.get_config(), 8) == []
+  assert config_lib.check(debug.get_config(), 1) == []
+
+
+@pytest.mark.parametrize("key", ["num_envs", "num_steps", "total_env_steps", "update_epochs", "num_minibatches",
+                                 "log_every", "eval_every", "eval_episodes"])
+@pytest.mark.parametrize("value", [0, -3])
+def test_counts_must_be_positive(key, value):
+  assert _errors(**{key: value}) == [f"config.{key}={value!r}: must be a positive integer"]
+
+
+@pytest.mark.parametrize("key", ["learning_rate", "clip_eps", "max_grad_norm"])
+def test_rates_must_be_positive(key):
+  assert _errors(**{key: 0.0}) == [f"config.{key}=0.0: must be a positive number"]
+
+
+@pytest.mark.parametrize("key", ["ent_coef", "vf_coef"])
+def test_coefficients_must_be_non_negative(key):
+  assert _errors(**{key: -0.1}) == [f"config.{key}=-0.1: must be a non-negative number"]
+
+
+@pytest.mark.parametrize("key", ["gamma", "gae_lambda"])
+def test_discounts_in_unit_interval(key):
+  assert _errors(**{key: 1.5}) == [f"config.{key}=1.5: must be in [0, 1]"]
+
+
+def test_num_envs_must_divide_over_data_axis():
+  assert _errors(num_envs=12, **{"mesh.data": 8}) == [
+      "config.num_envs=12: must be divisible by the 8 devices of the mesh's data axis (mesh.data)"]
+  assert _errors(num_envs=12, **{"mesh.data": 4}) == []
+  assert _errors(num_devices=8, num_envs=12) != []  # mesh.data=-1 means all 8 devices
+
+
+def test_minibatches_must_divide_batch():
+  assert _errors(num_envs=32, num_steps=128, num_minibatches=3) == [
+      "config.num_minibatches=3: must divide the batch num_envs * num_steps = 4096"]
+  assert _errors(num_envs=8, num_steps=1, num_minibatches=2, **{"mesh.data": 8}) == [
+      "config.num_minibatches=2: the minibatch size 4 must be divisible by the 8 devices of the data axis"]
+
+
+def test_total_env_steps_at_least_one_batch():
+  assert _errors(total_env_steps=100) == ["config.total_env_steps=100: must be at least one batch "
+                                          "(num_envs * num_steps = 4096)"]
+
+
+def test_unknown_env_names_what_exists():
+  (msg,) = _errors(env_name="Atari")
+  assert msg.startswith("config.env_name='Atari': unknown env \"Atari\": built-ins are CartPole-v1, cue")
+
+
+def test_network_errors():
+  assert _errors(**{"network.activation": "swish"}) == [
+      "config.network.activation='swish': must be one of ['gelu', 'relu', 'silu', 'tanh']"]
+  assert _errors(**{"network.hidden_sizes": (64, 0)}) == [
+      "config.network.hidden_sizes=(64, 0): must be a non-empty sequence of positive integers, e.g. (64, 64)"]
+
+
+def test_mesh_larger_than_visible_devices():
+  assert _errors(num_devices=2, **{"mesh.data": 4}) == [
+      "config.mesh.data=4: must be -1 (all devices) or between 1 and the 2 visible devices"]
+
+
+def test_unknown_and_missing_keys_in_a_config_file():
+  config = default.get_config()
+  config.learning_rat = 1e-3
+  del config["gamma"]
+  assert config_lib.check(config, 1) == [
+      "config.learning_rat: unknown key (known keys are those of launch/configs/default.py)",
+      "config.gamma: missing (start configs from launch/configs/default.get_config())"]
+
+
+def test_several_errors_are_reported_together():
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.resolve(_config(gamma=2.0, clip_eps=-1.0), 1)
+  assert "config.gamma=2.0: must be in [0, 1]" in str(e.value)
+  assert "config.clip_eps=-1.0: must be a positive number" in str(e.value)
+
+
+def _config(**kw):
+  c = default.get_config()
+  for k, v in kw.items():
+    c[k] = v
+  return c
+
+
+def _launch(*args):
+  env = dict(os.environ, XLA_FLAGS="")
+  return subprocess.run([sys.executable, "-m", "launch.train", *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=120)
+
+
+def test_command_line_errors_exit_2_without_traceback(tmp_path):
+  proc = _launch(f"--workdir={tmp_path}", "--config.num_envs=30", "--config.num_minibatches=7")
+  assert proc.returncode == 2
+  assert "config.num_minibatches=7: must divide the batch num_envs * num_steps = 3840" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  proc = _launch(f"--workdir={tmp_path}", "--config.lerning_rate=0.1")
+  assert proc.returncode == 2 and "config.lerning_rate: unknown key" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  proc = _launch(f"--workdir={tmp_path}", "--config=launch/configs/nope.py")
+  assert proc.returncode == 2 and "could not load --config" in proc.stderr and "Traceback" not in proc.stderr
+  proc = _launch(f"--workdir={tmp_path}", "--config.num_envs=many")
+  assert proc.returncode == 2 and "--config.num_envs=many" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dry_run_prints_resolved_config():
+  proc = _launch("--dry_run", "--config.num_envs=64")
+  assert proc.returncode == 0, proc.stderr
+  out = json.loads(proc.stdout)
+  assert out["num_envs"] == 64 and out["derived"]["batch_size"] == 64 * 128
+  assert out["derived"]["minibatch_size"] == 64 * 128 // 4
