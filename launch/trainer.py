@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -68,9 +69,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
   init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs)
   state_shapes = jax.eval_shape(init_fn, train_key)
+  state = jax.jit(init_fn, out_shardings=layout.train_state_shardings(state_shapes))(train_key)
   state_shardings = layout.train_state_shardings(state_shapes).replace(
       runner=actor_layout.env_shardings(state_shapes.runner))
-  state = jax.jit(init_fn, out_shardings=state_shardings)(train_key)
+  if actor_mesh is not learner_mesh:
+    state = state.replace(runner=jax.device_put(state.runner, state_shardings.runner))
 
   # Update step(s) and evaluation, compiled ahead of the clock.
   t0 = time.time()
@@ -90,8 +93,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   snapshot = dataflow.Snapshot(state=state, stale_params=(state.params,) * resolved.max_policy_lag)
   if config.pipeline.mode == "fused":
     results = updates_lib.fused_updates(iteration, snapshot, start, resolved.num_updates)
+    learner_lock = contextlib.nullcontext()
   else:
     results = dataflow.Pipeline(fns, resolved.max_policy_lag).run(snapshot, resolved.num_updates)
+    learner_lock = fns.learner_lock  # evaluation runs on the learner's devices too
 
   # Train loop (the host sinks).
   out = sinks.MetricsSinks(workdir, resolved.env_steps, enabled=lead)
@@ -111,7 +116,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     row["policy_lag_max"], row["policy_lag_mean"] = max(lags), sum(lags) / len(lags)
     pending, lags = [], []
     if update % config.eval_every == 0 or is_last:
-      row["eval_return"] = float(evaluate(result.snapshot.state.params, jax.random.fold_in(eval_key, update)))
+      with learner_lock:
+        eval_return = evaluate(result.snapshot.state.params, jax.random.fold_in(eval_key, update))
+      row["eval_return"] = float(eval_return)
     now = time.time()
     row["wall_time"] = now - PROCESS_START
     row["sps"] = (row["env_steps"] - last_steps) / max(now - last_time, 1e-9)

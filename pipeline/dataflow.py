@@ -72,6 +72,20 @@ class PipelineFns:
   metrics: Callable  # (aux, params, stats) -> UpdateMetrics
   to_actors: Callable  # learner params -> params on the actor mesh
   split_key: Callable  # key_u -> (key_{u+1}, rollout key, sgd key)
+  learner_lock: Any = dataclasses.field(default_factory=threading.Lock)  # see _serialized
+
+
+def _serialized(lock, fn: Callable) -> Callable:
+  """Dispatches `fn` while holding its mesh's lock.
+
+  Programs with collectives that run on the same devices must reach every device in the same order, or XLA's CPU
+  collectives deadlock (each device waits in a different rendezvous). Stages run in different threads, so every
+  dispatch to one mesh goes through that mesh's lock; actors and learner on separate meshes still run concurrently.
+  """
+  def call(*args):
+    with lock:
+      return fn(*args)
+  return call
 
 
 class _Channel:
@@ -297,10 +311,18 @@ def make_pipeline_fns(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings
   def to_actors(tree):
     return jax.device_put(tree, a_rep)
 
+  actor_lock = threading.Lock()
+  learner_lock = actor_lock if actor_layout.mesh is learner_layout.mesh else threading.Lock()
+
+  def bind(act, advantage, learn, metrics, split_key):
+    return PipelineFns(act=_serialized(actor_lock, act), advantage=_serialized(actor_lock, advantage),
+                       to_learner=to_learner, learn=_serialized(learner_lock, learn),
+                       metrics=_serialized(learner_lock, metrics), to_actors=to_actors,
+                       split_key=_serialized(learner_lock, split_key), learner_lock=learner_lock)
+
   if example is None:
-    return PipelineFns(act=jax.jit(stages.act), advantage=jax.jit(stages.advantage), to_learner=to_learner,
-                       learn=jax.jit(stages.learn), metrics=jax.jit(stages.metrics), to_actors=to_actors,
-                       split_key=jax.jit(iteration_lib.split_update_key))
+    return bind(jax.jit(stages.act), jax.jit(stages.advantage), jax.jit(stages.learn), jax.jit(stages.metrics),
+                jax.jit(iteration_lib.split_update_key))
 
   def with_shardings(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
@@ -326,5 +348,4 @@ def make_pipeline_fns(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings
   aux_l = with_shardings(learn_out[2], jax.tree.map(lambda _: l_rep, learn_out[2]))
   metrics = jax.jit(stages.metrics, out_shardings=l_rep).lower(aux_l, params_l, stats_l).compile()
   split_key = jax.jit(iteration_lib.split_update_key, out_shardings=l_rep).lower(key_l).compile()
-  return PipelineFns(act=act, advantage=advantage, to_learner=to_learner, learn=learn, metrics=metrics,
-                     to_actors=to_actors, split_key=split_key)
+  return bind(act, advantage, learn, metrics, split_key)

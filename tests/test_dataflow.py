@@ -1,12 +1,17 @@
 """The staged pipeline: sync equals the fused iteration bit for bit; overlap respects its lag bound; failures surface."""
+import dataclasses
 import functools
+import os
+import threading
+import time
 
 import jax
 import numpy as np
 import pytest
 
 from launch import config_lib, trainer
-from launch.configs import debug
+from launch.configs import debug, default
+from launch.sinks import read_jsonl
 from pipeline import dataflow, iteration as iteration_lib
 from sharding import Layout, make_mesh, split_mesh
 
@@ -88,7 +93,7 @@ class Injected(RuntimeError):
 
 @pytest.mark.parametrize("stage", ["act", "advantage", "to_learner", "learn", "to_actors"])
 def test_an_exception_in_any_stage_ends_the_run_with_it(stage):
-  calls = {"n": 0}
+  calls = {"n": 0, "raised_at": None}
 
   def wrap(fns):
     original = getattr(fns, stage)
@@ -96,10 +101,42 @@ def test_an_exception_in_any_stage_ends_the_run_with_it(stage):
     def failing(*args):
       calls["n"] += 1
       if calls["n"] == 3:
+        calls["raised_at"] = time.monotonic()
         raise Injected(stage)
       return original(*args)
-    return dataflow.dataclasses.replace(fns, **{stage: failing})
+    return dataclasses.replace(fns, **{stage: failing})
 
   with pytest.raises(Injected) as e:
     _pipeline(1, 50, wrap=wrap)
-  assert "raised in pipeline stage" in "".join(getattr(e.value, "__notes__", []))
+  assert time.monotonic() - calls["raised_at"] < 10
+  assert f"raised in pipeline stage" in "".join(getattr(e.value, "__notes__", []))
+  assert not [t for t in threading.enumerate() if t.name.startswith("pipeline-")]
+
+
+def test_an_exception_in_the_host_sink_stops_every_stage():
+  agent, ppo, layout, init = _setup()
+  fns = dataflow.make_pipeline_fns(agent, ppo, layout, layout)
+  state = init(jax.random.PRNGKey(0))
+  results = dataflow.Pipeline(fns, max_policy_lag=1).run(dataflow.Snapshot(state, (state.params,)), 50)
+  with pytest.raises(Injected):
+    for r in results:
+      if r.update == 2:
+        t0 = time.monotonic()
+        raise Injected("sink")
+  results.close()
+  assert time.monotonic() - t0 < 10
+  assert not [t for t in threading.enumerate() if t.name.startswith("pipeline-")]
+
+
+def test_overlap_on_eight_devices_solves_cartpole_within_its_lag_bound(workdir):
+  """Acceptance: overlap, max_policy_lag=1, 8 virtual devices (4 actors, 4 learner) still reaches 475."""
+  config = default.get_config()
+  config.pipeline.mode = "overlap"
+  config.pipeline.max_policy_lag = 1
+  config.pipeline.actor_devices = 4
+  config.mesh.data = 8
+  row = trainer.train_and_evaluate(config, workdir)
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert row["eval_return"] >= 475
+  assert max(r["policy_lag_max"] for r in rows) == 1
+  assert all(0 <= r["policy_lag_mean"] <= 1 for r in rows)
