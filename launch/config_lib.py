@@ -73,7 +73,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     errors.append(f"config.{key}={flat[key]!r}: {rule}")
 
   for key in ("num_envs", "num_steps", "total_env_steps", "update_epochs", "num_minibatches", "log_every",
-              "eval_every", "eval_episodes"):
+              "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints"):
     if not _is_int(flat[key]) or flat[key] <= 0:
       err(key, "must be a positive integer")
   for key in ("learning_rate", "clip_eps", "max_grad_norm"):
@@ -87,6 +87,8 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
       err(key, "must be in [0, 1]")
   if not _is_int(flat["seed"]):
     err("seed", "must be an integer")
+  if not isinstance(flat["restore_from"], str):
+    err("restore_from", "must be a path (a run's workdir, its checkpoints/ dir or one step dir), or '' for none")
   if not isinstance(flat["anneal_lr"], bool):
     err("anneal_lr", "must be True or False")
   if not isinstance(flat["network.shared_trunk"], bool):

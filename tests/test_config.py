@@ -29,7 +29,8 @@ def test_default_and_debug_configs_are_valid():
 
 
 @pytest.mark.parametrize("key", ["num_envs", "num_steps", "total_env_steps", "update_epochs", "num_minibatches",
-                                 "log_every", "eval_every", "eval_episodes"])
+                                 "log_every", "eval_every", "eval_episodes", "checkpoint_every",
+                                 "keep_checkpoints"])
 @pytest.mark.parametrize("value", [0, -3])
 def test_counts_must_be_positive(key, value):
   assert _errors(**{key: value}) == [f"config.{key}={value!r}: must be a positive integer"]
@@ -67,6 +68,12 @@ def test_minibatches_must_divide_batch():
 def test_total_env_steps_at_least_one_batch():
   assert _errors(total_env_steps=100) == ["config.total_env_steps=100: must be at least one batch "
                                           "(num_envs * num_steps = 4096)"]
+
+
+def test_restore_from_must_be_a_path():
+  assert _errors(restore_from=None) == [
+      "config.restore_from=None: must be a path (a run's workdir, its checkpoints/ dir or one step dir), or '' for none"]
+  assert _errors(restore_from="/some/run") == []
 
 
 def test_unknown_env_names_what_exists():

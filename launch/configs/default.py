@@ -28,6 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_every = 10  # updates between metrics lines (metrics are pulled from the device only then)
   config.eval_every = 50  # updates between deterministic evaluations (and always at the end)
   config.eval_episodes = 32  # episodes per evaluation, run in parallel
+  config.checkpoint_every = 50  # updates between async full-state checkpoints in DIR/checkpoints (and at the end)
+  config.keep_checkpoints = 2  # newest complete checkpoints kept (older ones are deleted after each save)
+  config.restore_from = ""  # a run's workdir (or its checkpoints/ or a step dir): start a new run from its params
 
   config.network = ml_collections.ConfigDict()
   config.network.hidden_sizes = (64, 64)  # MLP widths of each trunk
