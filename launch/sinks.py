@@ -17,15 +17,20 @@ import tqdm
 class MetricsSinks:
   """Appends rows to DIR/metrics.jsonl and DIR/tensorboard, and drives a progress bar over env steps."""
 
-  def __init__(self, workdir: str, total_env_steps: int, initial_env_steps: int = 0, enabled: bool = True):
+  def __init__(self, workdir: str, total_env_steps: int, initial_env_steps: int = 0, enabled: bool = True,
+               resume_update: int = 0):
+    """Rows after `resume_update` (from a run that went further than its last checkpoint) are dropped first."""
     self.enabled = enabled
+    self.last_row = None  # the last row kept, if any
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    self.last_row = truncate_jsonl(self.jsonl_path, resume_update)
     self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    # TensorBoard hides the events at steps >= purge_step written before this point.
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=initial_env_steps + 1)
     self._bar = tqdm.tqdm(total=total_env_steps, initial=initial_env_steps, unit="step", unit_scale=True,
                           dynamic_ncols=True, file=sys.stderr, mininterval=1.0, smoothing=0.1,
                           desc="train")
@@ -50,6 +55,27 @@ class MetricsSinks:
     self._tb.flush()
     self._tb.close()
     self._jsonl.close()
+
+
+def truncate_jsonl(path: str, max_update: int) -> dict[str, Any] | None:
+  """Keeps the complete rows of `path` with update <= max_update (dropping a half-written last line); returns the
+  last row kept."""
+  if not os.path.exists(path):
+    return None
+  kept = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line cut short by a kill
+      if row["update"] <= max_update:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)  # never leaves a half-rewritten file
+  return json.loads(kept[-1]) if kept else None
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:

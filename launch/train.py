@@ -3,7 +3,10 @@
   python -m launch.train --workdir=DIR [--config=launch/configs/NAME.py[:ARG]] [--config.KEY=VALUE ...]
   python -m launch.train --workdir=DIR --dry_run ...   # print the resolved config as JSON and exit
 
-Exit codes: 0 done; 2 invalid config or flags (one message naming each bad key, no traceback).
+Exit codes: 0 done; 2 invalid config or flags, or a workdir whose checkpoints cannot be resumed with this config (one
+message naming each bad key, no traceback); 3 stopped by SIGTERM/SIGINT/preemption after saving a checkpoint (rerun
+the same command to resume); 4 a loss or the params became non-finite (the message names the update and the last
+good checkpoint; that state was not saved).
 """
 import json
 import os
@@ -15,6 +18,8 @@ from ml_collections import config_flags
 from launch import config_lib
 
 EXIT_CONFIG_ERROR = 2
+EXIT_PREEMPTED = 3
+EXIT_NONFINITE = 4
 
 
 def _fail(message: str):
@@ -65,8 +70,15 @@ def main(argv):
       return
     if not FLAGS.workdir:
       _fail("--workdir is required")
-    from launch import trainer  # pylint: disable=import-outside-toplevel
-    row = trainer.train_and_evaluate(config, FLAGS.workdir)
+    from launch import checkpointing, trainer  # pylint: disable=import-outside-toplevel
+    try:
+      row = trainer.train_and_evaluate(config, FLAGS.workdir)
+    except checkpointing.Preempted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(EXIT_PREEMPTED)
+    except checkpointing.NonFiniteError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(EXIT_NONFINITE)
   except config_lib.ConfigError as e:
     _fail(str(e))
   logging.info("done: %s", row)

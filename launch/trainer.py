@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 from absl import logging
 
 import envs
-from launch import config_lib, plot, sinks
+from launch import checkpointing, config_lib, plot, preemption, sinks
 from learner import distributions, networks, optimizer as optimizer_lib
 from pipeline import evaluate as evaluate_lib
 from pipeline import dataflow
@@ -65,15 +64,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                dict(actor_mesh.shape), dict(learner_mesh.shape), resolved.batch_size, resolved.num_updates,
                config.pipeline.mode)
 
-  # Train state, created already sharded (the runner lives with the actors).
+  # Train state (the runner lives with the actors): own checkpoint, restored onto these shardings whatever mesh
+  # wrote it → else created already sharded, with config.restore_from's params if set.
   train_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
   init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs)
   state_shapes = jax.eval_shape(init_fn, train_key)
-  state = jax.jit(init_fn, out_shardings=layout.train_state_shardings(state_shapes))(train_key)
   state_shardings = layout.train_state_shardings(state_shapes).replace(
       runner=actor_layout.env_shardings(state_shapes.runner))
-  if actor_mesh is not learner_mesh:
-    state = state.replace(runner=jax.device_put(state.runner, state_shardings.runner))
+
+  def init():
+    state = jax.jit(init_fn, out_shardings=layout.train_state_shardings(state_shapes))(train_key)
+    if actor_mesh is not learner_mesh:
+      state = state.replace(runner=jax.device_put(state.runner, state_shardings.runner))
+    return dataflow.Snapshot(state=state, stale_params=(state.params,) * resolved.max_policy_lag)
+
+  stop = preemption.StopRequest(workdir)
+  ckpts = checkpointing.RunCheckpoints(workdir, config, stop)
+  target = jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d), state_shapes,
+                        state_shardings)
+  snapshot, resume = ckpts.restore_or_init(init, dataflow.Snapshot(
+      state=target, stale_params=(target.params,) * resolved.max_policy_lag))
+  state = snapshot.state
 
   # Update step(s) and evaluation, compiled ahead of the clock.
   t0 = time.time()
@@ -89,8 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info("compiled in %.1fs", compile_time)
 
   # Updates: the fused step, or the staged pipeline; both yield UpdateResults.
-  start = 0
-  snapshot = dataflow.Snapshot(state=state, stale_params=(state.params,) * resolved.max_policy_lag)
+  start = resume.update
   if config.pipeline.mode == "fused":
     results = updates_lib.fused_updates(iteration, snapshot, start, resolved.num_updates)
     learner_lock = contextlib.nullcontext()
@@ -98,37 +108,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     results = dataflow.Pipeline(fns, resolved.max_policy_lag).run(snapshot, resolved.num_updates)
     learner_lock = fns.learner_lock  # evaluation runs on the learner's devices too
 
-  # Train loop (the host sinks).
-  out = sinks.MetricsSinks(workdir, resolved.env_steps, enabled=lead)
-  pending: list[iteration_lib.UpdateMetrics] = []
-  lags: list[int] = []
-  last_time, last_steps = time.time(), 0
-  row: dict[str, Any] = {}
-  for result in results:
-    update = result.update
-    pending.append(result.metrics)
-    lags.append(result.policy_lag)
-    is_last = update == resolved.num_updates
-    if update % config.log_every and not is_last:
-      continue
-    row = {"update": update, "env_steps": update * resolved.batch_size}
-    row.update(summarize(jax.device_get(pending)))
-    row["policy_lag_max"], row["policy_lag_mean"] = max(lags), sum(lags) / len(lags)
-    pending, lags = [], []
-    if update % config.eval_every == 0 or is_last:
-      with learner_lock:
-        eval_return = evaluate(result.snapshot.state.params, jax.random.fold_in(eval_key, update))
-      row["eval_return"] = float(eval_return)
-    now = time.time()
-    row["wall_time"] = now - PROCESS_START
-    row["sps"] = (row["env_steps"] - last_steps) / max(now - last_time, 1e-9)
-    if last_steps == 0:
-      row["compile_time"] = compile_time
-    last_time, last_steps = now, row["env_steps"]
-    out.write(row)
-    if not all(math.isfinite(row[k]) for k in ("policy_loss", "value_loss", "param_norm")):
-      raise FloatingPointError(f"non-finite loss or params at update {update}: {row}")
-  out.close()
+  # Train loop (the host sinks). Metrics rows after the restored update are dropped, then appended to.
+  out = sinks.MetricsSinks(workdir, resolved.env_steps, start * resolved.batch_size, enabled=lead,
+                           resume_update=start)
+  pending: list[iteration_lib.UpdateMetrics] = list(resume.pending)
+  lags: list[int] = list(resume.lags)
+  run_start = PROCESS_START - resume.wall_time  # wall_time counts the run time of earlier processes too
+  last_time, last_steps = time.time(), start * resolved.batch_size
+  row: dict[str, Any] = out.last_row or {}
+  stopped = False
+  try:
+    for result in results:
+      update = result.update
+      pending.append(result.metrics)
+      lags.append(result.policy_lag)
+      is_last = update == resolved.num_updates
+      if update % config.log_every == 0 or is_last:
+        host_metrics = jax.device_get(pending)
+        ckpts.check_finite(host_metrics, update - len(pending) + 1)
+        row = {"update": update, "env_steps": update * resolved.batch_size, **summarize(host_metrics)}
+        row["policy_lag_max"], row["policy_lag_mean"] = max(lags), sum(lags) / len(lags)
+        pending, lags = [], []
+        if update % config.eval_every == 0 or is_last:
+          with learner_lock:
+            eval_return = evaluate(result.snapshot.state.params, jax.random.fold_in(eval_key, update))
+          row["eval_return"] = float(eval_return)
+        now = time.time()
+        row["wall_time"] = now - run_start
+        row["sps"] = (row["env_steps"] - last_steps) / max(now - last_time, 1e-9)
+        if last_steps == start * resolved.batch_size:
+          row["compile_time"] = compile_time  # on the first row of each process
+        last_time, last_steps = now, row["env_steps"]
+        out.write(row)
+      # The snapshot is valid until the next result is requested: saves copy it to the host before that.
+      stopped = stop.should_stop(update) and not is_last
+      ckpts.maybe_save(result.snapshot, update, pending, lags, time.time() - run_start, force=stopped or is_last,
+                       lock=learner_lock)
+      if stopped:
+        break
+  finally:
+    if hasattr(results, "close"):
+      results.close()  # stops the pipeline's stages
+    ckpts.close()  # waits for the save in flight
+    stop.close()
+    out.close()
+  if stopped:
+    raise checkpointing.Preempted(update, ckpts.step_path(update))
   if lead:
     plot.plot_runs([workdir], f"{workdir}/learning_curve.png")
   return row

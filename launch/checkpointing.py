@@ -1,0 +1,315 @@
+"""Full-state checkpoints of a run under WORKDIR/checkpoints (an orbax CheckpointManager): async saves, resume from the
+newest readable step onto whatever mesh is current, fall back past corrupt steps, or start from another run's params.
+
+A step holds four items, written together and renamed into place only once complete (orbax's atomic rename, so a
+kill -9 mid-save leaves only a temporary directory, which the next start removes):
+  params   the network params (all that `config.restore_from` reads)
+  state    the rest of the TrainState: optimizer state (with the anneal's step count), env states, last observations,
+           episode-return accumulators, PRNG key, update counter — saved from and restored to shardings
+  config   the run's config as JSON, checked for compatibility before any array is read
+  host     host-side loop state as JSON: the per-update metrics of the unfinished log interval (so the next
+           metrics.jsonl row equals the uninterrupted run's), the wall time so far, and a fingerprint of the arrays
+           (catches corrupted bytes that still decode)
+Saves may fall on any update; metrics rows are written before the save of the same update.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from launch import config_lib
+from learner.state import TrainState
+from pipeline.iteration import UpdateMetrics
+
+# Keys a resumed run must share with its checkpoint, and why. Other changed keys only log a warning (the run goes on,
+# but is no longer the uninterrupted run); those in FREE_KEYS do not change the trajectory at all.
+MUST_MATCH = {
+    "env_name": "the saved env states and observations belong to that env",
+    "num_envs": "there is one saved env state per env",
+    "network.hidden_sizes": "the saved params have these shapes",
+    "network.activation": "the saved params were trained for it",
+    "network.shared_trunk": "the saved params have this structure",
+    "anneal_lr": "the saved optimizer state has the schedule's step count only when annealing",
+    "seed": "the saved PRNG key continues that seed's run",
+}
+FREE_KEYS = ("log_every", "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints", "restore_from",
+             "mesh.data")
+CHECKED_METRICS = ("policy_loss", "value_loss", "param_norm")
+
+# Test-only hook (tests/test_checkpoint.py): hold the async save of this update just before its atomic rename until
+# a stop is requested, writing WORKDIR/test_holding_save_<update> first, so a test can signal or kill -9 the run
+# while that save is in flight. Unset in real runs.
+TEST_HOLD_ENV = "PPO_TEST_HOLD_SAVE_AT_UPDATE"
+TEST_WAIT_S = 300.0
+
+
+def _drop_orbax_info(record) -> bool:  # levelno is the std library's (30 = WARNING), not absl's
+  return record.levelno >= 30 or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+# Orbax logs ~25 INFO lines per save; keep its warnings and errors only.
+logging.get_absl_logger().addFilter(_drop_orbax_info)
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss or the params became NaN/inf; the poisoned state was not saved."""
+
+
+class Preempted(Exception):
+  """The run stopped on request after saving; rerunning the same command resumes it."""
+
+  def __init__(self, update: int, path: str):
+    super().__init__(f"stopped on request after update {update}; saved {path}. Rerun the same command to resume.")
+    self.update, self.path = update, path
+
+
+@dataclasses.dataclass(frozen=True)
+class Resume:
+  """Where the loop starts: update 0 for a new run."""
+  update: int = 0
+  pending: tuple[UpdateMetrics, ...] = ()  # host metrics of the updates since the last metrics row
+  wall_time: float = 0.0  # run time before this process (summed over earlier processes)
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+  return out
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return json.loads(json.dumps(config.to_dict()))  # tuples → lists, as they come back from the checkpoint
+
+
+def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], where: str) -> None:
+  """Raises ConfigError naming every MUST_MATCH key that differs; warns about other changed keys."""
+  now, then = _flat(config_json(config)), _flat(saved)
+  errors = [f"config.{k}={now.get(k)!r} does not match {then.get(k)!r} in the checkpoint ({why})"
+            for k, why in MUST_MATCH.items() if now.get(k) != then.get(k)]
+  if errors:
+    raise config_lib.ConfigError(
+        f"cannot resume from {where}:\n  " + "\n  ".join(errors) +
+        "\n  use a new --workdir (with --config.restore_from=<this run's workdir> to start from its params)")
+  changed = [f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(then))
+             if k not in FREE_KEYS and now.get(k) != then.get(k)]
+  if changed:
+    logging.warning("resuming %s with changed config keys, so this is no longer the uninterrupted run: %s", where,
+                    "; ".join(changed))
+
+
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    bits = x.astype(jnp.uint32)
+  elif x.dtype.itemsize >= 4:
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)  # 8-byte types gain a trailing axis of two halves
+  else:
+    bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}")).astype(jnp.uint32)
+  bits = bits.ravel()
+  # Odd weights: flipping any single bit changes the sum mod 2^32. Integer sums are exact in any order, so the
+  # fingerprint does not depend on how the array is sharded.
+  return jnp.sum(bits * (2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1), dtype=jnp.uint32)
+
+
+@jax.jit
+def fingerprint(tree) -> jax.Array:
+  """uint32 per leaf of `tree`: a position-weighted sum of the bit patterns."""
+  return jnp.stack([_leaf_fingerprint(x) for x in jax.tree.leaves(tree)])
+
+
+def _metrics_to_json(metrics: list[UpdateMetrics]) -> dict[str, Any]:
+  # .item() gives Python floats holding the float32 values exactly; JSON writes them with round-trip precision.
+  return {f.name: {"dtype": str(np.asarray(getattr(metrics[0], f.name)).dtype) if metrics else "",
+                   "values": [np.asarray(getattr(m, f.name)).item() for m in metrics]}
+          for f in dataclasses.fields(UpdateMetrics)}
+
+
+def _metrics_from_json(data: dict[str, Any]) -> tuple[UpdateMetrics, ...]:
+  count = len(next(iter(data.values()))["values"])
+  return tuple(UpdateMetrics(**{name: np.asarray(d["values"][i], d["dtype"]) for name, d in data.items()})
+               for i in range(count))
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  text = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+  return text if len(text) <= limit else text[:limit] + "…"
+
+
+class RunCheckpoints:
+  """The run's checkpoints: `restore_or_init` once, `maybe_save` after every update, `close` at the end."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, stop: Any = None):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self._workdir = workdir
+    self._config = config
+    self._config_json = config_json(config)
+    self._stop = stop  # preemption.StopRequest; only the test hold hook waits on it
+    self._saving = -1  # update of the latest save (read by the test hold hook, in orbax's finalize thread)
+    hold = os.environ.get(TEST_HOLD_ENV)
+    self._test_hold_at = int(hold) if hold else None
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.LatestN(config.keep_checkpoints),
+        enable_async_checkpointing=True, cleanup_tmp_directories=True,
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._test_hold))
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def step_path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  # Restore.
+
+  def restore_or_init(self, init: Callable[[], TrainState], target: TrainState) -> tuple[TrainState, Resume]:
+    """Own newest readable checkpoint → `config.restore_from` params → `init()`.
+
+    `target` is the TrainState of jax.ShapeDtypeStructs carrying the current mesh's shardings; arrays are restored
+    straight into them, whatever mesh they were saved from.
+    """
+    failed = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        state, host = self._restore_step(step, target)
+      except config_lib.ConfigError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (an unreadable step is skipped, never trusted)
+        failed.append((step, e))
+        continue
+      for bad, error in failed:
+        self._quarantine(bad, error)
+      logging.info("resuming from %s", self.step_path(step))
+      return state, Resume(update=step, pending=_metrics_from_json(host["pending_metrics"]),
+                           wall_time=float(host["wall_time"]))
+    if failed:
+      raise config_lib.ConfigError(
+          f"--workdir: no readable checkpoint in {self.directory}:\n  " +
+          "\n  ".join(f"step {s}: {_first_line(e)}" for s, e in failed) +
+          f"\n  move {self.directory} aside to start the run over")
+    state = init()
+    if self._config.restore_from:
+      state = state.replace(params=read_params(self._config.restore_from, target.params))
+      logging.info("new run from the params of %s", self._config.restore_from)
+    return state, Resume()
+
+  def _restore_step(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
+    where = self.step_path(step)
+    saved_config = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    check_compatible(self._config, saved_config, where)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(target.params),
+        state=ocp.args.StandardRestore(target.replace(params=None)),
+        host=ocp.args.JsonRestore()))
+    state, host = restored["state"].replace(params=restored["params"]), restored["host"]
+    if int(state.update) != step or host["update"] != step:
+      raise ValueError(f"holds update {int(state.update)}, not {step}")
+    if np.asarray(fingerprint(state)).tolist() != host["fingerprint"]:
+      raise ValueError("the restored arrays do not match the fingerprint saved with them (corrupted bytes)")
+    return state, host
+
+  def _quarantine(self, step: int, error: BaseException) -> None:
+    """Moves an unreadable step out of the way (not deleted: it may still be of use to a person)."""
+    dst = os.path.join(os.path.dirname(self.directory), "checkpoints_corrupt", f"{step}-{int(time.time())}")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      shutil.move(self.step_path(step), dst)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"quarantine_{step}")
+    logging.warning("checkpoint %s is unreadable (%s); moved it to %s and fell back to the previous checkpoint",
+                    self.step_path(step), _first_line(error), dst)
+    self._manager.reload()
+
+  # Save.
+
+  def maybe_save(self, state: TrainState, update: int, pending: list[UpdateMetrics], wall_time: float,
+                 force: bool = False) -> bool:
+    """Starts an async save every `checkpoint_every` updates (or when forced); never saves a non-finite state."""
+    if update % self._config.checkpoint_every and not force:
+      return False
+    host_pending = jax.device_get(pending)
+    self.check_finite(host_pending, update - len(pending) + 1)
+    host = {"update": update, "wall_time": wall_time, "pending_metrics": _metrics_to_json(host_pending),
+            "fingerprint": np.asarray(fingerprint(state)).tolist()}
+    self._saving = update
+    self._manager.save(update, force=True, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params),
+        state=ocp.args.StandardSave(state.replace(params=None)),
+        config=ocp.args.JsonSave(self._config_json),
+        host=ocp.args.JsonSave(host)))
+    return True
+
+  def check_finite(self, host_metrics: list[UpdateMetrics], first_update: int) -> None:
+    """Raises NonFiniteError naming the first update whose losses or param norm are not finite."""
+    for i, m in enumerate(host_metrics):
+      values = {k: float(getattr(m, k)) for k in CHECKED_METRICS}
+      if all(np.isfinite(v) for v in values.values()):
+        continue
+      self._manager.wait_until_finished()  # a save in flight holds an earlier, checked state: let it complete
+      last = self._manager.latest_step()
+      good = (f"the last good checkpoint is {self.step_path(last)} (update {last}); rerunning resumes from it, so "
+              "change the config first (e.g. a lower --config.learning_rate)" if last is not None
+              else "no checkpoint was saved before it")
+      shown = ", ".join(f"{k}={v}" for k, v in values.items())
+      raise NonFiniteError(f"non-finite loss or params at update {first_update + i} ({shown}); stopped without "
+                           f"saving that state; {good}")
+
+  def _test_hold(self) -> None:
+    if self._saving != self._test_hold_at:
+      return
+    open(os.path.join(self._workdir, f"test_holding_save_{self._saving}"), "w", encoding="utf-8").close()
+    if self._stop is not None:
+      self._stop.requested.wait(TEST_WAIT_S)
+
+  def close(self) -> None:
+    """Waits for the save in flight (raising its error, if any) and releases the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def read_params(path: str, target: Any) -> Any:
+  """The params of the newest checkpoint under `path` (a run's workdir, its checkpoints/ or one step directory),
+  placed with `target`'s shardings. Raises ConfigError if there are none or they do not fit `target`."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    directory, step = os.path.join(path, "checkpoints"), None
+  elif os.path.basename(path).isdigit():
+    directory, step = os.path.dirname(path), int(os.path.basename(path))
+  else:
+    directory, step = path, None
+  prefix = f"config.restore_from={path!r}"
+  if not os.path.isdir(directory):
+    raise config_lib.ConfigError(f"{prefix}: no such directory")
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise config_lib.ConfigError(f"{prefix}: holds no checkpoint")
+  try:
+    params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
+  except Exception as e:  # pylint: disable=broad-except
+    raise config_lib.ConfigError(f"{prefix}: could not read params of step {step}: {_first_line(e)}") from e
+  finally:
+    manager.close()
+  have = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  want = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(target)}
+  if have != want:
+    diff = [f"{k}: {have.get(k)} there, {want.get(k)} here" for k in sorted(set(have) | set(want))
+            if have.get(k) != want.get(k)]
+    raise config_lib.ConfigError(f"{prefix}: its params do not fit this network:\n  " + "\n  ".join(diff[:8]))
+  params = jax.tree.map(lambda x, t: np.asarray(x, t.dtype), params, target)
+  return jax.device_put(params, jax.tree.map(lambda t: t.sharding, target))
+
