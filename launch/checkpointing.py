@@ -14,6 +14,7 @@ Saves may fall on any update; metrics rows are written before the save of the sa
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -162,7 +163,7 @@ class RunCheckpoints:
     self._config = config
     self._config_json = config_json(config)
     self._stop = stop  # preemption.StopRequest; only the test hold hook waits on it
-    self._saving = -1  # update of the latest save (read by the test hold hook, in orbax's finalize thread)
+    self._in_flight = collections.deque()  # updates of the saves started, popped as each finalizes (for the hook)
     hold = os.environ.get(TEST_HOLD_ENV)
     self._test_hold_at = int(hold) if hold else None
     options = ocp.CheckpointManagerOptions(
@@ -245,7 +246,7 @@ class RunCheckpoints:
     self.check_finite(host_pending, update - len(pending) + 1)
     host = {"update": update, "wall_time": wall_time, "pending_metrics": _metrics_to_json(host_pending),
             "fingerprint": np.asarray(fingerprint(state)).tolist()}
-    self._saving = update
+    self._in_flight.append(update)
     self._manager.save(update, force=True, args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         state=ocp.args.StandardSave(state.replace(params=None)),
@@ -269,9 +270,11 @@ class RunCheckpoints:
                            f"saving that state; {good}")
 
   def _test_hold(self) -> None:
-    if self._saving != self._test_hold_at:
+    """Runs in orbax's background thread once per save, in order, just before the save's atomic rename."""
+    update = self._in_flight.popleft()
+    if update != self._test_hold_at:
       return
-    open(os.path.join(self._workdir, f"test_holding_save_{self._saving}"), "w", encoding="utf-8").close()
+    open(os.path.join(self._workdir, f"test_holding_save_{update}"), "w", encoding="utf-8").close()
     if self._stop is not None:
       self._stop.requested.wait(TEST_WAIT_S)
 
