@@ -1,20 +1,23 @@
 """Full-state checkpoints of a run under WORKDIR/checkpoints (an orbax CheckpointManager): async saves, resume from the
 newest readable step onto whatever mesh is current, fall back past corrupt steps, or start from another run's params.
 
-A step holds four items, written together and renamed into place only once complete (orbax's atomic rename, so a
-kill -9 mid-save leaves only a temporary directory, which the next start removes):
-  params   the network params (all that `config.restore_from` reads)
-  state    the rest of the TrainState: optimizer state (with the anneal's step count), env states, last observations,
-           episode-return accumulators, PRNG key, update counter — saved from and restored to shardings
-  config   the run's config as JSON, checked for compatibility before any array is read
-  host     host-side loop state as JSON: the per-update metrics of the unfinished log interval (so the next
-           metrics.jsonl row equals the uninterrupted run's), the wall time so far, and a fingerprint of the arrays
-           (catches corrupted bytes that still decode)
+A step is a pipeline.dataflow.Snapshot plus host state, in items written together and renamed into place only once
+complete (orbax's atomic rename, so a kill -9 mid-save leaves only a temporary directory, removed on the next start):
+  params        the network params (all that `config.restore_from` reads)
+  state         the rest of the TrainState: optimizer state (with the anneal's step count), env states, last
+                observations, episode-return accumulators, PRNG key, update counter — saved from and restored to
+                shardings
+  stale_params  (pipeline.mode=overlap only) the params versions the in-flight batches are collected with
+  config        the run's config as JSON, checked for compatibility before any array is read
+  host          host-side loop state as JSON: the per-update metrics and policy lags of the unfinished log interval
+                (so the next metrics.jsonl row equals the uninterrupted run's), the wall time so far, and fingerprints
+                of the arrays (catch corrupted bytes that still decode)
 Saves may fall on any update; metrics rows are written before the save of the same update.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,7 +35,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from launch import config_lib
-from learner.state import TrainState
+from pipeline.dataflow import Snapshot
 from pipeline.iteration import UpdateMetrics
 
 # Keys a resumed run must share with its checkpoint, and why. Other changed keys only log a warning (the run goes on,
@@ -46,8 +49,10 @@ MUST_MATCH = {
     "anneal_lr": "the saved optimizer state has the schedule's step count only when annealing",
     "seed": "the saved PRNG key continues that seed's run",
 }
+# pipeline.mode / max_policy_lag: fused and sync give identical results; only the overlap lag shapes the saved state
+# (stale params versions) and the run, so that is what must match (see `_policy_lag`).
 FREE_KEYS = ("log_every", "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints", "restore_from",
-             "mesh.data")
+             "mesh.data", "pipeline.actor_devices", "pipeline.mode", "pipeline.max_policy_lag")
 CHECKED_METRICS = ("policy_loss", "value_loss", "param_norm")
 
 # Test-only hook (tests/test_checkpoint.py): hold the async save of this update just before its atomic rename until
@@ -82,6 +87,7 @@ class Resume:
   """Where the loop starts: update 0 for a new run."""
   update: int = 0
   pending: tuple[UpdateMetrics, ...] = ()  # host metrics of the updates since the last metrics row
+  lags: tuple[int, ...] = ()  # and their policy lags
   wall_time: float = 0.0  # run time before this process (summed over earlier processes)
 
 
@@ -99,11 +105,19 @@ def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(json.dumps(config.to_dict()))  # tuples → lists, as they come back from the checkpoint
 
 
+def _policy_lag(flat: dict[str, Any]) -> int:
+  return flat.get("pipeline.max_policy_lag", 0) if flat.get("pipeline.mode") == "overlap" else 0
+
+
 def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], where: str) -> None:
   """Raises ConfigError naming every MUST_MATCH key that differs; warns about other changed keys."""
   now, then = _flat(config_json(config)), _flat(saved)
   errors = [f"config.{k}={now.get(k)!r} does not match {then.get(k)!r} in the checkpoint ({why})"
             for k, why in MUST_MATCH.items() if now.get(k) != then.get(k)]
+  if _policy_lag(now) != _policy_lag(then):
+    errors.append(f"config.pipeline.mode={now.get('pipeline.mode')!r} with max_policy_lag="
+                  f"{now.get('pipeline.max_policy_lag')!r} gives policy lag {_policy_lag(now)}, the checkpoint's "
+                  f"is {_policy_lag(then)} (it holds that many in-flight params versions)")
   if errors:
     raise config_lib.ConfigError(
         f"cannot resume from {where}:\n  " + "\n  ".join(errors) +
@@ -134,6 +148,17 @@ def _leaf_fingerprint(x: jax.Array) -> jax.Array:
 def fingerprint(tree) -> jax.Array:
   """uint32 per leaf of `tree`: a position-weighted sum of the bit patterns."""
   return jnp.stack([_leaf_fingerprint(x) for x in jax.tree.leaves(tree)])
+
+
+def snapshot_fingerprints(snapshot: Snapshot, lock: Any = contextlib.nullcontext()) -> list[int | None]:
+  """Fingerprints of the learner-side arrays, then one of the runner. The runner's is None when it lives on separate
+  actor devices: the pipeline's act stage may be dispatching there, and only the learner's lock is ours to take."""
+  with lock:
+    out = np.asarray(fingerprint((snapshot.state.replace(runner=None), snapshot.stale_params))).tolist()
+    learner_devices = snapshot.state.key.sharding.device_set
+    shared = all(x.sharding.device_set == learner_devices for x in jax.tree.leaves(snapshot.state.runner))
+    out.append(int(jnp.sum(fingerprint(snapshot.state.runner), dtype=jnp.uint32)) if shared else None)
+  return out
 
 
 def _metrics_to_json(metrics: list[UpdateMetrics]) -> dict[str, Any]:
@@ -177,10 +202,10 @@ class RunCheckpoints:
 
   # Restore.
 
-  def restore_or_init(self, init: Callable[[], TrainState], target: TrainState) -> tuple[TrainState, Resume]:
+  def restore_or_init(self, init: Callable[[], Snapshot], target: Snapshot) -> tuple[Snapshot, Resume]:
     """Own newest readable checkpoint → `config.restore_from` params → `init()`.
 
-    `target` is the TrainState of jax.ShapeDtypeStructs carrying the current mesh's shardings; arrays are restored
+    `target` is the Snapshot of jax.ShapeDtypeStructs carrying the current meshes' shardings; arrays are restored
     straight into them, whatever mesh they were saved from.
     """
     failed = []
@@ -196,32 +221,37 @@ class RunCheckpoints:
         self._quarantine(bad, error)
       logging.info("resuming from %s", self.step_path(step))
       return state, Resume(update=step, pending=_metrics_from_json(host["pending_metrics"]),
-                           wall_time=float(host["wall_time"]))
+                           lags=tuple(host["pending_lags"]), wall_time=float(host["wall_time"]))
     if failed:
       raise config_lib.ConfigError(
           f"--workdir: no readable checkpoint in {self.directory}:\n  " +
           "\n  ".join(f"step {s}: {_first_line(e)}" for s, e in failed) +
           f"\n  move {self.directory} aside to start the run over")
-    state = init()
+    snapshot = init()
     if self._config.restore_from:
-      state = state.replace(params=read_params(self._config.restore_from, target.params))
+      params = read_params(self._config.restore_from, target.state.params)
+      snapshot = Snapshot(state=snapshot.state.replace(params=params),
+                          stale_params=(params,) * len(target.stale_params))
       logging.info("new run from the params of %s", self._config.restore_from)
-    return state, Resume()
+    return snapshot, Resume()
 
-  def _restore_step(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
+  def _restore_step(self, step: int, target: Snapshot) -> tuple[Snapshot, dict[str, Any]]:
     where = self.step_path(step)
     saved_config = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
     check_compatible(self._config, saved_config, where)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(target.params),
-        state=ocp.args.StandardRestore(target.replace(params=None)),
-        host=ocp.args.JsonRestore()))
+    items = {"params": ocp.args.StandardRestore(target.state.params),
+             "state": ocp.args.StandardRestore(target.state.replace(params=None)), "host": ocp.args.JsonRestore()}
+    if target.stale_params:
+      items["stale_params"] = ocp.args.StandardRestore(list(target.stale_params))
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     state, host = restored["state"].replace(params=restored["params"]), restored["host"]
+    snapshot = Snapshot(state=state, stale_params=tuple(restored["stale_params"]) if target.stale_params else ())
     if int(state.update) != step or host["update"] != step:
       raise ValueError(f"holds update {int(state.update)}, not {step}")
-    if np.asarray(fingerprint(state)).tolist() != host["fingerprint"]:
+    got, want = snapshot_fingerprints(snapshot), host["fingerprint"]
+    if len(got) != len(want) or any(g != w for g, w in zip(got, want) if g is not None and w is not None):
       raise ValueError("the restored arrays do not match the fingerprint saved with them (corrupted bytes)")
-    return state, host
+    return snapshot, host
 
   def _quarantine(self, step: int, error: BaseException) -> None:
     """Moves an unreadable step out of the way (not deleted: it may still be of use to a person)."""
@@ -237,21 +267,26 @@ class RunCheckpoints:
 
   # Save.
 
-  def maybe_save(self, state: TrainState, update: int, pending: list[UpdateMetrics], wall_time: float,
-                 force: bool = False) -> bool:
-    """Starts an async save every `checkpoint_every` updates (or when forced); never saves a non-finite state."""
+  def maybe_save(self, snapshot: Snapshot, update: int, pending: list[UpdateMetrics], lags: list[int],
+                 wall_time: float, force: bool = False, lock: Any = contextlib.nullcontext()) -> bool:
+    """Starts an async save every `checkpoint_every` updates (or when forced); never saves a non-finite state.
+
+    Returns once the arrays are copied off the devices, so the caller may then donate or overwrite them. `lock`
+    serialises our own device work with the pipeline's learner stage (pipeline.dataflow.PipelineFns.learner_lock).
+    """
     if update % self._config.checkpoint_every and not force:
       return False
     host_pending = jax.device_get(pending)
     self.check_finite(host_pending, update - len(pending) + 1)
     host = {"update": update, "wall_time": wall_time, "pending_metrics": _metrics_to_json(host_pending),
-            "fingerprint": np.asarray(fingerprint(state)).tolist()}
+            "pending_lags": [int(x) for x in lags], "fingerprint": snapshot_fingerprints(snapshot, lock)}
+    state = snapshot.state
+    items = {"params": ocp.args.StandardSave(state.params), "state": ocp.args.StandardSave(state.replace(params=None)),
+             "config": ocp.args.JsonSave(self._config_json), "host": ocp.args.JsonSave(host)}
+    if snapshot.stale_params:
+      items["stale_params"] = ocp.args.StandardSave(list(snapshot.stale_params))
     self._in_flight.append(update)
-    self._manager.save(update, force=True, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params),
-        state=ocp.args.StandardSave(state.replace(params=None)),
-        config=ocp.args.JsonSave(self._config_json),
-        host=ocp.args.JsonSave(host)))
+    self._manager.save(update, force=True, args=ocp.args.Composite(**items))
     return True
 
   def check_finite(self, host_metrics: list[UpdateMetrics], first_update: int) -> None:

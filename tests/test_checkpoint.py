@@ -22,6 +22,7 @@ import pytest
 
 from launch import checkpointing, config_lib, sinks, trainer
 from launch.configs import debug
+from pipeline import dataflow
 from pipeline import iteration as iteration_lib
 from sharding import Layout, make_mesh
 
@@ -159,6 +160,24 @@ def test_resume_on_other_device_counts(jax_cache, baseline, tmp_path):
       np.testing.assert_allclose(row[key], want[key], rtol=1e-4, atol=atol, err_msg=f"{key} at {row['update']}")
 
 
+def test_overlap_pipeline_resume_is_bit_exact(jax_cache, tmp_path):
+  """The staged pipeline with policy lag 1: the checkpoint holds the in-flight params version too."""
+  overlap = ("--config.pipeline.mode=overlap", "--config.pipeline.max_policy_lag=1")
+  whole, wd = str(tmp_path / "whole"), str(tmp_path / "run")
+  proc = _run(jax_cache, whole, *overlap)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = _start(jax_cache, wd, *overlap, pause=5)
+  _wait_for(proc, f"{wd}/test_paused_at_5")
+  err = _interrupt(proc, signal.SIGTERM)
+  assert proc.returncode == 3, err[-3000:]
+  assert os.path.isdir(f"{wd}/checkpoints/5/stale_params")
+  proc = _run(jax_cache, wd, *overlap)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert _rows(wd) == _rows(whole) and _rows(whole)[-1]["policy_lag_max"] == 1
+  proc = _run(jax_cache, wd, "--config.pipeline.mode=sync")  # a different lag cannot continue this run
+  assert proc.returncode == 2 and "gives policy lag 0, the checkpoint's is 1" in proc.stderr
+
+
 def test_corrupted_checkpoints_fall_back_to_the_previous_complete_one(jax_cache, baseline, tmp_path):
   wd = str(tmp_path / "run")
   shutil.copytree(baseline, wd)
@@ -237,16 +256,17 @@ def _state_target(config, mesh_devices):
   shapes = jax.eval_shape(init_fn, key)
   shardings = Layout(make_mesh(mesh_devices)).train_state_shardings(shapes)
   target = jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d), shapes, shardings)
-  return (lambda: jax.jit(init_fn, out_shardings=shardings)(key)), target
+  return (lambda: dataflow.Snapshot(state=jax.jit(init_fn, out_shardings=shardings)(key))), dataflow.Snapshot(
+      state=target)
 
 
 def test_restore_from_starts_a_new_run_from_params_only(baseline, tmp_path):
   config = _debug_config(restore_from=baseline)
   init, target = _state_target(config, 8)
   ckpts = checkpointing.RunCheckpoints(str(tmp_path / "new"), config)
-  state, resume = ckpts.restore_or_init(init, target)
+  snapshot, resume = ckpts.restore_or_init(init, target)
   ckpts.close()
-  fresh = init()
+  state, fresh, target = snapshot.state, init().state, target.state
   assert resume.update == 0 and int(state.update) == 0
   norm = float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(state.params))))
   np.testing.assert_allclose(norm, _rows(baseline)[-1]["param_norm"], rtol=1e-6)  # the baseline's final params
@@ -257,11 +277,11 @@ def test_restore_from_starts_a_new_run_from_params_only(baseline, tmp_path):
       "Dense_0"]["kernel"].sharding
   _, other = _state_target(_debug_config(**{"network.hidden_sizes": (8,)}), 1)
   with pytest.raises(config_lib.ConfigError) as e:
-    checkpointing.read_params(baseline, other.params)
+    checkpointing.read_params(baseline, other.state.params)
   assert "its params do not fit this network" in str(e.value)
   assert "['params']['actor']['Dense_0']['kernel']: (4, 16) there, (4, 8) here" in str(e.value)
   with pytest.raises(config_lib.ConfigError, match="holds no checkpoint"):
-    checkpointing.read_params(str(tmp_path), other.params)
+    checkpointing.read_params(str(tmp_path), other.state.params)
 
 
 def test_fingerprint_catches_any_bit_flip_and_ignores_the_layout():
