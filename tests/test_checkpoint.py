@@ -174,8 +174,20 @@ def test_overlap_pipeline_resume_is_bit_exact(jax_cache, tmp_path):
   proc = _run(jax_cache, wd, *overlap)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _rows(wd) == _rows(whole) and _rows(whole)[-1]["policy_lag_max"] == 1
-  proc = _run(jax_cache, wd, "--config.pipeline.mode=sync")  # a different lag cannot continue this run
-  assert proc.returncode == 2 and "gives policy lag 0, the checkpoint's is 1" in proc.stderr
+
+
+def test_compatibility_rules():
+  saved = checkpointing.config_json(_debug_config())
+  checkpointing.check_compatible(_debug_config(**{"mesh.data": 8, "log_every": 2, "pipeline.mode": "sync"}), saved,
+                                 "here")  # placement, logging and fused <-> sync (identical results) may change
+  with pytest.raises(config_lib.ConfigError) as e:
+    checkpointing.check_compatible(_debug_config(num_envs=16, seed=1, **{"pipeline.mode": "overlap"}), saved, "X")
+  assert str(e.value).splitlines()[:4] == [
+      "cannot resume from X:",
+      "  config.num_envs=16 does not match 8 in the checkpoint (there is one saved env state per env)",
+      "  config.seed=1 does not match 0 in the checkpoint (the saved PRNG key continues that seed's run)",
+      "  config.pipeline.mode='overlap' with max_policy_lag=1 gives policy lag 1, the checkpoint's is 0 (it holds "
+      "that many in-flight params versions)"]
 
 
 def test_corrupted_checkpoints_fall_back_to_the_previous_complete_one(jax_cache, baseline, tmp_path):
