@@ -188,13 +188,13 @@ class RunCheckpoints:
     self._config = config
     self._config_json = config_json(config)
     self._stop = stop  # preemption.StopRequest; only the test hold hook waits on it
-    self._in_flight = collections.deque()  # updates of the saves started, popped as each finalizes (for the hook)
     hold = os.environ.get(TEST_HOLD_ENV)
     self._test_hold_at = int(hold) if hold else None
+    self._in_flight = collections.deque()  # test hook only: updates of the saves started, popped as each finalizes
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(config.keep_checkpoints),
         enable_async_checkpointing=True, cleanup_tmp_directories=True,
-        async_options=ocp.AsyncOptions(post_finalization_callback=self._test_hold))
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._test_hold if hold else None))
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def step_path(self, step: int) -> str:
@@ -211,7 +211,7 @@ class RunCheckpoints:
     failed = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        state, host = self._restore_step(step, target)
+        snapshot, host = self._restore_step(step, target)
       except config_lib.ConfigError:
         raise
       except Exception as e:  # pylint: disable=broad-except  (an unreadable step is skipped, never trusted)
@@ -220,8 +220,8 @@ class RunCheckpoints:
       for bad, error in failed:
         self._quarantine(bad, error)
       logging.info("resuming from %s", self.step_path(step))
-      return state, Resume(update=step, pending=_metrics_from_json(host["pending_metrics"]),
-                           lags=tuple(host["pending_lags"]), wall_time=float(host["wall_time"]))
+      return snapshot, Resume(update=step, pending=_metrics_from_json(host["pending_metrics"]),
+                              lags=tuple(host["pending_lags"]), wall_time=float(host["wall_time"]))
     if failed:
       raise config_lib.ConfigError(
           f"--workdir: no readable checkpoint in {self.directory}:\n  " +
@@ -285,7 +285,8 @@ class RunCheckpoints:
              "config": ocp.args.JsonSave(self._config_json), "host": ocp.args.JsonSave(host)}
     if snapshot.stale_params:
       items["stale_params"] = ocp.args.StandardSave(list(snapshot.stale_params))
-    self._in_flight.append(update)
+    if self._test_hold_at is not None:
+      self._in_flight.append(update)
     self._manager.save(update, force=True, args=ocp.args.Composite(**items))
     return True
 

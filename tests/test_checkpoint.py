@@ -193,8 +193,8 @@ def test_compatibility_rules():
 def test_corrupted_checkpoints_fall_back_to_the_previous_complete_one(jax_cache, baseline, tmp_path):
   wd = str(tmp_path / "run")
   shutil.copytree(baseline, wd)
-  # Step 12 half-written (its array data files cut short); step 9 whose arrays no longer match the fingerprint saved with
-  # them (what changed bytes that still decode look like; orbax's own checksums catch most others first).
+  # Step 12 half-written (its array data files cut short); step 9 whose arrays no longer match the fingerprint
+  # saved with them (what changed bytes that still decode look like; orbax's own checksums catch most others first).
   for data in glob.glob(f"{wd}/checkpoints/12/state/**/d/*", recursive=True):
     with open(data, "r+b") as f:
       f.truncate(os.path.getsize(data) // 2)
