@@ -72,7 +72,8 @@ def test_total_env_steps_at_least_one_batch():
 
 def test_restore_from_must_be_a_path():
   assert _errors(restore_from=None) == [
-      "config.restore_from=None: must be a path (a run's workdir, its checkpoints/ dir or one step dir), or '' for none"]
+      "config.restore_from=None: must be a path (a run's workdir, its checkpoints/ dir or one step dir), "
+      "or '' for none"]
   assert _errors(restore_from="/some/run") == []
 
 
