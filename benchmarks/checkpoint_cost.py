@@ -6,8 +6,8 @@ For each env count, runs alternate (none, every, none, every, ...) in one proces
 load; each run is the default CartPole config with that many envs, trained for `--updates` updates. SPS is measured
 between the first and the last metrics row, so it excludes compilation and the first log interval (warm-up, the
 first save's one-off setup). "none" still saves once, after its last row. Prints one JSON line per run and, per
-env count, the medians and their ratio. A save's cost is mostly fixed (orbax's per-save work, ~0.1-0.3 s on 2 busy CPU cores for this small state), so the ratio
-depends on how long an update takes.
+env count, the medians and their ratio. A save's cost is mostly fixed (orbax's per-save work, ~0.1-0.3 s on 2
+busy CPU cores for this small state), so the ratio depends on how long an update takes.
 """
 from __future__ import annotations
 
