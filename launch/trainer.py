@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 import envs
-from launch import config_lib, plot, sinks
+from launch import config_lib, plot, sinks, xla_options
 from learner import distributions, networks, optimizer as optimizer_lib
 from pipeline import evaluate as evaluate_lib
 from pipeline import iteration as iteration_lib
@@ -68,11 +68,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Update step and evaluation, compiled ahead of the clock.
   t0 = time.time()
+  options = xla_options.compiler_options(jax.default_backend())
   iteration = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo, layout.constrain_envs),
                       in_shardings=(state_shardings,), out_shardings=(state_shardings, layout.replicated),
-                      donate_argnums=0).lower(state).compile()
+                      donate_argnums=0).lower(state).compile(compiler_options=options)
   evaluate = jax.jit(evaluate_lib.make_evaluate(agent.env, agent.apply, agent.dist, config.eval_episodes)).lower(
-      state.params, eval_key).compile()
+      state.params, eval_key).compile(compiler_options=options)
   compile_time = time.time() - t0
   logging.info("compiled in %.1fs", compile_time)
 

@@ -34,6 +34,7 @@ class PPOSettings:
   clip_eps: float
   vf_coef: float
   ent_coef: float
+  sgd_chunk_size: int | None = None  # samples per gradient chunk (divides the minibatch); None: whole minibatch
 
   @property
   def batch_size(self) -> int:
@@ -102,7 +103,8 @@ def make_iteration(agent: Agent, ppo: PPOSettings,
                              advantage=advantages, target=targets)
     params, opt_state, aux = sgd_lib.sgd_epochs(
         state.params, state.opt_state, batch, sgd_key, loss_fn=loss_fn, optimizer=agent.optimizer,
-        update_epochs=ppo.update_epochs, num_minibatches=ppo.num_minibatches, constrain=constrain_envs)
+        update_epochs=ppo.update_epochs, num_minibatches=ppo.num_minibatches, chunk_size=ppo.sgd_chunk_size,
+        constrain=constrain_envs)
     new_state = TrainState(params=params, opt_state=opt_state, runner=runner, key=key, update=state.update + 1)
     metrics = UpdateMetrics(policy_loss=aux.policy_loss, value_loss=aux.value_loss, entropy=aux.entropy,
                             approx_kl=aux.approx_kl, clip_fraction=aux.clip_fraction,
