@@ -7,7 +7,8 @@ The reference config (issue 7): CartPole-v1, num_envs × 128 steps, 4 epochs × 
 actor and critic, Adam 2.5e-4 annealed, clip 0.2, GAE(0.99, 0.95), entropy 0.01, value 0.5, grad-norm clip 0.5.
 "ours" is the update exactly as launch/trainer.py builds it (build_agent → make_iteration → jit with shardings and
 donated state → compile with launch/xla_options); "naive" is benchmarks/naive_ppo.py compiled with XLA's defaults.
-Both are compiled before the clock starts; their timed updates alternate (ours, naive, ours, ...) so that load from
+Both are compiled before the clock starts; each runs one untimed-for-SPS first update (one-time costs, reported
+apart, as the trainer's metrics do); then their timed updates alternate (ours, naive, ours, ...) so that load from
 other processes falls on both. Printed per size: median SPS over the timed updates, compile time, the peak RSS of
 the process while that implementation's updates ran, the ratio, and the fraction of the FLOP ceiling: a
 [65536, 64] × [64, 64] matmul timed here, divided by the matmul FLOPs one transition costs.
@@ -139,22 +140,27 @@ def measure(num_envs: int, impls: list[str], repeats: int, ceiling_gflops: float
   builders = {"ours": build_ours, "naive": build_naive}
   runs = {}
   for name in impls:
-    update, state, compile_time = builders[name](num_envs, repeats)
+    update, state, compile_time = builders[name](num_envs, repeats + 1)
     runs[name] = {"update": update, "state": state, "compile_time": compile_time, "times": [], "peak_rss_gb": 0.0}
   rss = PeakRSS()
-  for _ in range(repeats):
+  for i in range(1 + repeats):  # the first update of each is timed apart (one-time costs), as in the trainer
     for name, run in runs.items():
       rss.reset()
       t = time.perf_counter()
       run["state"], out = run["update"](run["state"])
       jax.block_until_ready(out)
-      run["times"].append(time.perf_counter() - t)
+      elapsed = time.perf_counter() - t
+      if i:
+        run["times"].append(elapsed)
+      else:
+        run["first"] = elapsed
       run["peak_rss_gb"] = max(run["peak_rss_gb"], rss.gb())
   rows = []
   sps_ceiling = ceiling_gflops * 1e9 / flops_per_transition()
   for name, run in runs.items():
     sps = num_envs * NUM_STEPS / statistics.median(run["times"])
     rows.append({"impl": name, "num_envs": num_envs, "sps": sps, "update_s": [round(t, 3) for t in run["times"]],
+                 "first_update_s": run["first"],
                  "compile_s": run["compile_time"], "peak_rss_gb": run["peak_rss_gb"],
                  "ceiling_fraction": sps / sps_ceiling})
   return rows
@@ -174,7 +180,7 @@ def main(argv):
     for r in rows:
       print(f"num_envs={n:>8} {r['impl']:>5}: {r['sps'] / 1e3:7.1f}k SPS  compile {r['compile_s']:5.1f}s  "
             f"peak RSS {r['peak_rss_gb']:5.2f} GB  {100 * r['ceiling_fraction']:4.1f}% of ceiling  "
-            f"updates {r['update_s']}", flush=True)
+            f"updates {r['update_s']} (first {r['first_update_s']:.3f})", flush=True)
     if "ours" in by_impl and "naive" in by_impl:
       ratio = by_impl["ours"]["sps"] / by_impl["naive"]["sps"]
       by_impl["ours"]["ratio_vs_naive"] = ratio

@@ -80,25 +80,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Train loop.
   out = sinks.MetricsSinks(workdir, resolved.env_steps, enabled=lead)
   pending: list[iteration_lib.UpdateMetrics] = []
-  last_time, last_steps = time.time(), 0
+  last_time, last_steps, first_update_time = time.time(), 0, None
   row: dict[str, Any] = {}
   for update in range(1, resolved.num_updates + 1):
     state, metrics = iteration(state)
+    if first_update_time is None:
+      # The first call also pays one-time costs (first touch of its buffers, thread start-up: 2× a steady update
+      # at the default config). Timed apart, so that `sps` is the steady rate, as in benchmarks/throughput.py.
+      jax.block_until_ready(metrics)
+      first_update_time = time.time() - last_time
+      last_time, last_steps = time.time(), update * resolved.batch_size
+      first_row = True
     pending.append(metrics)
     is_last = update == resolved.num_updates
     if update % config.log_every and not is_last:
       continue
     row = {"update": update, "env_steps": update * resolved.batch_size}
-    row.update(summarize(jax.device_get(pending)))
+    row.update(summarize(jax.device_get(pending)))  # waits for the interval's updates
     pending = []
+    eval_seconds = 0.0
     if update % config.eval_every == 0 or is_last:
+      eval_start = time.time()
       row["eval_return"] = float(evaluate(state.params, jax.random.fold_in(eval_key, update)))
+      eval_seconds += time.time() - eval_start
     now = time.time()
     row["wall_time"] = now - PROCESS_START
-    row["sps"] = (row["env_steps"] - last_steps) / max(now - last_time, 1e-9)
-    if last_steps == 0:
+    # Env steps per second of training updates: evaluation and compilation are not training.
+    train_seconds = now - last_time - eval_seconds
+    row["sps"] = ((row["env_steps"] - last_steps) / max(train_seconds, 1e-9) if row["env_steps"] > last_steps
+                  else resolved.batch_size / max(first_update_time, 1e-9))
+    if first_row:
       row["compile_time"] = compile_time
-    last_time, last_steps = now, row["env_steps"]
+      row["first_update_time"] = first_update_time
+    last_time, last_steps, first_row = now, row["env_steps"], False
     out.write(row)
     if not all(math.isfinite(row[k]) for k in ("policy_loss", "value_loss", "param_norm")):
       raise FloatingPointError(f"non-finite loss or params at update {update}: {row}")
