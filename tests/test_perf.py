@@ -1,6 +1,7 @@
 """The speed-ups keep the algorithm: permutation, chunked gradients, thin dense layers, compile options, config."""
 import functools
 import itertools
+import os
 
 import flax.linen as nn
 import jax
@@ -10,6 +11,7 @@ import pytest
 
 from launch import config_lib, trainer, xla_options
 from launch.configs import debug, default
+from launch.sinks import read_jsonl
 from learner import distributions, losses, networks
 from pipeline import iteration as iteration_lib
 from pipeline import permutation, sgd_chunks
@@ -113,3 +115,16 @@ def test_sgd_chunk_size_rules():
   config.sgd_chunk_size = 4
   assert config_lib.check(config, 8) == ["config.sgd_chunk_size=4: must be divisible by the 8 devices of the "
                                          "data axis"]
+
+
+def test_first_metrics_line_times_the_first_update_apart(workdir):
+  config = debug.get_config()
+  config.log_every, config.eval_every = 1, 100
+  config.total_env_steps = 3 * 8 * 16
+  trainer.train_and_evaluate(config, workdir)
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["update"] for r in rows] == [1, 2, 3]
+  first = rows[0]
+  assert first["compile_time"] > 0 and first["first_update_time"] > 0
+  assert first["sps"] == pytest.approx(8 * 16 / first["first_update_time"])  # a line with only the first update
+  assert all("compile_time" not in r and "first_update_time" not in r and r["sps"] > 0 for r in rows[1:])
