@@ -13,7 +13,7 @@ BUILTIN: dict[str, Callable[[], base.Environment]] = {
     "CartPole-v1": cartpole.CartPole,
     "cue": toy.CueEnv,
 }
-PREFIXES = ("gymnax",)
+PREFIXES = ("gymnax", "cartpole_substeps")
 
 
 class UnknownEnvError(ValueError):
@@ -35,6 +35,10 @@ def make(env_name: str) -> base.Environment:
   prefix, sep, rest = env_name.partition(":")
   if sep and prefix == "gymnax":
     return _make_gymnax(rest)
+  if sep and prefix == "cartpole_substeps":
+    if not rest.isdigit() or int(rest) < 1:
+      raise UnknownEnvError(f'"{env_name}": cartpole_substeps:<K> needs a positive integer K')
+    return cartpole.CartPole(substeps=int(rest))
   raise UnknownEnvError(
       f'unknown env "{env_name}": built-ins are {", ".join(sorted(BUILTIN))}; adapters take the form '
       + ", ".join(f'"{p}:<id>"' for p in PREFIXES))

@@ -17,6 +17,9 @@ from learner import networks
 from pipeline.iteration import PPOSettings
 
 
+PIPELINE_MODES = ("fused", "sync", "overlap")
+
+
 class ConfigError(ValueError):
   """A user mistake in the config; the message names the key and the rule."""
 
@@ -29,6 +32,7 @@ class Resolved:
   minibatch_size: int
   num_updates: int
   total_gradient_steps: int  # updates × epochs × minibatches, for the learning-rate anneal
+  max_policy_lag: int  # params versions the actors may trail the learner by (0 unless pipeline.mode=overlap)
 
   @property
   def env_steps(self) -> int:
@@ -95,6 +99,15 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
   data = flat["mesh.data"]
   if not _is_int(data) or not (data == -1 or 1 <= data <= num_devices):
     err("mesh.data", f"must be -1 (all devices) or between 1 and the {num_devices} visible devices")
+  mode, lag, actor_devices = flat["pipeline.mode"], flat["pipeline.max_policy_lag"], flat["pipeline.actor_devices"]
+  if mode not in PIPELINE_MODES:
+    err("pipeline.mode", f"must be one of {list(PIPELINE_MODES)}")
+  if not _is_int(lag) or lag < (1 if mode == "overlap" else 0):
+    err("pipeline.max_policy_lag", "must be an integer >= 1 in overlap mode (>= 0 otherwise)")
+  if not _is_int(actor_devices) or actor_devices < 0:
+    err("pipeline.actor_devices", "must be a non-negative integer (0: actors and learner share the devices)")
+  elif actor_devices and mode == "fused":
+    err("pipeline.actor_devices", "separate actor devices need pipeline.mode sync or overlap")
   try:
     registry.make(flat["env_name"])
   except (registry.UnknownEnvError, ImportError) as e:
@@ -103,22 +116,31 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     return errors
 
   shards = num_devices if data == -1 else data
+  actor_shards, learner_shards = (actor_devices, shards - actor_devices) if actor_devices else (shards, shards)
+  if actor_devices and learner_shards < 1:
+    err("pipeline.actor_devices", f"must leave at least one of the mesh's {shards} devices for the learner")
+    return errors
   batch_size = flat["num_envs"] * flat["num_steps"]
-  if flat["num_envs"] % shards:
-    err("num_envs", f"must be divisible by the {shards} devices of the mesh's data axis (mesh.data)")
+  if flat["num_envs"] % actor_shards:
+    where = (f"the {actor_shards} actor devices (pipeline.actor_devices)" if actor_devices else
+             f"the {shards} devices of the mesh's data axis (mesh.data)")
+    err("num_envs", f"must be divisible by {where}")
+  if actor_devices and flat["num_envs"] % learner_shards:
+    err("num_envs", f"must be divisible by the {learner_shards} learner devices (mesh devices - actor_devices)")
   if batch_size % flat["num_minibatches"]:
     errors.append(f"config.num_minibatches={flat['num_minibatches']}: must divide the batch "
                   f"num_envs * num_steps = {batch_size}")
-  elif (batch_size // flat["num_minibatches"]) % shards:
+  elif (batch_size // flat["num_minibatches"]) % learner_shards:
     errors.append(f"config.num_minibatches={flat['num_minibatches']}: the minibatch size "
-                  f"{batch_size // flat['num_minibatches']} must be divisible by the {shards} devices of the data axis")
+                  f"{batch_size // flat['num_minibatches']} must be divisible by the {learner_shards} devices of "
+                  "the data axis")
   else:
     minibatch_size = batch_size // flat["num_minibatches"]
     chunk = chunk_size(flat["sgd_chunk_size"], minibatch_size)
     if minibatch_size % chunk:
       err("sgd_chunk_size", f"must divide the minibatch size {minibatch_size} (or be at least as large)")
-    elif chunk % shards:
-      err("sgd_chunk_size", f"must be divisible by the {shards} devices of the data axis")
+    elif chunk % learner_shards:
+      err("sgd_chunk_size", f"must be divisible by the {learner_shards} devices of the data axis")
   if flat["total_env_steps"] < batch_size:
     err("total_env_steps", f"must be at least one batch (num_envs * num_steps = {batch_size})")
   return errors
@@ -143,7 +165,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> Resolved:
                     sgd_chunk_size=chunk_size(config.sgd_chunk_size, batch_size // config.num_minibatches))
   return Resolved(ppo=ppo, batch_size=batch_size, minibatch_size=batch_size // config.num_minibatches,
                   num_updates=num_updates,
-                  total_gradient_steps=num_updates * config.update_epochs * config.num_minibatches)
+                  total_gradient_steps=num_updates * config.update_epochs * config.num_minibatches,
+                  max_policy_lag=config.pipeline.max_policy_lag if config.pipeline.mode == "overlap" else 0)
 
 
 def unknown_override_keys(args: list[str]) -> list[str]:
@@ -172,6 +195,7 @@ def describe(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, A
       "num_updates": resolved.num_updates,
       "env_steps": resolved.env_steps,
       "total_gradient_steps": resolved.total_gradient_steps,
+      "max_policy_lag": resolved.max_policy_lag,
       "num_devices": num_devices,
   }
   return out

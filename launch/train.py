@@ -32,6 +32,10 @@ if __name__ == "__main__":
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.py")
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard, plots (and checkpoints).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a multi-process run (else auto-detected "
+                    "under SLURM / Cloud TPU / Open MPI).")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.DEFINE_bool("dry_run", False, "Validate the config, print it fully resolved as one JSON object, and exit.")
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file, optionally FILE.py:ARG.", lock_config=True)
 
@@ -52,6 +56,8 @@ def main(argv):
     config.keys()  # config_flags defers a config file's load error to the first access
   except OSError as e:
     _fail(f"could not load --config: {e}")
+  from sharding import distributed  # pylint: disable=import-outside-toplevel
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   import jax  # pylint: disable=import-outside-toplevel
   try:
     if FLAGS.dry_run:

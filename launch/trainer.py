@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -19,8 +20,10 @@ import envs
 from launch import config_lib, plot, sinks, xla_options
 from learner import distributions, networks, optimizer as optimizer_lib
 from pipeline import evaluate as evaluate_lib
+from pipeline import dataflow
 from pipeline import iteration as iteration_lib
-from sharding import Layout, make_mesh
+from pipeline import updates as updates_lib
+from sharding import Layout, make_mesh, split_mesh
 
 PROCESS_START = time.time()
 
@@ -55,54 +58,78 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   agent = build_agent(config, resolved)
   lead = jax.process_index() == 0
 
-  # Mesh.
-  layout = Layout(make_mesh(config.mesh.data))
-  logging.info("mesh: %s; %d env steps per update, %d updates", dict(layout.mesh.shape), resolved.batch_size,
-               resolved.num_updates)
+  # Mesh: one `data` mesh, or separate actor / learner sub-meshes for the staged pipeline.
+  actor_mesh, learner_mesh = split_mesh(make_mesh(config.mesh.data), config.pipeline.actor_devices)
+  layout, actor_layout = Layout(learner_mesh), Layout(actor_mesh)
+  logging.info("mesh: actors %s, learner %s; %d env steps per update, %d updates, pipeline %s",
+               dict(actor_mesh.shape), dict(learner_mesh.shape), resolved.batch_size, resolved.num_updates,
+               config.pipeline.mode)
 
-  # Train state, created already sharded.
+  # Train state, created already sharded (the runner lives with the actors).
   train_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
   init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs)
-  state_shardings = layout.train_state_shardings(jax.eval_shape(init_fn, train_key))
-  state = jax.jit(init_fn, out_shardings=state_shardings)(train_key)
+  state_shapes = jax.eval_shape(init_fn, train_key)
+  state = jax.jit(init_fn, out_shardings=layout.train_state_shardings(state_shapes))(train_key)
+  state_shardings = layout.train_state_shardings(state_shapes).replace(
+      runner=actor_layout.env_shardings(state_shapes.runner))
+  if actor_mesh is not learner_mesh:
+    state = state.replace(runner=jax.device_put(state.runner, state_shardings.runner))
 
-  # Update step and evaluation, compiled ahead of the clock.
+  # Update step(s) and evaluation, compiled ahead of the clock.
   t0 = time.time()
   options = xla_options.compiler_options(jax.default_backend())
-  iteration = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo, layout.constrain_envs),
-                      in_shardings=(state_shardings,), out_shardings=(state_shardings, layout.replicated),
-                      donate_argnums=0).lower(state).compile(compiler_options=options)
+  if config.pipeline.mode == "fused":
+    iteration = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo, layout.constrain_envs),
+                        in_shardings=(state_shardings,), out_shardings=(state_shardings, layout.replicated),
+                        donate_argnums=0).lower(state).compile(compiler_options=options)
+  else:
+    fns = dataflow.make_pipeline_fns(agent, resolved.ppo, actor_layout, layout, example=state)
   evaluate = jax.jit(evaluate_lib.make_evaluate(agent.env, agent.apply, agent.dist, config.eval_episodes)).lower(
       state.params, eval_key).compile(compiler_options=options)
   compile_time = time.time() - t0
   logging.info("compiled in %.1fs", compile_time)
 
-  # Train loop.
+  # Updates: the fused step, or the staged pipeline; both yield UpdateResults.
+  start = 0
+  snapshot = dataflow.Snapshot(state=state, stale_params=(state.params,) * resolved.max_policy_lag)
+  if config.pipeline.mode == "fused":
+    results = updates_lib.fused_updates(iteration, snapshot, start, resolved.num_updates)
+    learner_lock = contextlib.nullcontext()
+  else:
+    results = dataflow.Pipeline(fns, resolved.max_policy_lag).run(snapshot, resolved.num_updates)
+    learner_lock = fns.learner_lock  # evaluation runs on the learner's devices too
+
+  # Train loop (the host sinks).
   out = sinks.MetricsSinks(workdir, resolved.env_steps, enabled=lead)
   pending: list[iteration_lib.UpdateMetrics] = []
+  lags: list[int] = []
   last_time, last_steps, first_update_time = time.time(), 0, None
   row: dict[str, Any] = {}
-  for update in range(1, resolved.num_updates + 1):
-    state, metrics = iteration(state)
+  for result in results:
+    update = result.update
     if first_update_time is None:
       # The first call also pays one-time costs (first touch of its buffers, thread start-up: 2× a steady update
       # at the default config). Timed apart, so that `sps` is the steady rate, as in benchmarks/throughput.py.
-      jax.block_until_ready(metrics)
+      jax.block_until_ready(result.metrics)
       first_update_time = time.time() - last_time
       last_time, last_steps = time.time(), update * resolved.batch_size
       first_row = True
-    pending.append(metrics)
+    pending.append(result.metrics)
+    lags.append(result.policy_lag)
     is_last = update == resolved.num_updates
     if update % config.log_every and not is_last:
       continue
     row = {"update": update, "env_steps": update * resolved.batch_size}
     row.update(summarize(jax.device_get(pending)))  # waits for the interval's updates
-    pending = []
+    row["policy_lag_max"], row["policy_lag_mean"] = max(lags), sum(lags) / len(lags)
+    pending, lags = [], []
     eval_seconds = 0.0
     if update % config.eval_every == 0 or is_last:
       eval_start = time.time()
-      row["eval_return"] = float(evaluate(state.params, jax.random.fold_in(eval_key, update)))
-      eval_seconds += time.time() - eval_start
+      with learner_lock:
+        eval_return = evaluate(result.snapshot.state.params, jax.random.fold_in(eval_key, update))
+      row["eval_return"] = float(eval_return)
+      eval_seconds = time.time() - eval_start
     now = time.time()
     row["wall_time"] = now - PROCESS_START
     # Env steps per second of training updates: evaluation and compilation are not training.

@@ -81,35 +81,84 @@ def init_train_state(agent: Agent, key: jax.Array, num_envs: int) -> TrainState:
                     update=jnp.zeros((), jnp.int32))
 
 
-def make_iteration(agent: Agent, ppo: PPOSettings,
-                   constrain_envs: Callable = lambda tree, axis=0: tree) -> Callable:
-  """Returns the pure update `TrainState -> (TrainState, UpdateMetrics)`.
+@struct.dataclass
+class ActorOutput:
+  """What the act stage hands downstream for one batch."""
+  runner: rollout_lib.RunnerState
+  traj: rollout_lib.Trajectory
+  last_value: jax.Array
+  stats: rollout_lib.EpisodeStats
 
-  `constrain_envs(tree, axis)` pins the env axis of intermediate arrays to the mesh (sharding.Layout.constrain_envs).
+
+@dataclasses.dataclass(frozen=True)
+class Stages:
+  """The update split into its pure stages; `make_iteration` composes them, pipeline/dataflow.py runs them apart.
+
+  act(params, runner, key) -> ActorOutput
+  advantage(traj, last_value) -> losses.Minibatch (leaves [T, N, ...])
+  learn(params, opt_state, batch, key) -> (params, opt_state, LossAux averaged over the SGD steps)
+  metrics(aux, params, stats) -> UpdateMetrics
   """
+  act: Callable
+  advantage: Callable
+  learn: Callable
+  metrics: Callable
+
+
+def split_update_key(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The key schedule: key_u -> (key_{u+1}, rollout key of update u, SGD key of update u)."""
+  next_key, rollout_key, sgd_key = jax.random.split(key, 3)
+  return next_key, rollout_key, sgd_key
+
+
+def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lambda tree, axis=0: tree,
+                learner_constrain: Callable | None = None) -> Stages:
+  """`*_constrain(tree, axis)` pin the env axis of intermediates to the actors' / learner's mesh."""
+  learner_constrain = learner_constrain or actor_constrain
   loss_fn = functools.partial(losses.ppo_loss, apply_fn=agent.apply, dist=agent.dist, clip_eps=ppo.clip_eps,
                               vf_coef=ppo.vf_coef, ent_coef=ppo.ent_coef)
 
-  def iteration(state: TrainState) -> tuple[TrainState, UpdateMetrics]:
-    key, rollout_key, sgd_key = jax.random.split(state.key, 3)
+  def act(params, runner, key) -> ActorOutput:
     runner, traj, last_value, stats = rollout_lib.rollout(
-        state.params, state.runner, rollout_key, env=agent.env, apply_fn=agent.apply, value_fn=agent.value,
-        dist=agent.dist, num_steps=ppo.num_steps, constrain=constrain_envs)
-    traj = constrain_envs(traj, 1)
+        params, runner, key, env=agent.env, apply_fn=agent.apply, value_fn=agent.value, dist=agent.dist,
+        num_steps=ppo.num_steps, constrain=actor_constrain)
+    return ActorOutput(runner=runner, traj=actor_constrain(traj, 1), last_value=last_value, stats=stats)
+
+  def advantage(traj: rollout_lib.Trajectory, last_value) -> losses.Minibatch:
     advantages, targets = gae_lib.gae(traj.reward, traj.value, traj.terminated, traj.truncated,
                                       traj.truncation_value, last_value, gamma=ppo.gamma,
                                       gae_lambda=ppo.gae_lambda)
-    batch = losses.Minibatch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=traj.value,
-                             advantage=advantages, target=targets)
-    params, opt_state, aux = sgd_lib.sgd_epochs(
-        state.params, state.opt_state, batch, sgd_key, loss_fn=loss_fn, optimizer=agent.optimizer,
-        update_epochs=ppo.update_epochs, num_minibatches=ppo.num_minibatches, chunk_size=ppo.sgd_chunk_size,
-        constrain=constrain_envs)
-    new_state = TrainState(params=params, opt_state=opt_state, runner=runner, key=key, update=state.update + 1)
-    metrics = UpdateMetrics(policy_loss=aux.policy_loss, value_loss=aux.value_loss, entropy=aux.entropy,
-                            approx_kl=aux.approx_kl, clip_fraction=aux.clip_fraction,
-                            param_norm=_global_norm(params), episode_return_sum=stats.return_sum,
-                            episode_count=stats.count)
-    return new_state, metrics
+    return losses.Minibatch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=traj.value,
+                            advantage=advantages, target=targets)
+
+  def learn(params, opt_state, batch: losses.Minibatch, key):
+    return sgd_lib.sgd_epochs(params, opt_state, batch, key, loss_fn=loss_fn, optimizer=agent.optimizer,
+                              update_epochs=ppo.update_epochs, num_minibatches=ppo.num_minibatches,
+                              chunk_size=ppo.sgd_chunk_size, constrain=learner_constrain)
+
+  def metrics(aux: losses.LossAux, params, stats: rollout_lib.EpisodeStats) -> UpdateMetrics:
+    return UpdateMetrics(policy_loss=aux.policy_loss, value_loss=aux.value_loss, entropy=aux.entropy,
+                         approx_kl=aux.approx_kl, clip_fraction=aux.clip_fraction,
+                         param_norm=_global_norm(params), episode_return_sum=stats.return_sum,
+                         episode_count=stats.count)
+
+  return Stages(act=act, advantage=advantage, learn=learn, metrics=metrics)
+
+
+def make_iteration(agent: Agent, ppo: PPOSettings,
+                   constrain_envs: Callable = lambda tree, axis=0: tree) -> Callable:
+  """Returns the fused update `TrainState -> (TrainState, UpdateMetrics)`: all stages in one function.
+
+  `constrain_envs(tree, axis)` pins the env axis of intermediate arrays to the mesh (sharding.Layout.constrain_envs).
+  """
+  stages = make_stages(agent, ppo, constrain_envs)
+
+  def iteration(state: TrainState) -> tuple[TrainState, UpdateMetrics]:
+    key, rollout_key, sgd_key = split_update_key(state.key)
+    out = stages.act(state.params, state.runner, rollout_key)
+    batch = stages.advantage(out.traj, out.last_value)
+    params, opt_state, aux = stages.learn(state.params, state.opt_state, batch, sgd_key)
+    new_state = TrainState(params=params, opt_state=opt_state, runner=out.runner, key=key, update=state.update + 1)
+    return new_state, stages.metrics(aux, params, out.stats)
 
   return iteration

@@ -58,3 +58,13 @@ class Layout:
     """TrainState of shardings: the runner is split over envs, everything else replicated."""
     replicated = jax.tree.map(lambda _: self.replicated, state_shapes)
     return replicated.replace(runner=self.env_shardings(state_shapes.runner))
+
+
+def split_mesh(mesh: Mesh, actor_devices: int) -> tuple[Mesh, Mesh]:
+  """Separate sub-meshes: the first `actor_devices` devices step envs, the rest train (0: both share `mesh`)."""
+  if actor_devices == 0:
+    return mesh, mesh
+  devices = list(mesh.devices.flat)
+  if not 0 < actor_devices < len(devices):
+    raise ValueError(f"pipeline.actor_devices={actor_devices} must leave devices for the learner ({len(devices)})")
+  return Mesh(np.asarray(devices[:actor_devices]), (DATA,)), Mesh(np.asarray(devices[actor_devices:]), (DATA,))

@@ -135,3 +135,17 @@ def test_dry_run_prints_resolved_config():
   out = json.loads(proc.stdout)
   assert out["num_envs"] == 64 and out["derived"]["batch_size"] == 64 * 128
   assert out["derived"]["minibatch_size"] == 64 * 128 // 4
+
+
+def test_pipeline_errors():
+  assert _errors(**{"pipeline.mode": "async"}) == [
+      "config.pipeline.mode='async': must be one of ['fused', 'sync', 'overlap']"]
+  assert _errors(**{"pipeline.mode": "overlap", "pipeline.max_policy_lag": 0}) == [
+      "config.pipeline.max_policy_lag=0: must be an integer >= 1 in overlap mode (>= 0 otherwise)"]
+  assert _errors(**{"pipeline.actor_devices": 4}) == [
+      "config.pipeline.actor_devices=4: separate actor devices need pipeline.mode sync or overlap"]
+  assert _errors(**{"pipeline.mode": "sync", "pipeline.actor_devices": 8}) == [
+      "config.pipeline.actor_devices=8: must leave at least one of the mesh's 8 devices for the learner"]
+  assert _errors(num_envs=6, **{"pipeline.mode": "sync", "pipeline.actor_devices": 4, "mesh.data": 6}) == [
+      "config.num_envs=6: must be divisible by the 4 actor devices (pipeline.actor_devices)"]
+  assert _errors(**{"pipeline.mode": "sync", "pipeline.actor_devices": 4}) == []

@@ -86,3 +86,14 @@ def test_gymnax_adapter_continuous_actions_are_clipped():
   clipped = env.step(jax.random.PRNGKey(1), state, jnp.array([2.0]))
   np.testing.assert_allclose(big.obs, clipped.obs)
   assert env.max_episode_steps == 200
+
+
+def test_cartpole_substeps_refines_the_same_dynamics():
+  coarse, fine = cartpole.CartPole(), envs.make("cartpole_substeps:20")
+  state, _ = coarse.reset(jax.random.PRNGKey(3))
+  a = coarse.step(None, state, jnp.int32(1)).obs
+  b = fine.step(None, state, jnp.int32(1)).obs
+  assert not np.array_equal(a, b)  # really integrates differently ...
+  np.testing.assert_allclose(a, b, atol=5e-3)  # ... but the same physics over one 0.02 s step
+  with pytest.raises(envs.UnknownEnvError):
+    envs.make("cartpole_substeps:zero")

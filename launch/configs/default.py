@@ -35,6 +35,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.network.activation = "tanh"  # tanh | relu | gelu | silu
   config.network.shared_trunk = False  # one trunk for actor and critic instead of two
 
+  config.pipeline = ml_collections.ConfigDict()
+  config.pipeline.mode = "fused"  # fused: one jitted update | sync: staged, identical results | overlap: see below
+  config.pipeline.max_policy_lag = 1  # overlap: batch b is collected with params version b - max_policy_lag
+  config.pipeline.actor_devices = 0  # 0: actors and learner share the mesh; k: first k devices step envs, rest train
+
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # devices on the `data` (env) axis; -1 = all visible devices
   return config

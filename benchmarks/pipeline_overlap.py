@@ -1,0 +1,111 @@
+"""Throughput of the staged pipeline: `overlap` vs `sync` on 8 virtual CPU devices split between actors and learner.
+
+  python benchmarks/pipeline_overlap.py                        # both envs, 3 repeats each
+  python benchmarks/pipeline_overlap.py --envs=cartpole_substeps:64 --repeats=5
+
+For each env the two modes run alternately (sync, overlap, sync, ...) in one process, so machine noise hits both.
+SPS is env steps per second of the whole train loop (compile excluded: each run compiles ahead of its clock), taken
+as the median over the run's log intervals except the first and the last (the last includes an evaluation).
+`cartpole_substeps:K` integrates each CartPole step in K substeps: an env whose rollout costs about as much as the
+SGD work (K is chosen so on this machine), where overlapping can pay off. The default CartPole is reported as is.
+"""
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+import statistics  # pylint: disable=wrong-import-position
+import tempfile  # pylint: disable=wrong-import-position
+
+from absl import app, flags, logging  # pylint: disable=wrong-import-position
+
+import functools  # pylint: disable=wrong-import-position
+import time  # pylint: disable=wrong-import-position
+
+import jax  # pylint: disable=wrong-import-position
+
+from launch import config_lib, trainer  # pylint: disable=wrong-import-position
+from launch.configs import default  # pylint: disable=wrong-import-position
+from launch.sinks import read_jsonl  # pylint: disable=wrong-import-position
+from pipeline import dataflow, iteration as iteration_lib  # pylint: disable=wrong-import-position
+from sharding import Layout, make_mesh, split_mesh  # pylint: disable=wrong-import-position
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("envs", ["cartpole_substeps:64", "CartPole-v1"], "env_name values to benchmark.")
+flags.DEFINE_integer("repeats", 3, "Runs per mode and env.")
+flags.DEFINE_integer("updates", 14, "Updates per run (logged every 2).")
+flags.DEFINE_integer("actor_devices", 4, "Of the 8 devices, how many step envs (the rest train).")
+flags.DEFINE_integer("num_envs", 256, "Parallel envs.")
+
+
+def _config(env_name: str, mode: str):
+  config = default.get_config()
+  config.env_name = env_name
+  config.num_envs = FLAGS.num_envs
+  config.total_env_steps = FLAGS.num_envs * config.num_steps * FLAGS.updates
+  config.log_every = 2
+  config.eval_every = 10**6
+  config.eval_episodes = 8
+  config.pipeline.mode = mode
+  config.pipeline.max_policy_lag = 1
+  config.pipeline.actor_devices = FLAGS.actor_devices
+  return config
+
+
+def stage_seconds(env_name: str) -> tuple[float, float]:
+  """Median seconds of one rollout (act + advantage) and one SGD phase (learn), each run alone."""
+  config = _config(env_name, "sync")
+  resolved = config_lib.resolve(config, jax.device_count())
+  agent = trainer.build_agent(config, resolved)
+  actor_mesh, learner_mesh = split_mesh(make_mesh(-1), FLAGS.actor_devices)
+  init = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs)
+  learner = Layout(learner_mesh)
+  state = jax.jit(init, out_shardings=learner.train_state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0))))(
+      jax.random.PRNGKey(0))
+  state = state.replace(runner=jax.device_put(state.runner, Layout(actor_mesh).env_shardings(state.runner)))
+  fns = dataflow.make_pipeline_fns(agent, resolved.ppo, Layout(actor_mesh), learner, example=state)
+
+  def timed(fn):
+    times = []
+    for _ in range(3):
+      t0 = time.perf_counter()
+      out = jax.block_until_ready(fn())
+      times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+  act_s, (batch, stats) = timed(lambda: fns.to_learner(*_act(fns, state)))
+  learn_s, _ = timed(lambda: fns.learn(state.params, state.opt_state, batch, state.key))
+  del stats
+  return act_s, learn_s
+
+
+def _act(fns, state):
+  out = fns.act(fns.to_actors(state.params), state.runner, fns.to_actors(state.key))
+  return fns.advantage(out.traj, out.last_value), out.stats
+
+
+def run(env_name: str, mode: str) -> float:
+  config = _config(env_name, mode)
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer.train_and_evaluate(config, workdir)
+    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return statistics.median(r["sps"] for r in rows[1:-1])
+
+
+def main(_):
+  logging.set_verbosity(logging.WARNING)
+  print(f"{'env':24s} {'sync SPS':>12s} {'overlap SPS':>12s} {'ratio':>7s}   (medians of {FLAGS.repeats} runs; "
+        f"8 devices: {FLAGS.actor_devices} actors, {8 - FLAGS.actor_devices} learner; load {os.getloadavg()[0]:.1f})")
+  for env_name in FLAGS.envs:
+    act_s, learn_s = stage_seconds(env_name)
+    print(f"{env_name:24s} stages alone: rollout+GAE {act_s * 1e3:.0f} ms, SGD {learn_s * 1e3:.0f} ms", flush=True)
+    sps = {"sync": [], "overlap": []}
+    for _ in range(FLAGS.repeats):
+      for mode in ("sync", "overlap"):
+        sps[mode].append(run(env_name, mode))
+    ratios = [o / s for s, o in zip(sps["sync"], sps["overlap"])]
+    print(f"{env_name:24s} {statistics.median(sps['sync']):12,.0f} {statistics.median(sps['overlap']):12,.0f} "
+          f"{statistics.median(ratios):7.2f}   per-run ratios {[round(r, 2) for r in ratios]}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,77 @@
+"""JAX's multi-controller runtime: initialise `jax.distributed` from flags or by auto-detection.
+
+One process needs nothing. Several processes (hosts) either pass --coordinator_address/--num_processes/--process_id,
+or run under a scheduler jax.distributed detects by itself (SLURM, Cloud TPU pods, Open MPI). On CPU the cross-process
+collectives use gloo. Every process then sees the global device list; each creates and steps only the envs that live
+on its own devices (the jitted update is SPMD over the global mesh).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import logging
+
+# How long peers may go silent before the runtime declares them dead and stops the survivors (seconds). JAX's default
+# is 100 s; a dead host should end the job quickly so the scheduler can requeue it.
+HEARTBEAT_TIMEOUT_S = int(os.environ.get("PPO_HEARTBEAT_TIMEOUT_S", "20"))
+INIT_TIMEOUT_S = int(os.environ.get("PPO_INIT_TIMEOUT_S", "120"))
+
+_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+
+
+def detected_cluster() -> str | None:
+  """The scheduler whose environment would make this a multi-process run, if any."""
+  if all(v in os.environ for v in _SLURM_VARS) and int(os.environ["SLURM_NTASKS"]) > 1:
+    return "slurm"
+  if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1 or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    return "tpu"
+  if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    return "ompi"
+  return None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+  """Starts the multi-controller runtime when this is one process of several. Returns True if it did.
+
+  Must run before any other JAX call. Explicit arguments win; otherwise the cluster is auto-detected.
+  """
+  explicit = coordinator_address is not None or num_processes is not None or process_id is not None
+  if explicit and None in (coordinator_address, num_processes, process_id):
+    raise ValueError("--coordinator_address, --num_processes and --process_id must be given together")
+  if explicit and num_processes == 1:
+    return False
+  cluster = None if explicit else detected_cluster()
+  if not explicit and cluster is None:
+    return False
+  if _platform_is_cpu():
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = dict(initialization_timeout=INIT_TIMEOUT_S, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+  if explicit:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+  else:
+    # On CPU there is no per-process accelerator to pin; let every process use all its (virtual) CPU devices.
+    local_ids = list(range(_cpu_device_count())) if _platform_is_cpu() else None
+    jax.distributed.initialize(local_device_ids=local_ids, **kwargs)
+  logging.info("jax.distributed: process %d of %d (%s), %d local / %d global devices", jax.process_index(),
+               jax.process_count(), cluster or "flags", jax.local_device_count(), jax.device_count())
+  return True
+
+
+def _platform_is_cpu() -> bool:
+  platforms = os.environ.get("JAX_PLATFORMS", "") or os.environ.get("JAX_PLATFORM_NAME", "")
+  if platforms:
+    return platforms.split(",")[0].strip() == "cpu"
+  # Without an explicit platform, look for accelerator plugins without initialising a backend.
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  return not any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu",
+                                                       "jax_rocm60_plugin"))
+
+
+def _cpu_device_count() -> int:
+  flags = os.environ.get("XLA_FLAGS", "")
+  for tok in flags.split():
+    if tok.startswith("--xla_force_host_platform_device_count="):
+      return int(tok.split("=", 1)[1])
+  return 1
