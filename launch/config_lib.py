@@ -72,8 +72,8 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
   def err(key, rule):
     errors.append(f"config.{key}={flat[key]!r}: {rule}")
 
-  for key in ("num_envs", "num_steps", "total_env_steps", "update_epochs", "num_minibatches", "log_every",
-              "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints"):
+  for key in ("num_envs", "num_steps", "total_env_steps", "update_epochs", "num_minibatches", "sgd_chunk_size",
+              "log_every", "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints"):
     if not _is_int(flat[key]) or flat[key] <= 0:
       err(key, "must be a positive integer")
   for key in ("learning_rate", "clip_eps", "max_grad_norm"):
@@ -136,9 +136,21 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     errors.append(f"config.num_minibatches={flat['num_minibatches']}: the minibatch size "
                   f"{batch_size // flat['num_minibatches']} must be divisible by the {learner_shards} devices of "
                   "the data axis")
+  else:
+    minibatch_size = batch_size // flat["num_minibatches"]
+    chunk = chunk_size(flat["sgd_chunk_size"], minibatch_size)
+    if minibatch_size % chunk:
+      err("sgd_chunk_size", f"must divide the minibatch size {minibatch_size} (or be at least as large)")
+    elif chunk % learner_shards:
+      err("sgd_chunk_size", f"must be divisible by the {learner_shards} devices of the data axis")
   if flat["total_env_steps"] < batch_size:
     err("total_env_steps", f"must be at least one batch (num_envs * num_steps = {batch_size})")
   return errors
+
+
+def chunk_size(sgd_chunk_size: int, minibatch_size: int) -> int:
+  """The gradient chunk actually used: a chunk never exceeds its minibatch."""
+  return min(sgd_chunk_size, minibatch_size)
 
 
 def resolve(config: ml_collections.ConfigDict, num_devices: int) -> Resolved:
@@ -151,7 +163,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> Resolved:
   ppo = PPOSettings(num_envs=config.num_envs, num_steps=config.num_steps, update_epochs=config.update_epochs,
                     num_minibatches=config.num_minibatches, gamma=float(config.gamma),
                     gae_lambda=float(config.gae_lambda), clip_eps=float(config.clip_eps),
-                    vf_coef=float(config.vf_coef), ent_coef=float(config.ent_coef))
+                    vf_coef=float(config.vf_coef), ent_coef=float(config.ent_coef),
+                    sgd_chunk_size=chunk_size(config.sgd_chunk_size, batch_size // config.num_minibatches))
   return Resolved(ppo=ppo, batch_size=batch_size, minibatch_size=batch_size // config.num_minibatches,
                   num_updates=num_updates,
                   total_gradient_steps=num_updates * config.update_epochs * config.num_minibatches,
@@ -179,6 +192,7 @@ def describe(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, A
   out["derived"] = {
       "batch_size": resolved.batch_size,
       "minibatch_size": resolved.minibatch_size,
+      "sgd_chunk_size": resolved.ppo.sgd_chunk_size,
       "num_minibatches": resolved.ppo.num_minibatches,
       "num_updates": resolved.num_updates,
       "env_steps": resolved.env_steps,

@@ -35,13 +35,17 @@ class LossAux:
 
 
 def ppo_loss(params, mb: Minibatch, *, apply_fn: Callable, dist: distributions.Distribution, clip_eps: float,
-             vf_coef: float, ent_coef: float) -> tuple[jax.Array, LossAux]:
+             vf_coef: float, ent_coef: float,
+             advantage_stats: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, LossAux]:
+  """`advantage_stats` = (mean, std) of the whole minibatch when `mb` is one chunk of it (pipeline/sgd_chunks.py);
+  by default they are taken over `mb`."""
   head, value = apply_fn(params, mb.obs)
   log_prob = dist.log_prob(head, mb.action)
   log_ratio = log_prob - mb.log_prob
   ratio = jnp.exp(log_ratio)
 
-  adv = (mb.advantage - mb.advantage.mean()) / (mb.advantage.std() + 1e-8)
+  adv_mean, adv_std = advantage_stats if advantage_stats is not None else (mb.advantage.mean(), mb.advantage.std())
+  adv = (mb.advantage - adv_mean) / (adv_std + 1e-8)
   surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
   policy_loss = -surrogate.mean()
 

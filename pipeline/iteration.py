@@ -34,6 +34,7 @@ class PPOSettings:
   clip_eps: float
   vf_coef: float
   ent_coef: float
+  sgd_chunk_size: int | None = None  # samples per gradient chunk (divides the minibatch); None: whole minibatch
 
   @property
   def batch_size(self) -> int:
@@ -133,7 +134,7 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
   def learn(params, opt_state, batch: losses.Minibatch, key):
     return sgd_lib.sgd_epochs(params, opt_state, batch, key, loss_fn=loss_fn, optimizer=agent.optimizer,
                               update_epochs=ppo.update_epochs, num_minibatches=ppo.num_minibatches,
-                              constrain=learner_constrain)
+                              chunk_size=ppo.sgd_chunk_size, constrain=learner_constrain)
 
   def metrics(aux: losses.LossAux, params, stats: rollout_lib.EpisodeStats) -> UpdateMetrics:
     return UpdateMetrics(policy_loss=aux.policy_loss, value_loss=aux.value_loss, entropy=aux.entropy,

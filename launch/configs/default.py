@@ -17,6 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.total_env_steps = 800_000  # stop after this many env steps (rounded down to whole updates)
   config.update_epochs = 4  # SGD passes over each batch
   config.num_minibatches = 4  # minibatches per epoch; minibatch size = num_envs * num_steps / num_minibatches
+  config.sgd_chunk_size = 4096  # samples per gradient chunk, accumulated over the minibatch (speed/memory only)
   config.learning_rate = 2.5e-3  # Adam step size (initial, if annealed)
   config.anneal_lr = True  # linearly anneal the learning rate to 0 over the run
   config.gamma = 0.99  # discount

@@ -1,0 +1,196 @@
+"""Throughput of the trainer's PPO update against the naive fused implementation, in one process.
+
+  python -m benchmarks.throughput                                    # 2,048 and 65,536 envs, 3 timed updates each
+  python -m benchmarks.throughput --num_envs=1048576 --impls=ours --repeats=2
+
+The reference config (issue 7): CartPole-v1, num_envs × 128 steps, 4 epochs × 4 minibatches, separate 64×64 tanh
+actor and critic, Adam 2.5e-4 annealed, clip 0.2, GAE(0.99, 0.95), entropy 0.01, value 0.5, grad-norm clip 0.5.
+"ours" is the update exactly as launch/trainer.py builds it (build_agent → make_iteration → jit with shardings and
+donated state → compile with launch/xla_options); "naive" is benchmarks/naive_ppo.py compiled with XLA's defaults.
+Both are compiled before the clock starts; each runs one untimed-for-SPS first update (one-time costs, reported
+apart, as the trainer's metrics do); then their timed updates alternate (ours, naive, ours, ...) so that load from
+other processes falls on both. Printed per size: median SPS over the timed updates, compile time, the peak RSS of
+the process while that implementation's updates ran, the ratio, and the fraction of the FLOP ceiling: a
+[65536, 64] × [64, 64] matmul timed here, divided by the matmul FLOPs one transition costs.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from benchmarks import naive_ppo
+from launch import config_lib, trainer, xla_options
+from launch.configs import default
+from pipeline import iteration as iteration_lib
+from sharding import Layout, make_mesh
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("num_envs", ["2048", "65536"], "Env counts to measure (issue 7 also asks for 1048576).")
+flags.DEFINE_integer("repeats", 3, "Timed updates per implementation and size (the median is reported).")
+flags.DEFINE_list("impls", ["ours", "naive"], "Implementations to run: ours, naive.")
+flags.DEFINE_integer("naive_max_envs", 65536, "Skip the naive implementation above this many envs: its full-batch "
+                     "copies and unchunked minibatch activations need > 24 GB at 1,048,576 envs.")
+flags.DEFINE_string("json_out", None, "Also write the results as JSON lines to this file.")
+
+NUM_STEPS = 128
+
+
+def reference_config(num_envs: int, num_updates: int):
+  config = default.get_config()
+  config.num_envs = num_envs
+  config.num_steps = NUM_STEPS
+  config.update_epochs = 4
+  config.num_minibatches = 4
+  config.learning_rate = 2.5e-4
+  config.anneal_lr = True
+  config.total_env_steps = num_envs * NUM_STEPS * num_updates
+  return config
+
+
+def flops_per_transition(hidden=(64, 64), obs=4, actions=2, epochs=4) -> int:
+  """Matmul FLOPs per env step: rollout (actor + critic, critic on the final obs) + epochs × forward and backward.
+
+  The backward pass needs every layer's weight gradient and every layer's input gradient but the first's.
+  """
+  def layer_macs(out):
+    sizes = (obs, *hidden, out)
+    return [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+  actor, critic = layer_macs(actions), layer_macs(1)
+  forward = sum(actor) + sum(critic)
+  backward = forward + sum(actor[1:]) + sum(critic[1:])
+  return 2 * (forward + sum(critic) + epochs * (forward + backward))
+
+
+def matmul_gflops(repeats: int = 20) -> float:
+  """The FLOP ceiling's rate: [65536, 64] × [64, 64] in f32, XLA's default compilation, median of `repeats`."""
+  x, w = jax.random.normal(jax.random.PRNGKey(0), (65536, 64)), jax.random.normal(jax.random.PRNGKey(1), (64, 64))
+  f = jax.jit(lambda x, w: x @ w)
+  f(x, w).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(x, w).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * 65536 * 64 * 64 / statistics.median(times) / 1e9
+
+
+class PeakRSS:
+  """The process's peak resident memory since `reset()` (Linux: VmHWM, reset through /proc/self/clear_refs)."""
+
+  def reset(self):
+    try:
+      ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, so an earlier peak is not carried over
+    except OSError:
+      pass
+    try:
+      with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")
+    except OSError:
+      pass
+
+  def gb(self) -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def build_ours(num_envs: int, num_updates: int):
+  """Mirrors launch/trainer.py: validated config → agent → sharded state → jitted, donated, compiled update."""
+  config = reference_config(num_envs, num_updates)
+  resolved = config_lib.resolve(config, num_devices=jax.device_count())
+  agent = trainer.build_agent(config, resolved)
+  layout = Layout(make_mesh(config.mesh.data))
+  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs)
+  key = jax.random.PRNGKey(config.seed)
+  state_shardings = layout.train_state_shardings(jax.eval_shape(init_fn, key))
+  state = jax.jit(init_fn, out_shardings=state_shardings)(key)
+  t0 = time.perf_counter()
+  update = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo, layout.constrain_envs),
+                   in_shardings=(state_shardings,), out_shardings=(state_shardings, layout.replicated),
+                   donate_argnums=0).lower(state).compile(
+                       compiler_options=xla_options.compiler_options(jax.default_backend()))
+  compile_time = time.perf_counter() - t0
+  return update, state, compile_time
+
+
+def build_naive(num_envs: int, num_updates: int):
+  config = reference_config(num_envs, num_updates)
+  init, update = naive_ppo.make_naive(
+      trainer.envs.make(config.env_name), num_envs=num_envs, num_steps=NUM_STEPS,
+      update_epochs=config.update_epochs, num_minibatches=config.num_minibatches,
+      learning_rate=config.learning_rate, total_updates=num_updates, gamma=config.gamma,
+      gae_lambda=config.gae_lambda, clip_eps=config.clip_eps, ent_coef=config.ent_coef, vf_coef=config.vf_coef,
+      max_grad_norm=config.max_grad_norm)
+  state = jax.jit(init)(jax.random.PRNGKey(config.seed))
+  t0 = time.perf_counter()
+  compiled = jax.jit(update).lower(state).compile()  # XLA defaults, no donation: as such code is usually run
+  return compiled, state, time.perf_counter() - t0
+
+
+def measure(num_envs: int, impls: list[str], repeats: int, ceiling_gflops: float) -> list[dict]:
+  builders = {"ours": build_ours, "naive": build_naive}
+  runs = {}
+  for name in impls:
+    update, state, compile_time = builders[name](num_envs, repeats + 1)
+    runs[name] = {"update": update, "state": state, "compile_time": compile_time, "times": [], "peak_rss_gb": 0.0}
+  rss = PeakRSS()
+  for i in range(1 + repeats):  # the first update of each is timed apart (one-time costs), as in the trainer
+    for name, run in runs.items():
+      rss.reset()
+      t = time.perf_counter()
+      run["state"], out = run["update"](run["state"])
+      jax.block_until_ready(out)
+      elapsed = time.perf_counter() - t
+      if i:
+        run["times"].append(elapsed)
+      else:
+        run["first"] = elapsed
+      run["peak_rss_gb"] = max(run["peak_rss_gb"], rss.gb())
+  rows = []
+  sps_ceiling = ceiling_gflops * 1e9 / flops_per_transition()
+  for name, run in runs.items():
+    sps = num_envs * NUM_STEPS / statistics.median(run["times"])
+    rows.append({"impl": name, "num_envs": num_envs, "sps": sps, "update_s": [round(t, 3) for t in run["times"]],
+                 "first_update_s": run["first"],
+                 "compile_s": run["compile_time"], "peak_rss_gb": run["peak_rss_gb"],
+                 "ceiling_fraction": sps / sps_ceiling})
+  return rows
+
+
+def main(argv):
+  del argv
+  ceiling = matmul_gflops()
+  flops = flops_per_transition()
+  print(f"devices: {jax.devices()}  matmul [65536,64]x[64,64]: {ceiling:.1f} GFLOP/s; "
+        f"{flops / 1e3:.1f} kFLOP/transition -> ceiling {ceiling * 1e9 / flops / 1e3:.0f}k SPS", flush=True)
+  all_rows = []
+  for n in (int(x) for x in FLAGS.num_envs):
+    impls = [i for i in FLAGS.impls if i != "naive" or n <= FLAGS.naive_max_envs]
+    rows = measure(n, impls, FLAGS.repeats, ceiling)
+    by_impl = {r["impl"]: r for r in rows}
+    for r in rows:
+      print(f"num_envs={n:>8} {r['impl']:>5}: {r['sps'] / 1e3:7.1f}k SPS  compile {r['compile_s']:5.1f}s  "
+            f"peak RSS {r['peak_rss_gb']:5.2f} GB  {100 * r['ceiling_fraction']:4.1f}% of ceiling  "
+            f"updates {r['update_s']} (first {r['first_update_s']:.3f})", flush=True)
+    if "ours" in by_impl and "naive" in by_impl:
+      ratio = by_impl["ours"]["sps"] / by_impl["naive"]["sps"]
+      by_impl["ours"]["ratio_vs_naive"] = ratio
+      print(f"num_envs={n:>8} ratio ours/naive: {ratio:.2f}x", flush=True)
+    all_rows += rows
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, "a", encoding="utf-8") as f:
+      for r in all_rows:
+        f.write(json.dumps(dict(r, matmul_gflops=ceiling, kflop_per_transition=flops / 1e3)) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)

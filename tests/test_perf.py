@@ -1,0 +1,130 @@
+"""The speed-ups keep the algorithm: permutation, chunked gradients, thin dense layers, compile options, config."""
+import functools
+import itertools
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from launch import config_lib, trainer, xla_options
+from launch.configs import debug, default
+from launch.sinks import read_jsonl
+from learner import distributions, losses, networks
+from pipeline import iteration as iteration_lib
+from pipeline import permutation, sgd_chunks
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 4096])
+def test_permutation_is_a_permutation(n):
+  perm = np.asarray(permutation.random_permutation(jax.random.PRNGKey(n), n))
+  assert perm.dtype == np.int32 and sorted(perm) == list(range(n))
+
+
+def test_permutation_is_uniform():
+  # All 24 orders of 4 elements, 12,000 draws: each count ~ Binomial(12000, 1/24) = 500 ± 22; chi-square(23).
+  draws = jax.vmap(lambda k: permutation.random_permutation(k, 4))(jax.random.split(jax.random.PRNGKey(0), 12000))
+  index = {p: i for i, p in enumerate(itertools.permutations(range(4)))}
+  counts = np.bincount([index[tuple(d)] for d in np.asarray(draws)], minlength=24)
+  chi2 = ((counts - 500.0)**2 / 500.0).sum()
+  assert chi2 < 49.7  # the 99.9% quantile of chi-square with 23 degrees of freedom
+  # Positions are uncorrelated with the index in a large permutation, and keys differ per call.
+  a, b = (np.asarray(permutation.random_permutation(jax.random.PRNGKey(s), 100_000)) for s in (1, 2))
+  assert abs(np.corrcoef(a, np.arange(100_000))[0, 1]) < 0.02 and (a != b).mean() > 0.99
+
+
+@pytest.mark.parametrize("features,inputs", [(64, 4), (2, 64), (1, 64), (64, 64)])
+def test_thin_dense_matches_flax_dense(features, inputs):
+  x = jax.random.normal(jax.random.PRNGKey(0), (5, 3, inputs))
+  ours, ref = networks.Dense(features), nn.Dense(features)
+  params = ours.init(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ref.init(jax.random.PRNGKey(1), x))
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def cartpole_batch():
+  """A real [T=16, N=32] CartPole batch and the agent that collected it."""
+  config = default.get_config()
+  config.num_envs, config.num_steps = 32, 16
+  resolved = config_lib.resolve(config, 1)
+  agent = trainer.build_agent(config, resolved)
+  state = iteration_lib.init_train_state(agent, jax.random.PRNGKey(0), 32)
+  k = jax.random.split(jax.random.PRNGKey(1), 4)
+  shape = (16, 32)
+  batch = losses.Minibatch(obs=jax.random.normal(k[0], shape + (4,)), action=jax.random.bernoulli(
+      k[1], 0.5, shape).astype(jnp.int32), log_prob=jnp.full(shape, -0.7), value=jax.random.normal(k[2], shape),
+                           advantage=3.0 + 2.0 * jax.random.normal(k[3], shape), target=jnp.ones(shape))
+  loss_fn = functools.partial(losses.ppo_loss, apply_fn=agent.apply, dist=agent.dist, clip_eps=0.2, vf_coef=0.5,
+                              ent_coef=0.01)
+  return state.params, batch, loss_fn
+
+
+def test_chunked_gradient_equals_whole_minibatch_gradient(cartpole_batch):
+  params, batch, loss_fn = cartpole_batch
+  idx = permutation.random_permutation(jax.random.PRNGKey(2), 16 * 32)[:256]
+  mb = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[idx], batch)
+  (_, ref_aux), ref_grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)  # the pre-chunking computation
+  for chunk in (256, 64, 16):
+    grads, aux = sgd_chunks.minibatch_grad(params, batch, idx, loss_fn=loss_fn, chunk_size=chunk)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), grads, ref_grads)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), aux, ref_aux)
+  # Advantages are normalised over the whole minibatch: a per-chunk normalisation would give another gradient.
+  per_chunk = jax.tree.map(lambda x: x.reshape(16, 16, *x.shape[1:]), mb)
+  wrong = jax.tree.map(lambda *g: sum(g) / 16, *[jax.grad(lambda p, m: loss_fn(p, m)[0])(
+      params, jax.tree.map(lambda x, i=i: x[i], per_chunk)) for i in range(16)])
+  assert not np.allclose(wrong["params"]["actor"]["Dense_1"]["kernel"],
+                         ref_grads["params"]["actor"]["Dense_1"]["kernel"], rtol=1e-3)
+
+
+def _one_update(chunk):
+  config = debug.get_config()
+  config.num_envs, config.num_steps, config.num_minibatches, config.sgd_chunk_size = 16, 16, 2, chunk
+  resolved = config_lib.resolve(config, 1)
+  agent = trainer.build_agent(config, resolved)
+  state = iteration_lib.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs)
+  return jax.jit(iteration_lib.make_iteration(agent, resolved.ppo))(state)
+
+
+def test_chunked_update_equals_unchunked_update():
+  (whole, whole_metrics), (chunked, chunked_metrics) = _one_update(128), _one_update(16)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), chunked.params, whole.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), chunked_metrics, whole_metrics)
+
+
+def test_cpu_update_compiles_without_ynnpack_fusions():
+  x = jnp.ones((256, 4))
+  params = networks.ActorCritic(distributions.Categorical(2)).init(jax.random.PRNGKey(0), x)
+  f = jax.jit(lambda p, x: networks.ActorCritic(distributions.Categorical(2)).apply(p, x)[1].sum())
+  assert "__ynn_fusion" in f.lower(params, x).compile().as_text()  # jaxlib's default; drop this line if it changes
+  assert "__ynn_fusion" not in f.lower(params, x).compile(
+      compiler_options=xla_options.compiler_options("cpu")).as_text()
+  assert xla_options.compiler_options("gpu") == {}
+
+
+def test_sgd_chunk_size_rules():
+  config = default.get_config()  # 32 envs × 128 steps / 4 minibatches = 1024 samples per minibatch
+  for value, expected in ((0, "must be a positive integer"), (3, "must divide the minibatch size 1024")):
+    config.sgd_chunk_size = value
+    assert config_lib.check(config, 1) == [f"config.sgd_chunk_size={value!r}: {expected}" + (
+        " (or be at least as large)" if value == 3 else "")]
+  config.sgd_chunk_size = 1 << 20  # larger than a minibatch: one chunk per minibatch
+  assert config_lib.resolve(config, 1).ppo.sgd_chunk_size == 1024
+  config.sgd_chunk_size = 4
+  assert config_lib.check(config, 8) == ["config.sgd_chunk_size=4: must be divisible by the 8 devices of the "
+                                         "data axis"]
+
+
+def test_first_metrics_line_times_the_first_update_apart(workdir):
+  config = debug.get_config()
+  config.log_every, config.eval_every = 1, 100
+  config.total_env_steps = 3 * 8 * 16
+  trainer.train_and_evaluate(config, workdir)
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["update"] for r in rows] == [1, 2, 3]
+  first = rows[0]
+  assert first["compile_time"] > 0 and first["first_update_time"] > 0
+  assert first["sps"] == pytest.approx(8 * 16 / first["first_update_time"])  # a line with only the first update
+  assert all("compile_time" not in r and "first_update_time" not in r and r["sps"] > 0 for r in rows[1:])
