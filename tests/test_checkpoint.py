@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UPDATES, BATCH = 12, 8 * 16
 ARGS = ("--config=launch/configs/debug.py", f"--config.total_env_steps={UPDATES * BATCH}", "--config.log_every=4",
         "--config.eval_every=4", "--config.checkpoint_every=3", "--config.keep_checkpoints=3")
-TIMING = ("wall_time", "sps", "compile_time")  # differ between runs by nature
+TIMING = ("wall_time", "sps", "compile_time", "first_update_time")  # differ between runs by nature
 
 
 @pytest.fixture(scope="module")
