@@ -23,7 +23,7 @@ import time  # pylint: disable=wrong-import-position
 
 import jax  # pylint: disable=wrong-import-position
 
-from launch import config_lib, trainer  # pylint: disable=wrong-import-position
+from launch import config_lib, trainer, xla_options  # pylint: disable=wrong-import-position
 from launch.configs import default  # pylint: disable=wrong-import-position
 from launch.sinks import read_jsonl  # pylint: disable=wrong-import-position
 from pipeline import dataflow, iteration as iteration_lib  # pylint: disable=wrong-import-position
@@ -62,7 +62,8 @@ def stage_seconds(env_name: str) -> tuple[float, float]:
   state = jax.jit(init, out_shardings=learner.train_state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0))))(
       jax.random.PRNGKey(0))
   state = state.replace(runner=jax.device_put(state.runner, Layout(actor_mesh).env_shardings(state.runner)))
-  fns = dataflow.make_pipeline_fns(agent, resolved.ppo, Layout(actor_mesh), learner, example=state)
+  fns = dataflow.make_pipeline_fns(agent, resolved.ppo, Layout(actor_mesh), learner, example=state,
+                                   compiler_options=xla_options.compiler_options(jax.default_backend()))
 
   def timed(fn):
     times = []

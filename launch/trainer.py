@@ -94,7 +94,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         in_shardings=(state_shardings,), out_shardings=(state_shardings, layout.replicated),
                         donate_argnums=0).lower(state).compile(compiler_options=options)
   else:
-    fns = dataflow.make_pipeline_fns(agent, resolved.ppo, actor_layout, layout, example=state)
+    fns = dataflow.make_pipeline_fns(agent, resolved.ppo, actor_layout, layout, example=state,
+                                     compiler_options=options)
   evaluate = jax.jit(evaluate_lib.make_evaluate(agent.env, agent.apply, agent.dist, config.eval_episodes)).lower(
       state.params, eval_key).compile(compiler_options=options)
   compile_time = time.time() - t0

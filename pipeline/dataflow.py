@@ -286,12 +286,14 @@ class Pipeline:
 
 
 def make_pipeline_fns(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings, actor_layout, learner_layout,
-                      example: TrainState | None = None) -> PipelineFns:
+                      example: TrainState | None = None,
+                      compiler_options: dict[str, str] | None = None) -> PipelineFns:
   """Jits the stages with explicit shardings: act and advantage on the actors' mesh, learn on the learner's.
 
   With one shared mesh the transfers are no-ops; with split sub-meshes they are sharding-aware device_puts (the
   batch keeps its env axis split over the destination's `data` axis). Given an `example` state (placed as the
-  learner holds it), every stage is compiled ahead of time, so no compilation happens inside the pipeline.
+  learner holds it), every stage is compiled ahead of time, so no compilation happens inside the pipeline, with
+  `compiler_options` (the same per-backend XLA options as the fused update, see launch/xla_options.py).
   """
   stages = iteration_lib.make_stages(agent, ppo, actor_layout.constrain_envs, learner_layout.constrain_envs)
   a_rep, l_rep = actor_layout.replicated, learner_layout.replicated
@@ -332,11 +334,11 @@ def make_pipeline_fns(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings
   key_a = jax.ShapeDtypeStruct(example.key.shape, example.key.dtype, sharding=a_rep)
   act_out = shapes(stages.act, params_a, runner_a, key_a)
   act_sh = actor_out_shardings(act_out)
-  act = jax.jit(stages.act, out_shardings=act_sh).lower(params_a, runner_a, key_a).compile()
+  act = jax.jit(stages.act, out_shardings=act_sh).lower(params_a, runner_a, key_a).compile(compiler_options=compiler_options)
   act_out = with_shardings(act_out, act_sh)
   batch = shapes(stages.advantage, act_out.traj, act_out.last_value)
   advantage = jax.jit(stages.advantage, out_shardings=actor_layout.env_shardings(batch, axis=1)).lower(
-      act_out.traj, act_out.last_value).compile()
+      act_out.traj, act_out.last_value).compile(compiler_options=compiler_options)
   params_l = with_shardings(example.params, jax.tree.map(lambda _: l_rep, example.params))
   opt_l = with_shardings(example.opt_state, jax.tree.map(lambda _: l_rep, example.opt_state))
   key_l = jax.ShapeDtypeStruct(example.key.shape, example.key.dtype, sharding=l_rep)
@@ -344,8 +346,8 @@ def make_pipeline_fns(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings
   stats_l = with_shardings(act_out.stats, jax.tree.map(lambda _: l_rep, act_out.stats))
   learn_out = shapes(stages.learn, params_l, opt_l, batch_l, key_l)
   learn = jax.jit(stages.learn, out_shardings=jax.tree.map(lambda _: l_rep, learn_out)).lower(
-      params_l, opt_l, batch_l, key_l).compile()
+      params_l, opt_l, batch_l, key_l).compile(compiler_options=compiler_options)
   aux_l = with_shardings(learn_out[2], jax.tree.map(lambda _: l_rep, learn_out[2]))
-  metrics = jax.jit(stages.metrics, out_shardings=l_rep).lower(aux_l, params_l, stats_l).compile()
-  split_key = jax.jit(iteration_lib.split_update_key, out_shardings=l_rep).lower(key_l).compile()
+  metrics = jax.jit(stages.metrics, out_shardings=l_rep).lower(aux_l, params_l, stats_l).compile(compiler_options=compiler_options)
+  split_key = jax.jit(iteration_lib.split_update_key, out_shardings=l_rep).lower(key_l).compile(compiler_options=compiler_options)
   return bind(act, advantage, learn, metrics, split_key)
