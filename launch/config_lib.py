@@ -1,12 +1,13 @@
 """Config validation and derived values, in one place.
 
 `resolve(config, num_devices)` checks every key before anything compiles and returns the derived settings
-(batch and minibatch sizes, number of updates). A bad value raises one ConfigError that names each offending key and
+(batch and minibatch sizes, number of updates, the learning rate after the scaling rule). A bad value raises one ConfigError that names each offending key and
 the rule it breaks; the launcher prints it without a traceback.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import ml_collections
@@ -17,8 +18,19 @@ from learner import networks
 from pipeline.iteration import PPOSettings
 
 
+SCALING_RULES = ("none", "recipe", "fixed_minibatches", "sqrt_lr")
+
+
 class ConfigError(ValueError):
   """A user mistake in the config; the message names the key and the rule."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaled:
+  """Minibatching and step size at the run's num_envs, after `scaling.rule`."""
+  num_minibatches: int
+  minibatch_size: int
+  learning_rate: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +39,7 @@ class Resolved:
   ppo: PPOSettings
   batch_size: int  # env steps per update
   minibatch_size: int
+  learning_rate: float  # after scaling.rule (the config's own value at scaling.base_num_envs)
   num_updates: int
   total_gradient_steps: int  # updates × epochs × minibatches, for the learning-rate anneal
 
@@ -68,10 +81,28 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
   def err(key, rule):
     errors.append(f"config.{key}={flat[key]!r}: {rule}")
 
-  for key in ("num_envs", "num_steps", "total_env_steps", "update_epochs", "num_minibatches", "log_every",
-              "eval_every", "eval_episodes"):
+  for key in ("num_envs", "num_steps", "total_env_steps", "update_epochs", "log_every", "eval_every",
+              "eval_episodes", "scaling.base_num_envs"):
     if not _is_int(flat[key]) or flat[key] <= 0:
       err(key, "must be a positive integer")
+  # Exactly one of num_minibatches / minibatch_size is set (> 0); the other is derived.
+  if not _is_int(flat["minibatch_size"]) or flat["minibatch_size"] < 0:
+    err("minibatch_size", "must be a non-negative integer (0 = derive it from num_minibatches)")
+  elif not _is_int(flat["num_minibatches"]) or flat["num_minibatches"] < 0 or (
+      flat["num_minibatches"] == 0 and flat["minibatch_size"] == 0):
+    err("num_minibatches", "must be a positive integer")
+  elif flat["num_minibatches"] > 0 and flat["minibatch_size"] > 0:
+    err("minibatch_size", "exactly one of num_minibatches / minibatch_size may be set (the other is derived); "
+        "set the other to 0")
+  if flat["scaling.rule"] not in SCALING_RULES:
+    err("scaling.rule", f"must be one of {list(SCALING_RULES)}")
+  for key in ("diagnostics.enabled", "ewma.enabled"):
+    if not isinstance(flat[key], bool):
+      err(key, "must be True or False")
+  if not _is_number(flat["diagnostics.kl_quantile"]) or not 0 < flat["diagnostics.kl_quantile"] < 1:
+    err("diagnostics.kl_quantile", "must be in (0, 1)")
+  if not _is_number(flat["ewma.center_of_mass"]) or flat["ewma.center_of_mass"] < 0:
+    err("ewma.center_of_mass", "must be a non-negative number (0 = the current params)")
   for key in ("learning_rate", "clip_eps", "max_grad_norm"):
     if not _is_number(flat[key]) or flat[key] <= 0:
       err(key, "must be a positive number")
@@ -106,15 +137,52 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
   batch_size = flat["num_envs"] * flat["num_steps"]
   if flat["num_envs"] % shards:
     err("num_envs", f"must be divisible by the {shards} devices of the mesh's data axis (mesh.data)")
-  if batch_size % flat["num_minibatches"]:
-    errors.append(f"config.num_minibatches={flat['num_minibatches']}: must divide the batch "
-                  f"num_envs * num_steps = {batch_size}")
-  elif (batch_size // flat["num_minibatches"]) % shards:
-    errors.append(f"config.num_minibatches={flat['num_minibatches']}: the minibatch size "
-                  f"{batch_size // flat['num_minibatches']} must be divisible by the {shards} devices of the data axis")
+  _scale(flat, shards, errors)
   if flat["total_env_steps"] < batch_size:
     err("total_env_steps", f"must be at least one batch (num_envs * num_steps = {batch_size})")
   return errors
+
+
+def _scale(flat: dict[str, Any], shards: int, errors: list[str]) -> Scaled | None:
+  """Applies `scaling.rule`: minibatch count / size and learning rate at num_envs. Appends errors; None if any.
+
+  The configured num_minibatches or minibatch_size (whichever is set) and learning_rate hold at the base batch
+  base_num_envs * num_steps. `recipe` keeps the minibatch size and learning rate and grows the number of
+  minibatches with num_envs; `fixed_minibatches` keeps the number so the minibatch grows; `sqrt_lr` does the same
+  and scales the learning rate by sqrt(num_envs / base_num_envs); `none` applies the config to num_envs as is.
+  """
+  rule, steps = flat["scaling.rule"], flat["num_steps"]
+  batch = flat["num_envs"] * steps
+  tag = "" if rule == "none" else f" (scaling.rule={rule!r})"
+  if rule == "none":
+    ref, ref_name = batch, "the batch num_envs * num_steps"
+  else:
+    ref, ref_name = flat["scaling.base_num_envs"] * steps, "the base batch scaling.base_num_envs * num_steps"
+  given = "num_minibatches" if flat["num_minibatches"] > 0 else "minibatch_size"
+  if ref % flat[given]:
+    errors.append(f"config.{given}={flat[given]}: must divide {ref_name} = {ref}{tag}")
+    return None
+  base_count = flat["num_minibatches"] or ref // flat["minibatch_size"]
+  base_size = flat["minibatch_size"] or ref // flat["num_minibatches"]
+  count, learning_rate = base_count, float(flat["learning_rate"])
+  if rule == "recipe":
+    if batch % base_size:
+      errors.append(f"config.num_envs={flat['num_envs']}: the base minibatch size {base_size} must divide the batch "
+                    f"num_envs * num_steps = {batch}{tag}")
+      return None
+    count = batch // base_size
+  elif rule in ("fixed_minibatches", "sqrt_lr") and batch % base_count:
+    errors.append(f"config.num_envs={flat['num_envs']}: the {base_count} minibatches must divide the batch "
+                  f"num_envs * num_steps = {batch}{tag}")
+    return None
+  if rule == "sqrt_lr":
+    learning_rate *= math.sqrt(flat["num_envs"] / flat["scaling.base_num_envs"])
+  size = batch // count
+  if size % shards:
+    errors.append(f"config.{given}={flat[given]}: the minibatch size {size} must be divisible by the {shards} "
+                  f"devices of the data axis{tag}")
+    return None
+  return Scaled(num_minibatches=count, minibatch_size=size, learning_rate=learning_rate)
 
 
 def resolve(config: ml_collections.ConfigDict, num_devices: int) -> Resolved:
@@ -122,15 +190,20 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> Resolved:
   errors = check(config, num_devices)
   if errors:
     raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+  flat = _flat_keys(config)
+  scaled = _scale(flat, num_devices if config.mesh.data == -1 else config.mesh.data, [])
   batch_size = config.num_envs * config.num_steps
   num_updates = config.total_env_steps // batch_size
+  com = float(config.ewma.center_of_mass)
   ppo = PPOSettings(num_envs=config.num_envs, num_steps=config.num_steps, update_epochs=config.update_epochs,
-                    num_minibatches=config.num_minibatches, gamma=float(config.gamma),
+                    num_minibatches=scaled.num_minibatches, gamma=float(config.gamma),
                     gae_lambda=float(config.gae_lambda), clip_eps=float(config.clip_eps),
-                    vf_coef=float(config.vf_coef), ent_coef=float(config.ent_coef))
-  return Resolved(ppo=ppo, batch_size=batch_size, minibatch_size=batch_size // config.num_minibatches,
-                  num_updates=num_updates,
-                  total_gradient_steps=num_updates * config.update_epochs * config.num_minibatches)
+                    vf_coef=float(config.vf_coef), ent_coef=float(config.ent_coef),
+                    diagnostics=config.diagnostics.enabled, kl_quantile=float(config.diagnostics.kl_quantile),
+                    ewma_decay=com / (1.0 + com) if config.ewma.enabled else None)
+  return Resolved(ppo=ppo, batch_size=batch_size, minibatch_size=scaled.minibatch_size,
+                  learning_rate=scaled.learning_rate, num_updates=num_updates,
+                  total_gradient_steps=num_updates * config.update_epochs * scaled.num_minibatches)
 
 
 def unknown_override_keys(args: list[str]) -> list[str]:
@@ -155,6 +228,8 @@ def describe(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, A
       "batch_size": resolved.batch_size,
       "minibatch_size": resolved.minibatch_size,
       "num_minibatches": resolved.ppo.num_minibatches,
+      "learning_rate": resolved.learning_rate,
+      "ewma_decay": resolved.ppo.ewma_decay,
       "num_updates": resolved.num_updates,
       "env_steps": resolved.env_steps,
       "total_gradient_steps": resolved.total_gradient_steps,

@@ -30,7 +30,7 @@ def build_agent(config: ml_collections.ConfigDict, resolved: config_lib.Resolved
   dist = distributions.for_action_space(env.action_space)
   model = networks.ActorCritic(dist=dist, hidden_sizes=tuple(config.network.hidden_sizes),
                                activation=config.network.activation, shared_trunk=config.network.shared_trunk)
-  optimizer = optimizer_lib.make_optimizer(config.learning_rate, config.max_grad_norm, config.anneal_lr,
+  optimizer = optimizer_lib.make_optimizer(resolved.learning_rate, config.max_grad_norm, config.anneal_lr,
                                            resolved.total_gradient_steps)
   return iteration_lib.Agent(env=env, model=model, dist=dist, optimizer=optimizer)
 

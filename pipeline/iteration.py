@@ -34,6 +34,9 @@ class PPOSettings:
   clip_eps: float
   vf_coef: float
   ent_coef: float
+  diagnostics: bool = True  # compute learner/diagnostics.py's per-update statistics
+  kl_quantile: float = 0.9  # which quantile of the per-state KL to report
+  ewma_decay: float | None = None  # PPO-EWMA: proximal params = EWMA of params with this decay; None = off
 
   @property
   def batch_size(self) -> int:
