@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -46,6 +47,8 @@ def summarize(metrics: list[iteration_lib.UpdateMetrics]) -> dict[str, Any]:
   for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"):
     row[key] = float(getattr(stacked, key).mean())
   row["param_norm"] = float(stacked.param_norm[-1])
+  if stacked.diagnostics is not None:  # means over the interval's updates
+    row.update({k: float(np.mean(v)) for k, v in dataclasses.asdict(stacked.diagnostics).items()})
   return row
 
 
@@ -62,7 +65,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Train state, created already sharded.
   train_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs)
+  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs,
+                              ewma=resolved.ppo.ewma_decay is not None)
   state_shardings = layout.train_state_shardings(jax.eval_shape(init_fn, train_key))
   state = jax.jit(init_fn, out_shardings=state_shardings)(train_key)
 

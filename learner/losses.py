@@ -1,6 +1,8 @@
 """The PPO loss on one minibatch: clipped surrogate, clipped value loss, entropy bonus.
 
-Advantages are normalised per minibatch. Besides the loss it returns the statistics the trainer logs.
+Advantages are normalised per minibatch. Besides the loss it returns the statistics the trainer logs. Given
+`proximal_params` it is PPO-EWMA's decoupled objective (Hilton et al. 2022): the ratio is clipped around the proximal
+policy, and the behaviour policy enters only through the importance weight π_prox / π_behaviour.
 """
 from __future__ import annotations
 
@@ -35,14 +37,19 @@ class LossAux:
 
 
 def ppo_loss(params, mb: Minibatch, *, apply_fn: Callable, dist: distributions.Distribution, clip_eps: float,
-             vf_coef: float, ent_coef: float) -> tuple[jax.Array, LossAux]:
+             vf_coef: float, ent_coef: float, proximal_params=None) -> tuple[jax.Array, LossAux]:
   head, value = apply_fn(params, mb.obs)
   log_prob = dist.log_prob(head, mb.action)
   log_ratio = log_prob - mb.log_prob
   ratio = jnp.exp(log_ratio)
 
   adv = (mb.advantage - mb.advantage.mean()) / (mb.advantage.std() + 1e-8)
-  surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
+  if proximal_params is None:  # the proximal policy is the behaviour policy: weight 1
+    weight, clip_ratio = 1.0, ratio
+  else:
+    prox_log_prob = jax.lax.stop_gradient(dist.log_prob(apply_fn(proximal_params, mb.obs)[0], mb.action))
+    weight, clip_ratio = jnp.exp(prox_log_prob - mb.log_prob), jnp.exp(log_prob - prox_log_prob)
+  surrogate = weight * jnp.minimum(clip_ratio * adv, jnp.clip(clip_ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
   policy_loss = -surrogate.mean()
 
   value_clipped = mb.value + jnp.clip(value - mb.value, -clip_eps, clip_eps)
@@ -55,6 +62,6 @@ def ppo_loss(params, mb: Minibatch, *, apply_fn: Callable, dist: distributions.D
       value_loss=value_loss,
       entropy=entropy,
       approx_kl=((ratio - 1.0) - log_ratio).mean(),
-      clip_fraction=(jnp.abs(ratio - 1.0) > clip_eps).mean(),
+      clip_fraction=(jnp.abs(clip_ratio - 1.0) > clip_eps).mean(),  # against the proximal policy
   )
   return loss, aux

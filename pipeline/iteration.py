@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ import optax
 from flax import struct
 
 from envs import base
-from learner import distributions, losses, networks
+from learner import diagnostics as diagnostics_lib, distributions, ewma as ewma_lib, losses, networks
 from learner.state import TrainState
 from pipeline import gae as gae_lib
 from pipeline import rollout as rollout_lib
@@ -54,6 +55,7 @@ class UpdateMetrics:
   param_norm: jax.Array
   episode_return_sum: jax.Array
   episode_count: jax.Array
+  diagnostics: Any = None  # learner.diagnostics.Diagnostics, or None when diagnostics are off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +77,13 @@ def _global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
-def init_train_state(agent: Agent, key: jax.Array, num_envs: int) -> TrainState:
+def init_train_state(agent: Agent, key: jax.Array, num_envs: int, ewma: bool = False) -> TrainState:
+  """`ewma`: also create PPO-EWMA's proximal params (starting at the initial params)."""
   key, params_key, env_key = jax.random.split(key, 3)
   params = agent.model.init(params_key, jnp.zeros(agent.env.observation_shape, jnp.float32))
   return TrainState(params=params, opt_state=agent.optimizer.init(params),
                     runner=rollout_lib.init_runner(agent.env, env_key, num_envs), key=key,
-                    update=jnp.zeros((), jnp.int32))
+                    update=jnp.zeros((), jnp.int32), proximal=ewma_lib.init(params) if ewma else None)
 
 
 def make_iteration(agent: Agent, ppo: PPOSettings,
@@ -103,14 +106,20 @@ def make_iteration(agent: Agent, ppo: PPOSettings,
                                       gae_lambda=ppo.gae_lambda)
     batch = losses.Minibatch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=traj.value,
                              advantage=advantages, target=targets)
-    params, opt_state, aux = sgd_lib.sgd_epochs(
+    params, opt_state, aux, proximal, noise = sgd_lib.sgd_epochs(
         state.params, state.opt_state, batch, sgd_key, loss_fn=loss_fn, optimizer=agent.optimizer,
-        update_epochs=ppo.update_epochs, num_minibatches=ppo.num_minibatches, constrain=constrain_envs)
-    new_state = TrainState(params=params, opt_state=opt_state, runner=runner, key=key, update=state.update + 1)
+        update_epochs=ppo.update_epochs, num_minibatches=ppo.num_minibatches, constrain=constrain_envs,
+        proximal=state.proximal, ewma_decay=ppo.ewma_decay, track_grad_noise=ppo.diagnostics)
+    new_state = TrainState(params=params, opt_state=opt_state, runner=runner, key=key, update=state.update + 1,
+                           proximal=proximal)
+    diagnostics = None
+    if ppo.diagnostics:
+      diagnostics = diagnostics_lib.compute(state.params, params, traj.obs, traj.head, traj.value, targets, noise,
+                                            apply_fn=agent.apply, dist=agent.dist, kl_quantile=ppo.kl_quantile)
     metrics = UpdateMetrics(policy_loss=aux.policy_loss, value_loss=aux.value_loss, entropy=aux.entropy,
                             approx_kl=aux.approx_kl, clip_fraction=aux.clip_fraction,
                             param_norm=_global_norm(params), episode_return_sum=stats.return_sum,
-                            episode_count=stats.count)
+                            episode_count=stats.count, diagnostics=diagnostics)
     return new_state, metrics
 
   return iteration

@@ -31,6 +31,7 @@ class Trajectory:
   obs: Float[Array, "T N obs"]
   action: Array  # [T, N] int32 or [T, N, A]
   log_prob: Float[Array, "T N"]
+  head: Float[Array, "T N P"]  # the behaviour policy's distribution params (for the exact KL diagnostic)
   value: Float[Array, "T N"]
   reward: Float[Array, "T N"]
   terminated: Bool[Array, "T N"]
@@ -74,7 +75,8 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
                          count=stats.count + jnp.sum(done, dtype=jnp.int32))
     new_runner = constrain(RunnerState(env_state=out.state, obs=out.obs,
                                        episode_return=jnp.where(done, 0.0, episode_return)))
-    transition = Trajectory(obs=runner.obs, action=action, log_prob=log_prob, value=value, reward=out.reward,
+    transition = Trajectory(obs=runner.obs, action=action, log_prob=log_prob, head=head, value=value,
+                            reward=out.reward,
                             terminated=out.terminated, truncated=out.truncated, truncation_value=truncation_value)
     return (new_runner, stats), transition
 
