@@ -33,6 +33,16 @@ def series(run: dict, key: str) -> np.ndarray:
   return np.array([p[key] for p in run["points"]], dtype=float)
 
 
+def late_noise_scale(run: dict) -> float:
+  """B_simple over the second half of training as the ratio of the averaged tr Σ and |G|² estimates.
+
+  Per-update |G|² estimates are noisy and can be ≤ 0, so (as McCandlish et al. advise) numerator and denominator are
+  averaged separately before dividing.
+  """
+  half = len(run["points"]) // 2
+  return float(np.nanmean(series(run, "grad_trace_cov")[half:]) / np.nanmean(series(run, "grad_sq_norm")[half:]))
+
+
 def final_return(run: dict) -> np.ndarray:
   return series(run, "return")[-FINAL_POINTS:].mean(0)
 
@@ -72,9 +82,8 @@ def plot_diagnostics(runs, path):
     ns = [k[1] for k in keys]
     half = lambda run, key: np.nanmean(series(run, key)[len(run["points"]) // 2:])
     axes[0].plot(ns, [half(runs[k], "kl_mean") for k in keys], marker=marker, label=rule)
-    axes[1].plot(ns, [half(runs[k], "grad_noise_scale") for k in keys], marker=marker, label=rule)
-    axes[2].plot(ns, [runs[k]["batch_size"] / half(runs[k], "grad_noise_scale") for k in keys], marker=marker,
-                 label=rule)
+    axes[1].plot(ns, [late_noise_scale(runs[k]) for k in keys], marker=marker, label=rule)
+    axes[2].plot(ns, [runs[k]["batch_size"] / late_noise_scale(runs[k]) for k in keys], marker=marker, label=rule)
   for ax, title in zip(axes, ("KL(behaviour ‖ updated) per update", "gradient noise scale B_simple",
                               "batch size / B_simple (outer-loop signal)")):
     ax.set_xscale("log", base=2)
@@ -147,7 +156,7 @@ def table(runs) -> str:
         f"| {key[0]} | {key[1]} | {'yes' if key[2] else 'no'} | {run['minibatch_size']} | {run['num_minibatches']} | "
         f"{run['learning_rate']:.3g} | {run['num_updates']} | {', '.join(f'{v:.2f}' for v in fin)} | {fin.mean():.2f} | "
         f"{ret[-q:].mean() - ret[-2 * q:-q].mean():+.2f} | {late('kl_mean'):.2e} | {late('kl_quantile'):.2e} | "
-        f"{late('grad_noise_scale'):.3g} | {late('samples_per_kl'):.3g} | {late('clip_fraction'):.3f} | "
+        f"{late_noise_scale(run):.3g} | {late('samples_per_kl'):.3g} | {late('clip_fraction'):.3f} | "
         f"{run['run_time']:.0f} |")
   return "\n".join(lines)
 
@@ -166,8 +175,9 @@ def write(out_dir: str, argv=None, results_md: str = "docs/results.md") -> None:
   rel = os.path.relpath(out_dir, os.path.dirname(results_md))
   block = [BEGIN, "", f"Base run N={base} (shared by all rules). Columns: final return = mean training-episode return "
            f"over the last {FINAL_POINTS} of {len(loaded[0]['points'])} curve points, per seed; Δ last quarter = "
-           "mean return of the last quarter of the budget minus the quarter before (≈ 0: a plateau); KL, B_simple, "
-           "samples/KL and clip fraction are means over the second half of training.", "", table(runs), "",
+           "mean return of the last quarter of the budget minus the quarter before (≈ 0: a plateau); KL, samples/KL "
+           "and clip fraction are means over the second half of training; B_simple there is mean tr Σ / mean |G|² "
+           "over the same updates.", "", table(runs), "",
            f"![returns]({rel}/returns_vs_steps.png)", "", f"![diagnostics]({rel}/kl_and_noise_vs_n.png)", "",
            f"![final]({rel}/final_return_per_rule.png)", ""]
   if has_ewma:

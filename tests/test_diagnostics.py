@@ -14,7 +14,6 @@ from launch.sinks import read_jsonl
 from learner import diagnostics, distributions, ewma, losses
 from pipeline import sgd
 
-jax.config.update("jax_enable_x64", False)
 
 
 def _linear(params, obs):
@@ -204,17 +203,31 @@ def test_diagnostics_reach_metrics_jsonl(runs):
 
 
 def test_ewma_state_lives_in_train_state():
+  from launch import config_lib  # pylint: disable=import-outside-toplevel
   from pipeline import iteration  # pylint: disable=import-outside-toplevel
   config = debug.get_config()
   config.ewma.enabled, config.ewma.center_of_mass = True, 0.0  # decay 0: the proximal params are the params
-  from launch import config_lib  # pylint: disable=import-outside-toplevel
   resolved = config_lib.resolve(config, 1)
   agent = trainer.build_agent(config, resolved)
   state = iteration.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs, ewma=True)
   assert iteration.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs).proximal is None
   new_state, _ = jax.jit(iteration.make_iteration(agent, resolved.ppo))(state)
+  assert not np.allclose(jax.tree.leaves(new_state.params)[0], jax.tree.leaves(state.params)[0])
   for a, b in zip(jax.tree.leaves(new_state.proximal.params), jax.tree.leaves(new_state.params)):
     np.testing.assert_allclose(a, b, rtol=1e-6)
-  steps = config.update_epochs * resolved.ppo.num_minibatches
-  np.testing.assert_allclose(new_state.proximal.total_weight, 1.0)  # decay 0: 0 * total + 1 after each of `steps`
-  assert steps > 1
+
+
+def test_sgd_advances_ewma_after_every_optimizer_step():
+  # An "optimizer" that adds 1 to every param per step: after step s the params are w0 + s, so the EWMA over the
+  # K = epochs x minibatches steps is sum_s d^(K-s) (w0 + s) / sum_s d^(K-s), s = 0..K (w0 counted at init).
+  plus_one = optax.GradientTransformation(lambda p: optax.EmptyState(),
+                                          lambda g, s, p=None: (jax.tree.map(jnp.ones_like, g), s))
+  w0, decay, K = jnp.array([0.5, -1.0, 0.25], jnp.float32), 0.6, 2 * 4
+  loss = lambda w, mb, proximal_params=None: _mean_loss(w, mb)
+  params, _, _, proximal, _ = sgd.sgd_epochs(w0, optax.EmptyState(), _regression_batch(), jax.random.PRNGKey(0),
+                                             loss_fn=loss, optimizer=plus_one, update_epochs=2, num_minibatches=4,
+                                             proximal=ewma.init(w0), ewma_decay=decay)
+  np.testing.assert_allclose(params, w0 + K)
+  weights = decay**(K - np.arange(K + 1))
+  np.testing.assert_allclose(proximal.params, w0 + weights @ np.arange(K + 1) / weights.sum(), rtol=1e-5)
+  np.testing.assert_allclose(proximal.total_weight, weights.sum(), rtol=1e-5)
