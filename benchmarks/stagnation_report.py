@@ -82,8 +82,10 @@ def plot_diagnostics(runs, path):
     ns = [k[1] for k in keys]
     half = lambda run, key: np.nanmean(series(run, key)[len(run["points"]) // 2:])
     axes[0].plot(ns, [half(runs[k], "kl_mean") for k in keys], marker=marker, label=rule)
-    axes[1].plot(ns, [late_noise_scale(runs[k]) for k in keys], marker=marker, label=rule)
-    axes[2].plot(ns, [runs[k]["batch_size"] / late_noise_scale(runs[k]) for k in keys], marker=marker, label=rule)
+    b_simple = np.array([late_noise_scale(runs[k]) for k in keys])
+    b_simple[b_simple <= 0] = np.nan  # an estimate with |G|² ≤ 0 is unresolved, not a scale: leave a gap
+    axes[1].plot(ns, b_simple, marker=marker, label=rule)
+    axes[2].plot(ns, [runs[k]["batch_size"] for k in keys] / b_simple, marker=marker, label=rule)
   for ax, title in zip(axes, ("KL(behaviour ‖ updated) per update", "gradient noise scale B_simple",
                               "batch size / B_simple (outer-loop signal)")):
     ax.set_xscale("log", base=2)
@@ -167,7 +169,8 @@ def write(out_dir: str, argv=None, results_md: str = "docs/results.md") -> None:
     print(f"no results in {out_dir}")
     return
   base = min(r["num_envs"] for r in loaded)
-  runs = _curves({(r["rule"], r["num_envs"], r["ewma"]): r for r in loaded}, base)
+  own = {(r["rule"], r["num_envs"], r["ewma"]): r for r in loaded}
+  runs = _curves(own, base)
   plot_returns(runs, base, os.path.join(out_dir, "returns_vs_steps.png"))
   plot_diagnostics(runs, os.path.join(out_dir, "kl_and_noise_vs_n.png"))
   plot_final(runs, os.path.join(out_dir, "final_return_per_rule.png"))
@@ -177,7 +180,8 @@ def write(out_dir: str, argv=None, results_md: str = "docs/results.md") -> None:
            f"over the last {FINAL_POINTS} of {len(loaded[0]['points'])} curve points, per seed; Δ last quarter = "
            "mean return of the last quarter of the budget minus the quarter before (≈ 0: a plateau); KL, samples/KL "
            "and clip fraction are means over the second half of training; B_simple there is mean tr Σ / mean |G|² "
-           "over the same updates.", "", table(runs), "",
+           "over the same updates (negative or missing when the |G|² estimate is ≤ 0: see the analysis).", "",
+           table(own), "",
            f"![returns]({rel}/returns_vs_steps.png)", "", f"![diagnostics]({rel}/kl_and_noise_vs_n.png)", "",
            f"![final]({rel}/final_return_per_rule.png)", ""]
   if has_ewma:
