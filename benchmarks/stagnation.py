@@ -1,8 +1,8 @@
 """The stagnation experiment: sweep num_envs under each scaling rule at an equal env-step budget, and PPO-EWMA.
 
 Each (rule, num_envs) config is resolved by launch/config_lib.py (the same rules the trainer uses), compiled once,
-and run for all seeds together (the update is vmapped over seeds, and `chunk` updates are scanned per call so small
-batches are not dominated by dispatch). Per-update metrics and diagnostics are kept; the report step writes
+and run for every seed: by default with the trainer's one-jitted-update-per-call path, or (--vmap_seeds) with the
+update vmapped over seeds and `chunk` updates scanned per call. Per-update metrics and diagnostics are kept; the report step writes
 docs/results.md tables and PNG plots.
 
   nice -n 10 python -m benchmarks.stagnation --out=docs/stagnation > /tmp/stagnation.log 2>&1   # the sweep
@@ -36,6 +36,8 @@ flags.DEFINE_integer("seeds", 2, "Seeds per config (vmapped).")
 flags.DEFINE_integer("log_points", 32, "Points per learning curve (each a mean over 1/log_points of the budget).")
 flags.DEFINE_float("learning_rate", 2.5e-3, "Base learning rate (constant).")
 flags.DEFINE_integer("base_num_minibatches", 2, "num_minibatches at the base num_envs.")
+flags.DEFINE_bool("vmap_seeds", False, "vmap seeds and scan updates in one program (faster; hung in XLA:CPU on "
+                  "this machine for N=128, see docs/results.md) instead of the trainer's one-update-per-call path.")
 flags.DEFINE_bool("report_only", False, "Only rebuild the report from the saved JSON results.")
 FLAGS = flags.FLAGS
 
@@ -68,12 +70,29 @@ def run_config(config) -> dict:
   chunk = resolved.num_updates // FLAGS.log_points
   assert chunk * FLAGS.log_points == resolved.num_updates, "budget must split into whole updates per log point"
 
-  def scan_chunk(state):
-    return jax.lax.scan(lambda s, _: step(s), state, None, length=chunk)
+  if FLAGS.vmap_seeds:
+    def scan_chunk(state):
+      return jax.lax.scan(lambda s, _: step(s), state, None, length=chunk)
 
-  state = init(keys)
-  t0 = time.time()
-  run_chunk = jax.jit(scan_chunk, donate_argnums=0).lower(state).compile()
+    state = init(keys)
+    t0 = time.time()
+    run_chunk = jax.jit(scan_chunk, donate_argnums=0).lower(state).compile()
+  else:  # the trainer's path: one jitted update per call, seeds one after the other, one compile for all
+    single_init = jax.jit(lambda k: iteration_lib.init_train_state(agent, k, config.num_envs, ewma=ewma))
+    states = [single_init(k) for k in keys]
+    t0 = time.time()
+    update = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo), donate_argnums=0).lower(states[0]).compile()
+
+    def run_chunk(_):
+      rows = []
+      for i in range(len(states)):
+        per_update = []
+        for _ in range(chunk):
+          states[i], m = update(states[i])
+          per_update.append(m)
+        rows.append(jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(per_update)))
+      return None, jax.tree.map(lambda *xs: np.stack(xs, axis=1), *rows)  # leaves [chunk, seeds]
+    state = None
   compile_time = time.time() - t0
   points, t0 = [], time.time()
   for _ in range(FLAGS.log_points):

@@ -158,7 +158,7 @@ def table(runs) -> str:
         f"| {key[0]} | {key[1]} | {'yes' if key[2] else 'no'} | {run['minibatch_size']} | {run['num_minibatches']} | "
         f"{run['learning_rate']:.3g} | {run['num_updates']} | {', '.join(f'{v:.2f}' for v in fin)} | {fin.mean():.2f} | "
         f"{ret[-q:].mean() - ret[-2 * q:-q].mean():+.2f} | {late('kl_mean'):.2e} | {late('kl_quantile'):.2e} | "
-        f"{late_noise_scale(run):.3g} | {late('samples_per_kl'):.3g} | {late('clip_fraction'):.3f} | "
+        f"{late_noise_scale(run):.3g} | {run['batch_size'] / late('kl_mean'):.3g} | {late('clip_fraction'):.3f} | "
         f"{run['run_time']:.0f} |")
   return "\n".join(lines)
 
@@ -178,8 +178,8 @@ def write(out_dir: str, argv=None, results_md: str = "docs/results.md") -> None:
   rel = os.path.relpath(out_dir, os.path.dirname(results_md))
   block = [BEGIN, "", f"Base run N={base} (shared by all rules). Columns: final return = mean training-episode return "
            f"over the last {FINAL_POINTS} of {len(loaded[0]['points'])} curve points, per seed; Δ last quarter = "
-           "mean return of the last quarter of the budget minus the quarter before (≈ 0: a plateau); KL, samples/KL "
-           "and clip fraction are means over the second half of training; B_simple there is mean tr Σ / mean |G|² "
+           "mean return of the last quarter of the budget minus the quarter before (≈ 0: a plateau); KL and clip "
+           "fraction are means over the second half of training, samples/KL = batch size / that mean KL; B_simple there is mean tr Σ / mean |G|² "
            "over the same updates (negative or missing when the |G|² estimate is ≤ 0: see the analysis).", "",
            table(own), "",
            f"![returns]({rel}/returns_vs_steps.png)", "", f"![diagnostics]({rel}/kl_and_noise_vs_n.png)", "",
