@@ -28,7 +28,7 @@ flags.DEFINE_string("out", "docs/stagnation", "Directory for the per-run JSON re
 flags.DEFINE_string("env_name", "gymnax:Breakout-MinAtar", "Environment.")
 flags.DEFINE_list("num_envs", ["8", "32", "128", "512"], "num_envs values (the first is scaling.base_num_envs).")
 flags.DEFINE_list("rules", ["recipe", "fixed_minibatches", "sqrt_lr"], "Scaling rules to sweep.")
-flags.DEFINE_list("ewma_num_envs", ["8", "128"], "num_envs values also run with PPO-EWMA (recipe).")
+flags.DEFINE_list("ewma_num_envs", ["8"], "num_envs values also run with PPO-EWMA (recipe).")
 flags.DEFINE_float("ewma_center_of_mass", 16.0, "PPO-EWMA centre of mass (optimizer steps) for the EWMA arm.")
 flags.DEFINE_integer("total_env_steps", 2**20, "Env-step budget per run (equal for every config).")
 flags.DEFINE_integer("num_steps", 32, "Rollout length T.")
