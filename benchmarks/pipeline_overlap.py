@@ -74,7 +74,7 @@ def stage_seconds(env_name: str) -> tuple[float, float]:
     return statistics.median(times), out
 
   act_s, (batch, stats) = timed(lambda: fns.to_learner(*_act(fns, state)))
-  learn_s, _ = timed(lambda: fns.learn(state.params, state.opt_state, batch, state.key))
+  learn_s, _ = timed(lambda: fns.learn(state.params, state.opt_state, state.proximal, batch, state.key))
   del stats
   return act_s, learn_s
 

@@ -48,6 +48,7 @@ MUST_MATCH = {
     "network.shared_trunk": "the saved params have this structure",
     "anneal_lr": "the saved optimizer state has the schedule's step count only when annealing",
     "seed": "the saved PRNG key continues that seed's run",
+    "ewma.enabled": "the saved state holds PPO-EWMA's proximal params only when it is on",
 }
 # pipeline.mode / max_policy_lag: fused and sync give identical results; only the overlap lag shapes the saved state
 # (stale params versions) and the run, so that is what must match (see `_policy_lag`).
@@ -230,7 +231,9 @@ class RunCheckpoints:
     snapshot = init()
     if self._config.restore_from:
       params = read_params(self._config.restore_from, target.state.params)
-      snapshot = Snapshot(state=snapshot.state.replace(params=params),
+      proximal = snapshot.state.proximal  # PPO-EWMA's average starts at them too (fresh weight 1)
+      proximal = None if proximal is None else proximal.replace(params=params)
+      snapshot = Snapshot(state=snapshot.state.replace(params=params, proximal=proximal),
                           stale_params=(params,) * len(target.stale_params))
       logging.info("new run from the params of %s", self._config.restore_from)
     return snapshot, Resume()

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 from typing import Any
@@ -32,7 +33,7 @@ def build_agent(config: ml_collections.ConfigDict, resolved: config_lib.Resolved
   dist = distributions.for_action_space(env.action_space)
   model = networks.ActorCritic(dist=dist, hidden_sizes=tuple(config.network.hidden_sizes),
                                activation=config.network.activation, shared_trunk=config.network.shared_trunk)
-  optimizer = optimizer_lib.make_optimizer(config.learning_rate, config.max_grad_norm, config.anneal_lr,
+  optimizer = optimizer_lib.make_optimizer(resolved.learning_rate, config.max_grad_norm, config.anneal_lr,
                                            resolved.total_gradient_steps)
   return iteration_lib.Agent(env=env, model=model, dist=dist, optimizer=optimizer)
 
@@ -48,6 +49,8 @@ def summarize(metrics: list[iteration_lib.UpdateMetrics]) -> dict[str, Any]:
   for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"):
     row[key] = float(getattr(stacked, key).mean())
   row["param_norm"] = float(stacked.param_norm[-1])
+  if stacked.diagnostics is not None:  # means over the interval's updates
+    row.update({k: float(np.mean(v)) for k, v in dataclasses.asdict(stacked.diagnostics).items()})
   return row
 
 
@@ -67,7 +70,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Train state (the runner lives with the actors): own checkpoint, restored onto these shardings whatever mesh
   # wrote it → else created already sharded, with config.restore_from's params if set.
   train_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs)
+  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs,
+                              ewma=resolved.ppo.ewma_decay is not None)
   state_shapes = jax.eval_shape(init_fn, train_key)
   state_shardings = layout.train_state_shardings(state_shapes).replace(
       runner=actor_layout.env_shardings(state_shapes.runner))

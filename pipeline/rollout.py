@@ -31,6 +31,7 @@ class Trajectory:
   obs: Float[Array, "T N obs"]
   action: Array  # [T, N] int32 or [T, N, A]
   log_prob: Float[Array, "T N"]
+  head: Float[Array, "T N P"] | None  # the behaviour policy's distribution params (exact KL diagnostic), if kept
   value: Float[Array, "T N"]
   reward: Float[Array, "T N"]
   terminated: Bool[Array, "T N"]
@@ -52,10 +53,12 @@ def init_runner(env: base.Environment, key: jax.Array, num_envs: int) -> RunnerS
 
 def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environment, apply_fn: Callable,
             value_fn: Callable, dist: distributions.Distribution, num_steps: int,
-            constrain: Callable = lambda x: x) -> tuple[RunnerState, Trajectory, Float[Array, "N"], EpisodeStats]:
+            constrain: Callable = lambda x: x,
+            keep_head: bool = False) -> tuple[RunnerState, Trajectory, Float[Array, "N"], EpisodeStats]:
   """Steps all envs `num_steps` times. Returns the new runner, the trajectory, V(last obs) and episode stats.
 
-  `constrain` pins the runner's env axis to the mesh (a no-op on one device).
+  `constrain` pins the runner's env axis to the mesh (a no-op on one device). `keep_head` stores the policy's
+  distribution params in the trajectory (for the KL diagnostic; [T, N, P] floats more).
   """
   num_envs = runner.obs.shape[0]
 
@@ -74,8 +77,9 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
                          count=stats.count + jnp.sum(done, dtype=jnp.int32))
     new_runner = constrain(RunnerState(env_state=out.state, obs=out.obs,
                                        episode_return=jnp.where(done, 0.0, episode_return)))
-    transition = Trajectory(obs=runner.obs, action=action, log_prob=log_prob, value=value, reward=out.reward,
-                            terminated=out.terminated, truncated=out.truncated, truncation_value=truncation_value)
+    transition = Trajectory(obs=runner.obs, action=action, log_prob=log_prob, head=head if keep_head else None,
+                            value=value, reward=out.reward, terminated=out.terminated, truncated=out.truncated,
+                            truncation_value=truncation_value)
     return (new_runner, stats), transition
 
   stats0 = EpisodeStats(return_sum=jnp.zeros((), jnp.float32), count=jnp.zeros((), jnp.int32))
