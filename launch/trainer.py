@@ -62,7 +62,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Train state, created already sharded.
   train_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs)
+  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs, ppo=resolved.ppo)
   state_shardings = layout.train_state_shardings(jax.eval_shape(init_fn, train_key))
   state = jax.jit(init_fn, out_shardings=state_shardings)(train_key)
 
@@ -72,7 +72,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                       in_shardings=(state_shardings,), out_shardings=(state_shardings, layout.replicated),
                       donate_argnums=0).lower(state).compile()
   evaluate = jax.jit(evaluate_lib.make_evaluate(agent.env, agent.apply, agent.dist, config.eval_episodes)).lower(
-      state.params, eval_key).compile()
+      state.params, eval_key, state.obs_norm).compile()
   compile_time = time.time() - t0
   logging.info("compiled in %.1fs", compile_time)
 
@@ -91,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     row.update(summarize(jax.device_get(pending)))
     pending = []
     if update % config.eval_every == 0 or is_last:
-      row["eval_return"] = float(evaluate(state.params, jax.random.fold_in(eval_key, update)))
+      row["eval_return"] = float(evaluate(state.params, jax.random.fold_in(eval_key, update), state.obs_norm))
     now = time.time()
     row["wall_time"] = now - PROCESS_START
     row["sps"] = (row["env_steps"] - last_steps) / max(now - last_time, 1e-9)
