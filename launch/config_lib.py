@@ -91,7 +91,8 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     err("reset_pool.size", "must be a non-negative integer (0 turns the pool off)")
   if not _is_int(flat["reset_pool.refresh"]) or flat["reset_pool.refresh"] <= 0:
     err("reset_pool.refresh", "must be a positive integer")
-  elif _is_int(flat["reset_pool.size"]) and flat["reset_pool.size"] % flat["reset_pool.refresh"]:
+  elif _is_int(flat["reset_pool.size"]) and flat["reset_pool.size"] > 0 and (
+      flat["reset_pool.size"] % flat["reset_pool.refresh"]):
     err("reset_pool.refresh", f"must divide reset_pool.size={flat['reset_pool.size']}")
   if not isinstance(flat["network.shared_trunk"], bool):
     err("network.shared_trunk", "must be True or False")
