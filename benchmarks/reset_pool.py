@@ -22,11 +22,11 @@ from learner import distributions, networks
 from pipeline import rollout
 
 flags.DEFINE_string("env_name", "kinetix:s", "Environment to time.")
-flags.DEFINE_integer("num_envs", 256, "Parallel envs.")
-flags.DEFINE_integer("num_steps", 32, "Env steps per timed rollout.")
-flags.DEFINE_integer("pool_size", 256, "Reset pool entries.")
+flags.DEFINE_integer("num_envs", 128, "Parallel envs.")
+flags.DEFINE_integer("num_steps", 16, "Env steps per timed rollout.")
+flags.DEFINE_integer("pool_size", 128, "Reset pool entries.")
 flags.DEFINE_integer("refresh", 8, "Pool entries re-sampled per step.")
-flags.DEFINE_integer("repeats", 5, "Timed rollouts per variant (median reported).")
+flags.DEFINE_integer("repeats", 3, "Timed rollouts per variant (median reported).")
 FLAGS = flags.FLAGS
 
 
