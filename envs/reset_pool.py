@@ -35,6 +35,13 @@ def init_pool(env: base.Environment, key: jax.Array, size: int) -> ResetPool:
   return ResetPool(state=state, obs=obs, cursor=jnp.zeros((), jnp.int32))
 
 
+def draw_many(pool: ResetPool, key: jax.Array, num: int) -> tuple[Any, Float[Array, "M obs"]]:
+  """`num` start states drawn uniformly from the pool (how the runner starts when the pool is on, so that an
+  expensive reset is neither paid nor compiled once more for the first episodes)."""
+  index = jax.random.randint(key, (num,), 0, pool.obs.shape[0])
+  return jax.tree.map(lambda x: x[index], pool.state), pool.obs[index]
+
+
 def refresh(env: base.Environment, pool: ResetPool, key: jax.Array, count: int) -> ResetPool:
   """Re-samples the `count` oldest entries (`count` divides the pool size, so a batch never wraps)."""
   size = pool.obs.shape[0]

@@ -80,12 +80,14 @@ def _global_norm(tree) -> jax.Array:
 def init_train_state(agent: Agent, key: jax.Array, num_envs: int, ppo: PPOSettings | None = None) -> TrainState:
   key, params_key, env_key = jax.random.split(key, 3)
   params = agent.model.init(params_key, jnp.zeros(agent.env.observation_shape, jnp.float32))
-  runner = rollout_lib.init_runner(agent.env, env_key, num_envs)
   obs_norm = pool = None
-  if ppo is not None and ppo.obs_norm:  # start from the moments of the first observations, not the identity
-    obs_norm = obs_norm_lib.update(obs_norm_lib.init(agent.env.observation_shape), runner.obs)
   if ppo is not None and ppo.reset_pool_size:
     pool = reset_pool_lib.init_pool(agent.env, jax.random.fold_in(env_key, 1), ppo.reset_pool_size)
+    runner = rollout_lib.init_runner_from_pool(pool, env_key, num_envs)
+  else:
+    runner = rollout_lib.init_runner(agent.env, env_key, num_envs)
+  if ppo is not None and ppo.obs_norm:  # start from the moments of the first observations, not the identity
+    obs_norm = obs_norm_lib.update(obs_norm_lib.init(agent.env.observation_shape), runner.obs)
   return TrainState(params=params, opt_state=agent.optimizer.init(params), runner=runner, key=key,
                     update=jnp.zeros((), jnp.int32), obs_norm=obs_norm, reset_pool=pool)
 

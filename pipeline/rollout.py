@@ -53,6 +53,11 @@ def init_runner(env: base.Environment, key: jax.Array, num_envs: int) -> RunnerS
   return RunnerState(env_state=env_state, obs=obs, episode_return=jnp.zeros((num_envs,), jnp.float32))
 
 
+def init_runner_from_pool(pool: reset_pool_lib.ResetPool, key: jax.Array, num_envs: int) -> RunnerState:
+  env_state, obs = reset_pool_lib.draw_many(pool, key, num_envs)
+  return RunnerState(env_state=env_state, obs=obs, episode_return=jnp.zeros((num_envs,), jnp.float32))
+
+
 def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environment, apply_fn: Callable,
             value_fn: Callable, dist: distributions.Distribution, num_steps: int,
             constrain: Callable = lambda x: x, obs_norm: obs_norm_lib.RunningMeanStd | None = None,
