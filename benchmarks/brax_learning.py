@@ -6,6 +6,9 @@ Threshold: the deterministic policy's evaluation return reaches THRESHOLD (the m
 the pole passes 0.2 rad or 1000 steps pass; the untrained policy gets ~30) at one of the evaluations (every 100
 updates and at the end). Prints the evaluation returns, compile and training time as one JSON line; exits 1 below
 the threshold.
+
+Measured (2 CPU cores, load ~0.3): evaluation returns 358, 302, 503, 570, 638, 991, 984, 891 at updates 100..800
+(1.64M env steps): passed at update 600; 21 s compile, 26 s training.
 """
 from __future__ import annotations
 
