@@ -34,7 +34,8 @@ def main(argv):
     config.diagnostics.enabled = enabled
     resolved = config_lib.resolve(config, jax.device_count())
     agent = trainer.build_agent(config, resolved)
-    state = jax.jit(lambda k: iteration_lib.init_train_state(agent, k, config.num_envs))(jax.random.PRNGKey(0))
+    init = jax.jit(lambda k: iteration_lib.init_train_state(agent, k, config.num_envs, resolved.ppo))
+    state = init(jax.random.PRNGKey(0))
     t0 = time.time()
     compiled[enabled] = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo), donate_argnums=0).lower(
         state).compile()

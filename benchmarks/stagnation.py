@@ -63,9 +63,8 @@ def run_config(config) -> dict:
   """Trains `FLAGS.seeds` seeds of `config` together; returns per-update metrics averaged into log points."""
   resolved = config_lib.resolve(config, num_devices=1)
   agent = trainer.build_agent(config, resolved)
-  ewma = resolved.ppo.ewma_decay is not None
   keys = jax.random.split(jax.random.PRNGKey(config.seed), FLAGS.seeds)
-  init = jax.jit(jax.vmap(lambda k: iteration_lib.init_train_state(agent, k, config.num_envs, ewma=ewma)))
+  init = jax.jit(jax.vmap(lambda k: iteration_lib.init_train_state(agent, k, config.num_envs, resolved.ppo)))
   step = jax.vmap(iteration_lib.make_iteration(agent, resolved.ppo))
   chunk = resolved.num_updates // FLAGS.log_points
   assert chunk * FLAGS.log_points == resolved.num_updates, "budget must split into whole updates per log point"
@@ -78,7 +77,7 @@ def run_config(config) -> dict:
     t0 = time.time()
     run_chunk = jax.jit(scan_chunk, donate_argnums=0).lower(state).compile()
   else:  # the trainer's path: one jitted update per call, seeds one after the other, one compile for all
-    single_init = jax.jit(lambda k: iteration_lib.init_train_state(agent, k, config.num_envs, ewma=ewma))
+    single_init = jax.jit(lambda k: iteration_lib.init_train_state(agent, k, config.num_envs, resolved.ppo))
     states = [single_init(k) for k in keys]
     t0 = time.time()
     update = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo), donate_argnums=0).lower(states[0]).compile()

@@ -49,6 +49,8 @@ MUST_MATCH = {
     "anneal_lr": "the saved optimizer state has the schedule's step count only when annealing",
     "seed": "the saved PRNG key continues that seed's run",
     "ewma.enabled": "the saved state holds PPO-EWMA's proximal params only when it is on",
+    "obs_norm": "the saved runner holds observation statistics only when it is on",
+    "reset_pool.size": "the saved runner holds a reset pool of this size",
 }
 # pipeline.mode / max_policy_lag: fused and sync give identical results; only the overlap lag shapes the saved state
 # (stale params versions) and the run, so that is what must match (see `_policy_lag`).

@@ -124,6 +124,15 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
     err("restore_from", "must be a path (a run's workdir, its checkpoints/ dir or one step dir), or '' for none")
   if not isinstance(flat["anneal_lr"], bool):
     err("anneal_lr", "must be True or False")
+  if not isinstance(flat["obs_norm"], bool):
+    err("obs_norm", "must be True or False")
+  if not _is_int(flat["reset_pool.size"]) or flat["reset_pool.size"] < 0:
+    err("reset_pool.size", "must be a non-negative integer (0 turns the pool off)")
+  if not _is_int(flat["reset_pool.refresh"]) or flat["reset_pool.refresh"] <= 0:
+    err("reset_pool.refresh", "must be a positive integer")
+  elif _is_int(flat["reset_pool.size"]) and flat["reset_pool.size"] > 0 and (
+      flat["reset_pool.size"] % flat["reset_pool.refresh"]):
+    err("reset_pool.refresh", f"must divide reset_pool.size={flat['reset_pool.size']}")
   if not isinstance(flat["network.shared_trunk"], bool):
     err("network.shared_trunk", "must be True or False")
   sizes = flat["network.hidden_sizes"]
@@ -247,7 +256,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool 
   ppo = PPOSettings(num_envs=config.num_envs, num_steps=config.num_steps, update_epochs=config.update_epochs,
                     num_minibatches=scaled.num_minibatches, gamma=float(config.gamma),
                     gae_lambda=float(config.gae_lambda), clip_eps=float(config.clip_eps),
-                    vf_coef=float(config.vf_coef), ent_coef=float(config.ent_coef),
+                    vf_coef=float(config.vf_coef), ent_coef=float(config.ent_coef), obs_norm=config.obs_norm,
+                    reset_pool_size=config.reset_pool.size, reset_pool_refresh=config.reset_pool.refresh,
                     sgd_chunk_size=chunk_size(config.sgd_chunk_size, scaled.minibatch_size, config.diagnostics.enabled,
                                               _shards(flat, num_devices)[2]),
                     diagnostics=config.diagnostics.enabled, kl_quantile=float(config.diagnostics.kl_quantile),

@@ -71,10 +71,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # wrote it → else created already sharded, with config.restore_from's params if set.
   train_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
   init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs,
-                              ewma=resolved.ppo.ewma_decay is not None)
+                              ppo=resolved.ppo)
   state_shapes = jax.eval_shape(init_fn, train_key)
   state_shardings = layout.train_state_shardings(state_shapes).replace(
-      runner=actor_layout.env_shardings(state_shapes.runner))
+      runner=actor_layout.runner_shardings(state_shapes.runner))
 
   def init():
     state = jax.jit(init_fn, out_shardings=layout.train_state_shardings(state_shapes))(train_key)
@@ -100,8 +100,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     fns = dataflow.make_pipeline_fns(agent, resolved.ppo, actor_layout, layout, example=state,
                                      compiler_options=options)
+  def eval_obs_norm(state):  # the actors' observation statistics (None when off), next to the learner's params
+    return jax.device_put(state.runner.obs_norm, layout.replicated)
+
   evaluate = jax.jit(evaluate_lib.make_evaluate(agent.env, agent.apply, agent.dist, config.eval_episodes)).lower(
-      state.params, eval_key).compile(compiler_options=options)
+      state.params, eval_key, eval_obs_norm(state)).compile(compiler_options=options)
   compile_time = time.time() - t0
   logging.info("compiled in %.1fs", compile_time)
 
@@ -146,7 +149,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if update % config.eval_every == 0 or is_last:
           eval_start = time.time()
           with learner_lock:
-            eval_return = evaluate(result.snapshot.state.params, jax.random.fold_in(eval_key, update))
+            eval_return = evaluate(result.snapshot.state.params, jax.random.fold_in(eval_key, update),
+                                   eval_obs_norm(result.snapshot.state))
           row["eval_return"] = float(eval_return)
           eval_seconds = time.time() - eval_start
         now = time.time()

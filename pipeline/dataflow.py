@@ -302,7 +302,7 @@ def make_pipeline_fns(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings
     return jax.eval_shape(fn, *args)
 
   def actor_out_shardings(out):
-    return iteration_lib.ActorOutput(runner=actor_layout.env_shardings(out.runner),
+    return iteration_lib.ActorOutput(runner=actor_layout.runner_shardings(out.runner),
                                      traj=actor_layout.env_shardings(out.traj, axis=1),
                                      last_value=actor_layout.env_sharding(1), stats=jax.tree.map(lambda _: a_rep,
                                                                                                   out.stats))
@@ -336,7 +336,7 @@ def make_pipeline_fns(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings
     return with_shardings(tree, jax.tree.map(lambda _: sharding, tree))
 
   params_a, key_a = replicated(example.params, a_rep), replicated(example.key, a_rep)
-  runner_a = with_shardings(example.runner, actor_layout.env_shardings(example.runner))
+  runner_a = with_shardings(example.runner, actor_layout.runner_shardings(example.runner))
   act_out = shapes(stages.act, params_a, runner_a, key_a)
   act_sh = actor_out_shardings(act_out)
   act = compiled(stages.act, act_sh, params_a, runner_a, key_a)

@@ -39,10 +39,17 @@ class PPOSettings:
   diagnostics: bool = True  # compute learner/diagnostics.py's per-update statistics
   kl_quantile: float = 0.9  # which quantile of the per-state KL to report
   ewma_decay: float | None = None  # PPO-EWMA: proximal params = EWMA of params with this decay; None = off
+  obs_norm: bool = False  # normalise observations with running statistics
+  reset_pool_size: int = 0  # 0: plain auto-reset; else finished episodes restart from a pool of this many states
+  reset_pool_refresh: int = 0  # pool entries re-sampled per env step
 
   @property
   def batch_size(self) -> int:
     return self.num_envs * self.num_steps
+
+
+_PLAIN = PPOSettings(num_envs=0, num_steps=0, update_epochs=0, num_minibatches=0, gamma=0.0, gae_lambda=0.0,
+                     clip_eps=0.0, vf_coef=0.0, ent_coef=0.0)  # the optional parts' defaults (all off)
 
 
 @struct.dataclass
@@ -85,13 +92,17 @@ def _global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
-def init_train_state(agent: Agent, key: jax.Array, num_envs: int, ewma: bool = False) -> TrainState:
-  """`ewma`: also create PPO-EWMA's proximal params (starting at the initial params)."""
+def init_train_state(agent: Agent, key: jax.Array, num_envs: int, ppo: PPOSettings | None = None) -> TrainState:
+  """The state before the first update. `ppo` switches on the optional parts: PPO-EWMA's proximal params (starting
+  at the initial params), observation statistics and a reset pool (in the runner)."""
+  ppo = ppo or _PLAIN
   key, params_key, env_key = jax.random.split(key, 3)
   params = agent.model.init(params_key, jnp.zeros(agent.env.observation_shape, jnp.float32))
-  return TrainState(params=params, opt_state=agent.optimizer.init(params),
-                    runner=rollout_lib.init_runner(agent.env, env_key, num_envs), key=key,
-                    update=jnp.zeros((), jnp.int32), proximal=ewma_lib.init(params) if ewma else None)
+  runner = rollout_lib.init_runner(agent.env, env_key, num_envs, obs_norm=ppo.obs_norm,
+                                   reset_pool_size=ppo.reset_pool_size)
+  return TrainState(params=params, opt_state=agent.optimizer.init(params), runner=runner, key=key,
+                    update=jnp.zeros((), jnp.int32),
+                    proximal=ewma_lib.init(params) if ppo.ewma_decay is not None else None)
 
 
 @struct.dataclass
@@ -134,7 +145,8 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
   def act(params, runner, key) -> ActorOutput:
     runner, traj, last_value, stats = rollout_lib.rollout(
         params, runner, key, env=agent.env, apply_fn=agent.apply, value_fn=agent.value, dist=agent.dist,
-        num_steps=ppo.num_steps, constrain=actor_constrain, keep_head=ppo.diagnostics)
+        num_steps=ppo.num_steps, constrain=actor_constrain, keep_head=ppo.diagnostics,
+        pool_refresh=ppo.reset_pool_refresh)
     return ActorOutput(runner=runner, traj=actor_constrain(traj, 1), last_value=last_value, stats=stats)
 
   def advantage(traj: rollout_lib.Trajectory, last_value) -> losses.Minibatch:

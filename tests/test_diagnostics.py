@@ -212,7 +212,7 @@ def test_ewma_state_lives_in_train_state():
   config.ewma.enabled, config.ewma.center_of_mass = True, 0.0  # decay 0: the proximal params are the params
   resolved = config_lib.resolve(config, 1)
   agent = trainer.build_agent(config, resolved)
-  state = iteration.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs, ewma=True)
+  state = iteration.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs, resolved.ppo)
   assert iteration.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs).proximal is None
   new_state, _ = jax.jit(iteration.make_iteration(agent, resolved.ppo))(state)
   assert not np.allclose(jax.tree.leaves(new_state.params)[0], jax.tree.leaves(state.params)[0])

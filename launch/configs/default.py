@@ -10,7 +10,7 @@ import ml_collections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   config = ml_collections.ConfigDict()
-  config.env_name = "CartPole-v1"  # built-in name, or "gymnax:<id>"
+  config.env_name = "CartPole-v1"  # built-in, or "gymnax:<id>", "brax:<name>", "kinetix:<s|m|l|level>", "craftax:<id>"
   config.seed = 0  # the only source of randomness; results do not depend on the device count
   config.num_envs = 32  # parallel envs, split over the mesh's data axis
   config.num_steps = 128  # env steps per env per update (rollout length T)
@@ -33,6 +33,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every = 50  # updates between async full-state checkpoints in DIR/checkpoints (and at the end)
   config.keep_checkpoints = 2  # newest complete checkpoints kept (older ones are deleted after each save)
   config.restore_from = ""  # a run's workdir (or its checkpoints/ or a step dir): start a new run from its params
+  config.obs_norm = False  # normalise observations with running mean/var (kept in the TrainState, checkpointed)
+
+  config.reset_pool = ml_collections.ConfigDict()
+  config.reset_pool.size = 0  # >0: finished episodes restart from a pool of this many pre-sampled states (0: reset)
+  config.reset_pool.refresh = 64  # pool entries re-sampled per env step; must divide reset_pool.size
 
   config.network = ml_collections.ConfigDict()
   config.network.hidden_sizes = (64, 64)  # MLP widths of each trunk
