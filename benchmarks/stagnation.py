@@ -63,6 +63,7 @@ def run_config(config) -> dict:
   """Trains `FLAGS.seeds` seeds of `config` together; returns per-update metrics averaged into log points."""
   resolved = config_lib.resolve(config, num_devices=1)
   agent = trainer.build_agent(config, resolved)
+  ewma = config.ewma.enabled
   keys = jax.random.split(jax.random.PRNGKey(config.seed), FLAGS.seeds)
   init = jax.jit(jax.vmap(lambda k: iteration_lib.init_train_state(agent, k, config.num_envs, resolved.ppo)))
   step = jax.vmap(iteration_lib.make_iteration(agent, resolved.ppo))
