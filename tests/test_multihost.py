@@ -1,4 +1,8 @@
-"""Multi-host behaviour with several local processes joined by jax.distributed (gloo CPU collectives)."""
+"""Multi-host behaviour with several local processes joined by jax.distributed (gloo CPU collectives): the same result
+as one process, SLURM auto-detection, a killed process stopping the survivor, and SIGTERM to one process stopping all of
+them at one update with an exact resume. A persistent compilation cache shared by the module keeps each run short.
+"""
+import glob
 import os
 import signal
 import subprocess
@@ -14,15 +18,48 @@ from launch.sinks import read_jsonl
 from sharding import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEBUG_ARGS = ["--config=launch/configs/debug.py", "--config.mesh.data=-1", "--config.log_every=10"]
+# 10 updates; rows every 2, saves every 3 (3, 6, 9 and the end 10; the newest 2 kept).
+DEBUG_ARGS = ["--config=launch/configs/debug.py", "--config.mesh.data=-1", "--config.log_every=2",
+              "--config.checkpoint_every=3"]
+TIMING = ("wall_time", "sps", "compile_time", "first_update_time")  # differ between runs by nature
+
+
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def _cache_env(jax_cache):
+  return dict(JAX_COMPILATION_CACHE_DIR=jax_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", PYTHONFAULTHANDLER="1")
 
 
 @pytest.fixture(scope="module")
 def one_process_four_devices(tmp_path_factory):
   config = debug.get_config()
   config.mesh.data = 4
-  config.log_every = 10
+  config.log_every = 2
   return trainer.train_and_evaluate(config, str(tmp_path_factory.mktemp("p1d4")))
+
+
+@pytest.fixture(scope="module")
+def two_processes(jax_cache, tmp_path_factory):
+  """The uninterrupted 2 processes x 2 devices run, started by launch/local.py."""
+  workdir = str(tmp_path_factory.mktemp("mh") / "run")
+  with pytest.MonkeyPatch.context() as mp:
+    for key, value in _cache_env(jax_cache).items():
+      mp.setenv(key, value)
+    code = local.launch([f"--workdir={workdir}", *DEBUG_ARGS], num_processes=2, devices_per_process=2, grace_s=30)
+  assert code == 0
+  return workdir
+
+
+def _rows(workdir):
+  return [{k: v for k, v in r.items() if k not in TIMING} for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def _steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
 
 def _assert_matches(row, reference):
@@ -32,28 +69,27 @@ def _assert_matches(row, reference):
   np.testing.assert_allclose(row["policy_loss"], reference["policy_loss"], rtol=1e-4, atol=1e-6)
 
 
-def test_two_processes_match_one_process(one_process_four_devices, tmp_path):
-  workdir = str(tmp_path / "mh")
-  code = local.launch([f"--workdir={workdir}", *DEBUG_ARGS], num_processes=2, devices_per_process=2, grace_s=30)
-  assert code == 0
-  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  assert len(rows) == 1  # only process 0 writes metrics
-  _assert_matches(rows[0], one_process_four_devices)
+def test_two_processes_match_one_process(one_process_four_devices, two_processes):
+  rows = read_jsonl(os.path.join(two_processes, "metrics.jsonl"))
+  assert [r["update"] for r in rows] == [2, 4, 6, 8, 10]  # once each: only process 0 writes metrics
+  _assert_matches(rows[-1], one_process_four_devices)
+  assert _steps(two_processes) == [9, 10]
 
 
-def _slurm_env(i, job_id):
+def _slurm_env(i, job_id, jax_cache):
   env = local.process_env(devices_per_process=2)
+  env.update(_cache_env(jax_cache))
   env.update(SLURM_JOB_ID=str(job_id), SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2", SLURM_PROCID=str(i),
              SLURM_LOCALID=str(i))
   return env
 
 
-def test_slurm_environment_is_auto_detected(one_process_four_devices, tmp_path):
+def test_slurm_environment_is_auto_detected(one_process_four_devices, jax_cache, tmp_path):
   """The SLURM path of launch/slurm.sbatch: no coordinator flags, everything from the scheduler's variables."""
   workdir = str(tmp_path / "slurm")
   job_id = os.getpid() % 4000 + 1  # jax derives the coordinator port from the job id
   procs = [subprocess.Popen([sys.executable, "-m", "launch.train", f"--workdir={workdir}", *DEBUG_ARGS],
-                            cwd=REPO, env=_slurm_env(i, job_id), stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+                            cwd=REPO, env=_slurm_env(i, job_id, jax_cache), stderr=subprocess.PIPE, text=True) for i in (0, 1)]
   logs = [p.communicate(timeout=300)[1] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:]
   assert "process 0 of 2 (slurm)" in logs[0] and "process 1 of 2 (slurm)" in logs[1]
@@ -86,6 +122,67 @@ def test_killed_process_stops_the_survivor(tmp_path):
   assert procs[0].returncode != 0
   assert took < 60, took
   assert "another task died" in err, err[-3000:]
+
+
+def _start_two(workdir, jax_cache, logs, pause=None):
+  """Both processes of one 2 x 2-device run, started directly so that each can be signalled alone."""
+  address = f"127.0.0.1:{local.free_port()}"
+  env = local.process_env(devices_per_process=2)
+  env.update(_cache_env(jax_cache))
+  env.pop("PPO_TEST_PAUSE_AT_UPDATE", None)
+  if pause is not None:
+    env["PPO_TEST_PAUSE_AT_UPDATE"] = str(pause)
+  args = [sys.executable, "-m", "launch.train", f"--workdir={workdir}", *DEBUG_ARGS,
+          f"--coordinator_address={address}", "--num_processes=2"]
+  return [subprocess.Popen(args + [f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                           stderr=open(logs[i], "w", encoding="utf-8")) for i in (0, 1)]
+
+
+def _finish(procs, logs, timeout=150):
+  """Waits for every process (killing all of them after `timeout` s); returns their exit codes and stderr."""
+  deadline = time.monotonic() + timeout
+  try:
+    for p in procs:
+      p.wait(timeout=max(deadline - time.monotonic(), 1))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  errs = []
+  for path in logs:
+    with open(path, encoding="utf-8") as f:
+      errs.append(f.read())
+  return [p.returncode for p in procs], errs
+
+
+def test_sigterm_to_one_process_stops_both_at_one_update_and_resumes_exactly(two_processes, jax_cache, tmp_path):
+  """Acceptance 2: SIGTERM to process 1 only; both stop after update 7 (no save due there), save it together and exit
+  3; the same command again resumes from 7 and ends with the uninterrupted run's metrics rows, every value ==."""
+  workdir, pause = str(tmp_path / "run"), 7
+  logs = [str(tmp_path / f"p{i}.log") for i in (0, 1)]
+  procs = _start_two(workdir, jax_cache, logs, pause=pause)
+  markers = [os.path.join(workdir, f"test_paused_at_{pause}_p{i}") for i in (0, 1)]
+  deadline = time.monotonic() + 240
+  while not all(os.path.exists(m) for m in markers):  # both are paused after update 7, in the train loop
+    if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+      codes, errs = _finish(procs, logs, timeout=1)
+      pytest.fail(f"run exited ({codes}) or timed out before update {pause}:\n{errs[0][-3000:]}\n{errs[1][-3000:]}")
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  codes, errs = _finish(procs, logs)
+  assert codes == [3, 3], f"{errs[0][-3000:]}\n{errs[1][-3000:]}"
+  for err in errs:  # the same update on both, and the same (one, collective) checkpoint
+    assert f"stopped on request after update {pause}; saved {workdir}/checkpoints/{pause}." in err, err[-3000:]
+  assert _steps(workdir) == [6, pause] and not glob.glob(f"{workdir}/checkpoints/*tmp*")
+  assert [r["update"] for r in _rows(workdir)] == [2, 4, 6]
+
+  codes, errs = _finish(_start_two(workdir, jax_cache, logs, pause=pause), logs)  # the same command again
+  assert codes == [0, 0], f"{errs[0][-3000:]}\n{errs[1][-3000:]}"
+  for err in errs:
+    assert f"resuming from {workdir}/checkpoints/{pause}" in err, err[-3000:]
+  assert _rows(workdir) == _rows(two_processes)  # no row missing or repeated; every loss and param_norm ==
+  assert _steps(workdir) == [9, 10]
 
 
 def test_launch_scripts_parse():
