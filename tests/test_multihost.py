@@ -9,11 +9,15 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
+from jax.experimental import multihost_utils
 
-from launch import local, trainer
+from launch import checkpointing, config_lib, local, preemption, trainer
 from launch.configs import debug
+from pipeline import dataflow
+from pipeline import iteration as iteration_lib
 from launch.sinks import read_jsonl
 from sharding import distributed
 
@@ -183,6 +187,55 @@ def test_sigterm_to_one_process_stops_both_at_one_update_and_resumes_exactly(two
     assert f"resuming from {workdir}/checkpoints/{pause}" in err, err[-3000:]
   assert _rows(workdir) == _rows(two_processes)  # no row missing or repeated; every loss and param_norm ==
   assert _steps(workdir) == [9, 10]
+
+
+class _SyncPoint:
+  """JAX's preemption protocol as one host sees it (xla/tsl/.../preemption_sync_manager.cc): each call records its step
+  id; a notice sets the sync point to the last recorded id + 1 (the max over hosts; one host here)."""
+
+  def __init__(self):
+    self.counter, self.sync, self.calls = 0, None, []
+
+  def notice(self):
+    self.sync = self.counter + 1
+
+  def reached(self, step_id):
+    self.calls.append(step_id)
+    self.counter = step_id
+    return step_id == self.sync
+
+
+@pytest.fixture
+def sync_point(monkeypatch):
+  fake = _SyncPoint()
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", fake.reached)
+  return fake
+
+
+def test_preemption_step_ids_count_this_processes_updates(sync_point, monkeypatch, tmp_path):
+  """A resumed run (here from update 40) whose notice arrives before its first update (all counters still 0) stops
+  after that update; with update numbers as step ids the sync point 1 would never be reached."""
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+  stop = preemption.StopRequest(str(tmp_path))
+  sync_point.notice()
+  assert stop.should_stop(41) and sync_point.calls == [1]
+  stop = preemption.StopRequest(str(tmp_path))  # and later on: the stop is after the next update
+  sync_point.sync = None
+  assert not any(stop.should_stop(u) for u in (41, 42, 43))
+  sync_point.notice()
+  assert stop.should_stop(44) and sync_point.calls[-4:] == [1, 2, 3, 4]
+
+
+def test_orbax_never_asks_the_preemption_sync_point(sync_point, tmp_path):
+  """Orbax asks it at each save and again from its finalize thread with the saved step; that would set this host's
+  protocol counter back behind the loop. Only launch/preemption.py may ask."""
+  config = debug.get_config()
+  agent = trainer.build_agent(config, config_lib.resolve(config, jax.device_count()))
+  state = jax.jit(lambda k: iteration_lib.init_train_state(agent, k, num_envs=config.num_envs))(jax.random.PRNGKey(0))
+  ckpts = checkpointing.RunCheckpoints(str(tmp_path), config)
+  assert ckpts.maybe_save(dataflow.Snapshot(state=state), 3, [], [], 0.0, force=True)
+  ckpts.close()
+  assert os.path.isdir(ckpts.step_path(3)) and sync_point.calls == []
 
 
 def test_launch_scripts_parse():
