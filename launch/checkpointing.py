@@ -35,6 +35,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from launch import config_lib
+from launch import workdir as workdir_lib
 from pipeline.dataflow import Snapshot
 from pipeline.iteration import UpdateMetrics
 
@@ -193,7 +194,7 @@ class RunCheckpoints:
   """The run's checkpoints: `restore_or_init` once, `maybe_save` after every update, `close` at the end."""
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, stop: Any = None):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = workdir_lib.absolute(os.path.join(workdir, "checkpoints"))  # local or gs://...
     self._workdir = workdir
     self._config = config
     self._config_json = config_json(config)

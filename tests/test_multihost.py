@@ -187,6 +187,11 @@ def test_sigterm_to_one_process_stops_both_at_one_update_and_resumes_exactly(two
     assert f"resuming from {workdir}/checkpoints/{pause}" in err, err[-3000:]
   assert _rows(workdir) == _rows(two_processes)  # no row missing or repeated; every loss and param_norm ==
   assert _steps(workdir) == [9, 10]
+  # Only process 0 writes metrics (above: each row once), TensorBoard (one event file per launch, not per process) and
+  # the progress bar; the plot is written at the end (by process 0 alone: trainer.py's `if lead`).
+  assert len(glob.glob(f"{workdir}/tensorboard/events.out.tfevents.*")) == 2
+  assert "train: 100%" in errs[0] and "train:" not in errs[1]
+  assert os.path.exists(f"{workdir}/learning_curve.png")
 
 
 class _SyncPoint:
