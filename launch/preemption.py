@@ -2,15 +2,17 @@
 can finish that update, save a checkpoint and exit with launch.train.EXIT_PREEMPTED.
 
 One process: Python handlers for SIGTERM and SIGINT set the flag; they are removed after the first signal, so a second
-Ctrl-C interrupts at once. Several processes (jax.distributed initialised): JAX's preemption service owns SIGTERM (a C++
-handler installed by `jax.distributed.initialize`; we install no Python one, which would replace it) and
-`reached_preemption_sync_point` makes every host stop after the same update — a local flag could differ between hosts
-and leave them saving different steps. The protocol: the signalled host posts a notice to the coordination service;
-every host reports the step id of its last `reached_preemption_sync_point` call; all stop at max + 1. So the loop must be
-its only caller (launch/checkpointing.py keeps orbax from calling it), with consecutive step ids that start from the
-same value on every host — the count of updates done by this process, 1, 2, ..., not the update number: a notice that
-arrives before the first call (during start-up or compilation) finds every counter at 0, and the stop is then after
-this process's first update, whatever update the run resumed from.
+Ctrl-C interrupts at once.
+
+Several processes (jax.distributed initialised): JAX's preemption service owns SIGTERM (a C++ handler installed by
+`jax.distributed.initialize`; we install no Python one, which would replace it; a first SIGINT is passed on to it as
+SIGTERM), and `reached_preemption_sync_point` makes every host stop after the same update — a local flag could differ
+between hosts and leave them saving different steps. The protocol: the signalled host posts a notice to the
+coordination service; every host reports the step id of its last `reached_preemption_sync_point` call; all stop at
+max + 1. So the loop must be its only caller (launch/checkpointing.py keeps orbax from calling it), with consecutive
+step ids that start from the same value on every host: the count of updates done by this process, 1, 2, ..., not the
+update number. A notice that arrives before the first call (during start-up or compilation) finds every counter at 0,
+and the stop is then after this process's first update, whatever update the run resumed from.
 """
 from __future__ import annotations
 
@@ -43,9 +45,12 @@ class StopRequest:
     self.multiprocess = jax.distributed.is_initialized()
     self._previous = {}
     self._first_update = None  # the first update this process ran (step id 1 of the preemption protocol)
-    if not self.multiprocess and threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
+    if threading.current_thread() is threading.main_thread():
+      if not self.multiprocess:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+          self._previous[sig] = signal.signal(sig, self._handle)
+      else:  # Ctrl-C: the same as SIGTERM, which JAX's preemption service catches
+        self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._forward_to_sigterm)
     pause = os.environ.get(TEST_PAUSE_ENV)
     self._test_pause_at = int(pause) if pause else None
 
@@ -55,6 +60,13 @@ class StopRequest:
                     signal.Signals(signum).name)
     self.requested.set()
     self._restore_handlers()  # a second signal acts as if we had never installed ours
+
+  def _forward_to_sigterm(self, signum, frame):
+    del signum, frame
+    logging.warning("received SIGINT: passing it on as SIGTERM to JAX's preemption service, so that every process "
+                    "stops after the same update")
+    self._restore_handlers()
+    os.kill(os.getpid(), signal.SIGTERM)
 
   def _restore_handlers(self):
     for sig, handler in self._previous.items():

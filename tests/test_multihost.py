@@ -92,8 +92,8 @@ def test_slurm_environment_is_auto_detected(one_process_four_devices, jax_cache,
   """The SLURM path of launch/slurm.sbatch: no coordinator flags, everything from the scheduler's variables."""
   workdir = str(tmp_path / "slurm")
   job_id = os.getpid() % 4000 + 1  # jax derives the coordinator port from the job id
-  procs = [subprocess.Popen([sys.executable, "-m", "launch.train", f"--workdir={workdir}", *DEBUG_ARGS],
-                            cwd=REPO, env=_slurm_env(i, job_id, jax_cache), stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  procs = [subprocess.Popen([sys.executable, "-m", "launch.train", f"--workdir={workdir}", *DEBUG_ARGS], cwd=REPO,
+                            env=_slurm_env(i, job_id, jax_cache), stderr=subprocess.PIPE, text=True) for i in (0, 1)]
   logs = [p.communicate(timeout=300)[1] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:]
   assert "process 0 of 2 (slurm)" in logs[0] and "process 1 of 2 (slurm)" in logs[1]
@@ -224,11 +224,33 @@ def test_preemption_step_ids_count_this_processes_updates(sync_point, monkeypatc
   stop = preemption.StopRequest(str(tmp_path))
   sync_point.notice()
   assert stop.should_stop(41) and sync_point.calls == [1]
+  stop.close()
   stop = preemption.StopRequest(str(tmp_path))  # and later on: the stop is after the next update
   sync_point.sync = None
   assert not any(stop.should_stop(u) for u in (41, 42, 43))
   sync_point.notice()
   assert stop.should_stop(44) and sync_point.calls[-4:] == [1, 2, 3, 4]
+  stop.close()
+
+
+def test_sigint_is_passed_on_as_sigterm_with_several_processes(monkeypatch, tmp_path):
+  """JAX's preemption service catches only SIGTERM (in C++); a Ctrl-C must reach it as SIGTERM, once."""
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+  received = []
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))  # stands in for JAX's
+  before = signal.getsignal(signal.SIGINT)
+  try:
+    stop = preemption.StopRequest(str(tmp_path))
+    os.kill(os.getpid(), signal.SIGINT)
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:  # Python runs handlers between bytecodes of the main thread
+      time.sleep(0.01)
+    assert received == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGINT) is before  # a second Ctrl-C interrupts at once
+    stop.close()
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGINT, before)
 
 
 def test_orbax_never_asks_the_preemption_sync_point(sync_point, tmp_path):
