@@ -31,8 +31,8 @@ from jax.experimental import multihost_utils
 # preemption protocol, so all of them stop right after this update. Unset in real runs.
 TEST_PAUSE_ENV = "PPO_TEST_PAUSE_AT_UPDATE"
 TEST_WAIT_S = 300.0
-# Coordination-service keys of the protocol (xla/tsl/distributed_runtime/preemption/preemption_sync_manager.cc); only
-# the test pause reads them.
+# Where the protocol's hosts post their step ids in the coordination service (xla/tsl/distributed_runtime/preemption/
+# preemption_sync_manager.cc); only the test pause reads it.
 _PROTOCOL_COUNTERS_KEY = "PREEMPTION_CURRENT_COUNTER/"
 
 
