@@ -1,0 +1,1 @@
+"""Speed and learning benchmarks: scripts run by hand (python -m benchmarks.NAME), not part of the test suite."""

@@ -57,11 +57,12 @@ def stage_seconds(env_name: str) -> tuple[float, float]:
   resolved = config_lib.resolve(config, jax.device_count())
   agent = trainer.build_agent(config, resolved)
   actor_mesh, learner_mesh = split_mesh(make_mesh(-1), FLAGS.actor_devices)
-  init = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs)
+  init = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs,
+                           ppo=resolved.ppo)
   learner = Layout(learner_mesh)
   state = jax.jit(init, out_shardings=learner.train_state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0))))(
       jax.random.PRNGKey(0))
-  state = state.replace(runner=jax.device_put(state.runner, Layout(actor_mesh).env_shardings(state.runner)))
+  state = state.replace(runner=jax.device_put(state.runner, Layout(actor_mesh).runner_shardings(state.runner)))
   fns = dataflow.make_pipeline_fns(agent, resolved.ppo, Layout(actor_mesh), learner, example=state,
                                    compiler_options=xla_options.compiler_options(jax.default_backend()))
 
@@ -74,7 +75,7 @@ def stage_seconds(env_name: str) -> tuple[float, float]:
     return statistics.median(times), out
 
   act_s, (batch, stats) = timed(lambda: fns.to_learner(*_act(fns, state)))
-  learn_s, _ = timed(lambda: fns.learn(state.params, state.opt_state, batch, state.key))
+  learn_s, _ = timed(lambda: fns.learn(state.params, state.opt_state, state.proximal, batch, state.key))
   del stats
   return act_s, learn_s
 

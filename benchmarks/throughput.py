@@ -109,7 +109,8 @@ def build_ours(num_envs: int, num_updates: int):
   resolved = config_lib.resolve(config, num_devices=jax.device_count())
   agent = trainer.build_agent(config, resolved)
   layout = Layout(make_mesh(config.mesh.data))
-  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs)
+  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs,
+                           ppo=resolved.ppo)
   key = jax.random.PRNGKey(config.seed)
   state_shardings = layout.train_state_shardings(jax.eval_shape(init_fn, key))
   state = jax.jit(init_fn, out_shardings=state_shardings)(key)

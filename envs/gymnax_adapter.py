@@ -12,17 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs import base
+from envs import base, extras
 
 
 def _import_gymnax():
-  try:
-    import gymnax  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(
-        'env_name "gymnax:..." needs gymnax, which is not installed. Install it with: pip install -e ".[gymnax]"'
-    ) from e
-  return gymnax
+  return extras.require("gymnax", "gymnax", "gymnax")
 
 
 def _convert_space(space) -> base.ActionSpace:

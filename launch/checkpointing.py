@@ -36,6 +36,7 @@ from jax.experimental import multihost_utils
 
 from launch import config_lib
 from launch import workdir as workdir_lib
+from learner import diagnostics
 from pipeline.dataflow import Snapshot
 from pipeline.iteration import UpdateMetrics
 
@@ -49,6 +50,9 @@ MUST_MATCH = {
     "network.shared_trunk": "the saved params have this structure",
     "anneal_lr": "the saved optimizer state has the schedule's step count only when annealing",
     "seed": "the saved PRNG key continues that seed's run",
+    "ewma.enabled": "the saved state holds PPO-EWMA's proximal params only when it is on",
+    "obs_norm": "the saved runner holds observation statistics only when it is on",
+    "reset_pool.size": "the saved runner holds a reset pool of this size",
 }
 # pipeline.mode / max_policy_lag: fused and sync give identical results; only the overlap lag shapes the saved state
 # (stale params versions) and the run, so that is what must match (see `_policy_lag`).
@@ -162,17 +166,29 @@ def snapshot_fingerprints(snapshot: Snapshot, lock: Any = contextlib.nullcontext
   return out
 
 
+def _metric_fields(m: UpdateMetrics) -> dict[str, Any]:
+  """The per-update scalars by name, the diagnostics' (if on) as `diagnostics.<name>`."""
+  out = {f.name: getattr(m, f.name) for f in dataclasses.fields(UpdateMetrics) if f.name != "diagnostics"}
+  if m.diagnostics is not None:
+    out.update({f"diagnostics.{k}": v for k, v in dataclasses.asdict(m.diagnostics).items()})
+  return out
+
+
 def _metrics_to_json(metrics: list[UpdateMetrics]) -> dict[str, Any]:
   # .item() gives Python floats holding the float32 values exactly; JSON writes them with round-trip precision.
-  return {f.name: {"dtype": str(np.asarray(getattr(metrics[0], f.name)).dtype) if metrics else "",
-                   "values": [np.asarray(getattr(m, f.name)).item() for m in metrics]}
-          for f in dataclasses.fields(UpdateMetrics)}
+  rows = [_metric_fields(m) for m in metrics]
+  return {name: {"dtype": str(np.asarray(value).dtype), "values": [np.asarray(r[name]).item() for r in rows]}
+          for name, value in (rows[0].items() if rows else ())}
 
 
 def _metrics_from_json(data: dict[str, Any]) -> tuple[UpdateMetrics, ...]:
-  count = len(next(iter(data.values()))["values"])
-  return tuple(UpdateMetrics(**{name: np.asarray(d["values"][i], d["dtype"]) for name, d in data.items()})
-               for i in range(count))
+  count = len(next(iter(data.values()))["values"]) if data else 0
+  out = []
+  for i in range(count):
+    values = {name: np.asarray(d["values"][i], d["dtype"]) for name, d in data.items()}
+    diag = {k.split(".", 1)[1]: values.pop(k) for k in list(values) if k.startswith("diagnostics.")}
+    out.append(UpdateMetrics(**values, diagnostics=diagnostics.Diagnostics(**diag) if diag else None))
+  return tuple(out)
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:
@@ -241,7 +257,9 @@ class RunCheckpoints:
     snapshot = init()
     if self._config.restore_from:
       params = read_params(self._config.restore_from, target.state.params)
-      snapshot = Snapshot(state=snapshot.state.replace(params=params),
+      proximal = snapshot.state.proximal  # PPO-EWMA's average starts at them too (fresh weight 1)
+      proximal = None if proximal is None else proximal.replace(params=params)
+      snapshot = Snapshot(state=snapshot.state.replace(params=params, proximal=proximal),
                           stale_params=(params,) * len(target.stale_params))
       logging.info("new run from the params of %s", self._config.restore_from)
     return snapshot, Resume()

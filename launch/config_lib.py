@@ -1,12 +1,13 @@
 """Config validation and derived values, in one place.
 
 `resolve(config, num_devices)` checks every key before anything compiles and returns the derived settings
-(batch and minibatch sizes, number of updates). A bad value raises one ConfigError that names each offending key and
-the rule it breaks; the launcher prints it without a traceback.
+(batch and minibatch sizes, number of updates, the learning rate after the scaling rule). A bad value raises one
+ConfigError that names each offending key and the rule it breaks; the launcher prints it without a traceback.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import ml_collections
@@ -18,10 +19,19 @@ from pipeline.iteration import PPOSettings
 
 
 PIPELINE_MODES = ("fused", "sync", "overlap")
+SCALING_RULES = ("none", "recipe", "fixed_minibatches", "sqrt_lr")
 
 
 class ConfigError(ValueError):
   """A user mistake in the config; the message names the key and the rule."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaled:
+  """Minibatching and step size at the run's num_envs, after `scaling.rule`."""
+  num_minibatches: int
+  minibatch_size: int
+  learning_rate: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +40,7 @@ class Resolved:
   ppo: PPOSettings
   batch_size: int  # env steps per update
   minibatch_size: int
+  learning_rate: float  # after scaling.rule (the config's own value at scaling.base_num_envs)
   num_updates: int
   total_gradient_steps: int  # updates × epochs × minibatches, for the learning-rate anneal
   max_policy_lag: int  # params versions the actors may trail the learner by (0 unless pipeline.mode=overlap)
@@ -57,8 +68,12 @@ def _is_number(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def check(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
-  """Returns one message per broken rule (empty if the config is valid)."""
+def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = False) -> list[str]:
+  """Returns one message per broken rule (empty if the config is valid).
+
+  `planning` (--dry_run) waives the rule that the run is at least one batch long, so sizes can be looked up for a
+  num_envs without also raising total_env_steps (`describe` reports it as a warning instead).
+  """
   errors: list[str] = []
   flat = _flat_keys(config)
   schema = _flat_keys(default_config.get_config())
@@ -72,10 +87,28 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
   def err(key, rule):
     errors.append(f"config.{key}={flat[key]!r}: {rule}")
 
-  for key in ("num_envs", "num_steps", "total_env_steps", "update_epochs", "num_minibatches", "sgd_chunk_size",
-              "log_every", "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints"):
+  for key in ("num_envs", "num_steps", "total_env_steps", "update_epochs", "sgd_chunk_size", "log_every",
+              "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints", "scaling.base_num_envs"):
     if not _is_int(flat[key]) or flat[key] <= 0:
       err(key, "must be a positive integer")
+  # Exactly one of num_minibatches / minibatch_size is set (> 0); the other is derived.
+  if not _is_int(flat["minibatch_size"]) or flat["minibatch_size"] < 0:
+    err("minibatch_size", "must be a non-negative integer (0 = derive it from num_minibatches)")
+  elif not _is_int(flat["num_minibatches"]) or flat["num_minibatches"] < 0 or (
+      flat["num_minibatches"] == 0 and flat["minibatch_size"] == 0):
+    err("num_minibatches", "must be a positive integer")
+  elif flat["num_minibatches"] > 0 and flat["minibatch_size"] > 0:
+    err("minibatch_size", "exactly one of num_minibatches / minibatch_size may be set (the other is derived); "
+        "set the other to 0")
+  if flat["scaling.rule"] not in SCALING_RULES:
+    err("scaling.rule", f"must be one of {list(SCALING_RULES)}")
+  for key in ("diagnostics.enabled", "ewma.enabled"):
+    if not isinstance(flat[key], bool):
+      err(key, "must be True or False")
+  if not _is_number(flat["diagnostics.kl_quantile"]) or not 0 < flat["diagnostics.kl_quantile"] < 1:
+    err("diagnostics.kl_quantile", "must be in (0, 1)")
+  if not _is_number(flat["ewma.center_of_mass"]) or flat["ewma.center_of_mass"] < 0:
+    err("ewma.center_of_mass", "must be a non-negative number (0 = the current params)")
   for key in ("learning_rate", "clip_eps", "max_grad_norm"):
     if not _is_number(flat[key]) or flat[key] <= 0:
       err(key, "must be a positive number")
@@ -91,6 +124,15 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     err("restore_from", "must be a path (a run's workdir, its checkpoints/ dir or one step dir), or '' for none")
   if not isinstance(flat["anneal_lr"], bool):
     err("anneal_lr", "must be True or False")
+  if not isinstance(flat["obs_norm"], bool):
+    err("obs_norm", "must be True or False")
+  if not _is_int(flat["reset_pool.size"]) or flat["reset_pool.size"] < 0:
+    err("reset_pool.size", "must be a non-negative integer (0 turns the pool off)")
+  if not _is_int(flat["reset_pool.refresh"]) or flat["reset_pool.refresh"] <= 0:
+    err("reset_pool.refresh", "must be a positive integer")
+  elif _is_int(flat["reset_pool.size"]) and flat["reset_pool.size"] > 0 and (
+      flat["reset_pool.size"] % flat["reset_pool.refresh"]):
+    err("reset_pool.refresh", f"must divide reset_pool.size={flat['reset_pool.size']}")
   if not isinstance(flat["network.shared_trunk"], bool):
     err("network.shared_trunk", "must be True or False")
   sizes = flat["network.hidden_sizes"]
@@ -117,8 +159,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
   if errors:  # the divisibility rules below assume the basic types are right
     return errors
 
-  shards = num_devices if data == -1 else data
-  actor_shards, learner_shards = (actor_devices, shards - actor_devices) if actor_devices else (shards, shards)
+  shards, actor_shards, learner_shards = _shards(flat, num_devices)
   if actor_devices and learner_shards < 1:
     err("pipeline.actor_devices", f"must leave at least one of the mesh's {shards} devices for the learner")
     return errors
@@ -129,45 +170,101 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     err("num_envs", f"must be divisible by {where}")
   if actor_devices and flat["num_envs"] % learner_shards:
     err("num_envs", f"must be divisible by the {learner_shards} learner devices (mesh devices - actor_devices)")
-  if batch_size % flat["num_minibatches"]:
-    errors.append(f"config.num_minibatches={flat['num_minibatches']}: must divide the batch "
-                  f"num_envs * num_steps = {batch_size}")
-  elif (batch_size // flat["num_minibatches"]) % learner_shards:
-    errors.append(f"config.num_minibatches={flat['num_minibatches']}: the minibatch size "
-                  f"{batch_size // flat['num_minibatches']} must be divisible by the {learner_shards} devices of "
-                  "the data axis")
-  else:
-    minibatch_size = batch_size // flat["num_minibatches"]
-    chunk = chunk_size(flat["sgd_chunk_size"], minibatch_size)
-    if minibatch_size % chunk:
-      err("sgd_chunk_size", f"must divide the minibatch size {minibatch_size} (or be at least as large)")
+  scaled = _scale(flat, learner_shards, errors)
+  if scaled is not None:
+    chunk = chunk_size(flat["sgd_chunk_size"], scaled.minibatch_size, flat["diagnostics.enabled"], learner_shards)
+    if scaled.minibatch_size % chunk:
+      err("sgd_chunk_size", f"must divide the minibatch size {scaled.minibatch_size} (or be at least as large)")
     elif chunk % learner_shards:
       err("sgd_chunk_size", f"must be divisible by the {learner_shards} devices of the data axis")
-  if flat["total_env_steps"] < batch_size:
+  if flat["total_env_steps"] < batch_size and not planning:
     err("total_env_steps", f"must be at least one batch (num_envs * num_steps = {batch_size})")
   return errors
 
 
-def chunk_size(sgd_chunk_size: int, minibatch_size: int) -> int:
-  """The gradient chunk actually used: a chunk never exceeds its minibatch."""
-  return min(sgd_chunk_size, minibatch_size)
+def chunk_size(sgd_chunk_size: int, minibatch_size: int, diagnostics: bool = False, shards: int = 1) -> int:
+  """The gradient chunk actually used: a chunk never exceeds its minibatch.
+
+  With diagnostics on, a minibatch that would be a single chunk is split in two (when the halves still split over
+  the `shards` devices): the chunk and minibatch gradients at the same params give the gradient noise scale.
+  """
+  chunk = min(sgd_chunk_size, minibatch_size)
+  if diagnostics and chunk == minibatch_size and minibatch_size % (2 * shards) == 0:
+    chunk //= 2
+  return chunk
 
 
-def resolve(config: ml_collections.ConfigDict, num_devices: int) -> Resolved:
+def _scale(flat: dict[str, Any], shards: int, errors: list[str]) -> Scaled | None:
+  """Applies `scaling.rule`: minibatch count / size and learning rate at num_envs. Appends errors; None if any.
+
+  The configured num_minibatches or minibatch_size (whichever is set) and learning_rate hold at the base batch
+  base_num_envs * num_steps. `recipe` keeps the minibatch size and learning rate and grows the number of
+  minibatches with num_envs; `fixed_minibatches` keeps the number so the minibatch grows; `sqrt_lr` does the same
+  and scales the learning rate by sqrt(num_envs / base_num_envs); `none` applies the config to num_envs as is.
+  """
+  rule, steps = flat["scaling.rule"], flat["num_steps"]
+  batch = flat["num_envs"] * steps
+  tag = "" if rule == "none" else f" (scaling.rule={rule!r})"
+  if rule == "none":
+    ref, ref_name = batch, "the batch num_envs * num_steps"
+  else:
+    ref, ref_name = flat["scaling.base_num_envs"] * steps, "the base batch scaling.base_num_envs * num_steps"
+  given = "num_minibatches" if flat["num_minibatches"] > 0 else "minibatch_size"
+  if ref % flat[given]:
+    errors.append(f"config.{given}={flat[given]}: must divide {ref_name} = {ref}{tag}")
+    return None
+  base_count = flat["num_minibatches"] or ref // flat["minibatch_size"]
+  base_size = flat["minibatch_size"] or ref // flat["num_minibatches"]
+  count, learning_rate = base_count, float(flat["learning_rate"])
+  if rule == "recipe":
+    if batch % base_size:
+      errors.append(f"config.num_envs={flat['num_envs']}: the base minibatch size {base_size} must divide the batch "
+                    f"num_envs * num_steps = {batch}{tag}")
+      return None
+    count = batch // base_size
+  elif rule in ("fixed_minibatches", "sqrt_lr") and batch % base_count:
+    errors.append(f"config.num_envs={flat['num_envs']}: the {base_count} minibatches must divide the batch "
+                  f"num_envs * num_steps = {batch}{tag}")
+    return None
+  if rule == "sqrt_lr":
+    learning_rate *= math.sqrt(flat["num_envs"] / flat["scaling.base_num_envs"])
+  size = batch // count
+  if size % shards:
+    errors.append(f"config.{given}={flat[given]}: the minibatch size {size} must be divisible by the {shards} "
+                  f"devices of the data axis{tag}")
+    return None
+  return Scaled(num_minibatches=count, minibatch_size=size, learning_rate=learning_rate)
+
+
+def _shards(flat: dict[str, Any], num_devices: int) -> tuple[int, int, int]:
+  """Devices on the data axis, and of those the actors' and the learner's (all of them when they share)."""
+  shards = num_devices if flat["mesh.data"] == -1 else flat["mesh.data"]
+  actor_devices = flat["pipeline.actor_devices"]
+  return (shards, actor_devices, shards - actor_devices) if actor_devices else (shards, shards, shards)
+
+
+def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool = False) -> Resolved:
   """Validates `config` for `num_devices` visible devices and derives the run's sizes. Raises ConfigError."""
-  errors = check(config, num_devices)
+  errors = check(config, num_devices, planning)
   if errors:
     raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+  flat = _flat_keys(config)
+  scaled = _scale(flat, _shards(flat, num_devices)[2], [])
   batch_size = config.num_envs * config.num_steps
   num_updates = config.total_env_steps // batch_size
+  com = float(config.ewma.center_of_mass)
   ppo = PPOSettings(num_envs=config.num_envs, num_steps=config.num_steps, update_epochs=config.update_epochs,
-                    num_minibatches=config.num_minibatches, gamma=float(config.gamma),
+                    num_minibatches=scaled.num_minibatches, gamma=float(config.gamma),
                     gae_lambda=float(config.gae_lambda), clip_eps=float(config.clip_eps),
-                    vf_coef=float(config.vf_coef), ent_coef=float(config.ent_coef),
-                    sgd_chunk_size=chunk_size(config.sgd_chunk_size, batch_size // config.num_minibatches))
-  return Resolved(ppo=ppo, batch_size=batch_size, minibatch_size=batch_size // config.num_minibatches,
-                  num_updates=num_updates,
-                  total_gradient_steps=num_updates * config.update_epochs * config.num_minibatches,
+                    vf_coef=float(config.vf_coef), ent_coef=float(config.ent_coef), obs_norm=config.obs_norm,
+                    reset_pool_size=config.reset_pool.size, reset_pool_refresh=config.reset_pool.refresh,
+                    sgd_chunk_size=chunk_size(config.sgd_chunk_size, scaled.minibatch_size, config.diagnostics.enabled,
+                                              _shards(flat, num_devices)[2]),
+                    diagnostics=config.diagnostics.enabled, kl_quantile=float(config.diagnostics.kl_quantile),
+                    ewma_decay=com / (1.0 + com) if config.ewma.enabled else None)
+  return Resolved(ppo=ppo, batch_size=batch_size, minibatch_size=scaled.minibatch_size,
+                  learning_rate=scaled.learning_rate, num_updates=num_updates,
+                  total_gradient_steps=num_updates * config.update_epochs * scaled.num_minibatches,
                   max_policy_lag=config.pipeline.max_policy_lag if config.pipeline.mode == "overlap" else 0)
 
 
@@ -186,7 +283,7 @@ def unknown_override_keys(args: list[str]) -> list[str]:
 
 def describe(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, Any]:
   """The fully resolved config as plain JSON-able data: every key plus the derived values."""
-  resolved = resolve(config, num_devices)
+  resolved = resolve(config, num_devices, planning=True)
   out = config.to_dict()
   out["network"]["hidden_sizes"] = list(out["network"]["hidden_sizes"])
   out["derived"] = {
@@ -194,10 +291,15 @@ def describe(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, A
       "minibatch_size": resolved.minibatch_size,
       "sgd_chunk_size": resolved.ppo.sgd_chunk_size,
       "num_minibatches": resolved.ppo.num_minibatches,
+      "learning_rate": resolved.learning_rate,
+      "ewma_decay": resolved.ppo.ewma_decay,
       "num_updates": resolved.num_updates,
       "env_steps": resolved.env_steps,
       "total_gradient_steps": resolved.total_gradient_steps,
       "max_policy_lag": resolved.max_policy_lag,
       "num_devices": num_devices,
   }
+  if resolved.num_updates == 0:  # waived for planning; a real run rejects it
+    out["warnings"] = [f"config.total_env_steps={config.total_env_steps} is less than one batch "
+                       f"({resolved.batch_size}): a run with this config is rejected; raise total_env_steps"]
   return out

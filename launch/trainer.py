@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 from typing import Any
@@ -32,7 +33,7 @@ def build_agent(config: ml_collections.ConfigDict, resolved: config_lib.Resolved
   dist = distributions.for_action_space(env.action_space)
   model = networks.ActorCritic(dist=dist, hidden_sizes=tuple(config.network.hidden_sizes),
                                activation=config.network.activation, shared_trunk=config.network.shared_trunk)
-  optimizer = optimizer_lib.make_optimizer(config.learning_rate, config.max_grad_norm, config.anneal_lr,
+  optimizer = optimizer_lib.make_optimizer(resolved.learning_rate, config.max_grad_norm, config.anneal_lr,
                                            resolved.total_gradient_steps)
   return iteration_lib.Agent(env=env, model=model, dist=dist, optimizer=optimizer)
 
@@ -48,6 +49,8 @@ def summarize(metrics: list[iteration_lib.UpdateMetrics]) -> dict[str, Any]:
   for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"):
     row[key] = float(getattr(stacked, key).mean())
   row["param_norm"] = float(stacked.param_norm[-1])
+  if stacked.diagnostics is not None:  # means over the interval's updates
+    row.update({k: float(np.mean(v)) for k, v in dataclasses.asdict(stacked.diagnostics).items()})
   return row
 
 
@@ -67,10 +70,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Train state (the runner lives with the actors): own checkpoint, restored onto these shardings whatever mesh
   # wrote it → else created already sharded, with config.restore_from's params if set.
   train_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs)
+  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs,
+                              ppo=resolved.ppo)
   state_shapes = jax.eval_shape(init_fn, train_key)
   state_shardings = layout.train_state_shardings(state_shapes).replace(
-      runner=actor_layout.env_shardings(state_shapes.runner))
+      runner=actor_layout.runner_shardings(state_shapes.runner))
 
   def init():
     state = jax.jit(init_fn, out_shardings=layout.train_state_shardings(state_shapes))(train_key)
@@ -96,8 +100,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     fns = dataflow.make_pipeline_fns(agent, resolved.ppo, actor_layout, layout, example=state,
                                      compiler_options=options)
+  def eval_obs_norm(state):  # the actors' observation statistics (None when off), next to the learner's params
+    return jax.device_put(state.runner.obs_norm, layout.replicated)
+
   evaluate = jax.jit(evaluate_lib.make_evaluate(agent.env, agent.apply, agent.dist, config.eval_episodes)).lower(
-      state.params, eval_key).compile(compiler_options=options)
+      state.params, eval_key, eval_obs_norm(state)).compile(compiler_options=options)
   compile_time = time.time() - t0
   logging.info("compiled in %.1fs", compile_time)
 
@@ -142,7 +149,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if update % config.eval_every == 0 or is_last:
           eval_start = time.time()
           with learner_lock:
-            eval_return = evaluate(result.snapshot.state.params, jax.random.fold_in(eval_key, update))
+            eval_return = evaluate(result.snapshot.state.params, jax.random.fold_in(eval_key, update),
+                                   eval_obs_norm(result.snapshot.state))
           row["eval_return"] = float(eval_return)
           eval_seconds = time.time() - eval_start
         now = time.time()

@@ -37,6 +37,11 @@ class Categorical:
   def mode(self, logits):
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
+  def kl(self, p_logits, q_logits):
+    """KL(p ‖ q), exact."""
+    logp, logq = jax.nn.log_softmax(p_logits), jax.nn.log_softmax(q_logits)
+    return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
+
 
 @dataclasses.dataclass(frozen=True)
 class MultiCategorical:
@@ -64,6 +69,9 @@ class MultiCategorical:
 
   def mode(self, logits):
     return jnp.stack([jnp.argmax(l, axis=-1).astype(jnp.int32) for l in self._split(logits)], -1)
+
+  def kl(self, p_logits, q_logits):
+    return sum(Categorical(n).kl(p, q) for n, p, q in zip(self.nvec, self._split(p_logits), self._split(q_logits)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +101,10 @@ class DiagGaussian:
 
   def mode(self, params):
     return self._split(params)[0]
+
+  def kl(self, p_params, q_params):
+    (mp, lp), (mq, lq) = self._split(p_params), self._split(q_params)
+    return jnp.sum(lq - lp + (jnp.exp(2 * lp) + (mp - mq)**2) / (2 * jnp.exp(2 * lq)) - 0.5, axis=-1)
 
 
 Distribution = Categorical | MultiCategorical | DiagGaussian

@@ -1,6 +1,8 @@
 """The PPO loss on one minibatch: clipped surrogate, clipped value loss, entropy bonus.
 
-Advantages are normalised per minibatch. Besides the loss it returns the statistics the trainer logs.
+Advantages are normalised per minibatch. Besides the loss it returns the statistics the trainer logs. Given
+`proximal_params` it is PPO-EWMA's decoupled objective (Hilton et al. 2022): the ratio is clipped around the proximal
+policy, and the behaviour policy enters only through the importance weight π_prox / π_behaviour.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class Minibatch:
   value: Float[Array, "M"]  # behaviour critic's value, for value clipping
   advantage: Float[Array, "M"]
   target: Float[Array, "M"]  # return target for the critic
+  behaviour_head: Float[Array, "M P"] | None = None  # the behaviour policy's distribution params (diagnostics only)
 
 
 @struct.dataclass
@@ -35,10 +38,10 @@ class LossAux:
 
 
 def ppo_loss(params, mb: Minibatch, *, apply_fn: Callable, dist: distributions.Distribution, clip_eps: float,
-             vf_coef: float, ent_coef: float,
-             advantage_stats: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, LossAux]:
+             vf_coef: float, ent_coef: float, advantage_stats: tuple[jax.Array, jax.Array] | None = None,
+             proximal_params=None) -> tuple[jax.Array, LossAux]:
   """`advantage_stats` = (mean, std) of the whole minibatch when `mb` is one chunk of it (pipeline/sgd_chunks.py);
-  by default they are taken over `mb`."""
+  by default they are taken over `mb`. `proximal_params`: PPO-EWMA's proximal policy (see the module docstring)."""
   head, value = apply_fn(params, mb.obs)
   log_prob = dist.log_prob(head, mb.action)
   log_ratio = log_prob - mb.log_prob
@@ -46,7 +49,12 @@ def ppo_loss(params, mb: Minibatch, *, apply_fn: Callable, dist: distributions.D
 
   adv_mean, adv_std = advantage_stats if advantage_stats is not None else (mb.advantage.mean(), mb.advantage.std())
   adv = (mb.advantage - adv_mean) / (adv_std + 1e-8)
-  surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
+  if proximal_params is None:  # the proximal policy is the behaviour policy: weight 1
+    weight, clip_ratio = 1.0, ratio
+  else:
+    prox_log_prob = jax.lax.stop_gradient(dist.log_prob(apply_fn(proximal_params, mb.obs)[0], mb.action))
+    weight, clip_ratio = jnp.exp(prox_log_prob - mb.log_prob), jnp.exp(log_prob - prox_log_prob)
+  surrogate = weight * jnp.minimum(clip_ratio * adv, jnp.clip(clip_ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
   policy_loss = -surrogate.mean()
 
   value_clipped = mb.value + jnp.clip(value - mb.value, -clip_eps, clip_eps)
@@ -59,6 +67,6 @@ def ppo_loss(params, mb: Minibatch, *, apply_fn: Callable, dist: distributions.D
       value_loss=value_loss,
       entropy=entropy,
       approx_kl=((ratio - 1.0) - log_ratio).mean(),
-      clip_fraction=(jnp.abs(ratio - 1.0) > clip_eps).mean(),
+      clip_fraction=(jnp.abs(clip_ratio - 1.0) > clip_eps).mean(),  # against the proximal policy
   )
   return loss, aux

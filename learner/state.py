@@ -15,3 +15,4 @@ class TrainState:
   runner: Any  # pipeline.rollout.RunnerState: per-env state, sharded over the env axis
   key: jax.Array  # the run's PRNG key; split once per update
   update: jax.Array  # int32 number of completed updates
+  proximal: Any = None  # PPO-EWMA's learner.ewma.EWMAState (replicated); None (an empty subtree) when disabled

@@ -68,7 +68,7 @@ class PipelineFns:
   act: Callable  # (params on actor mesh, runner, key) -> ActorOutput
   advantage: Callable  # (traj, last_value) -> Minibatch on the actor mesh
   to_learner: Callable  # (Minibatch, EpisodeStats) on the actor mesh -> the same on the learner mesh
-  learn: Callable  # (params, opt_state, batch, key) -> (params, opt_state, aux)
+  learn: Callable  # (params, opt_state, proximal, batch, key) -> (params, opt_state, proximal, aux)
   metrics: Callable  # (aux, params, stats) -> UpdateMetrics
   to_actors: Callable  # learner params -> params on the actor mesh
   split_key: Callable  # key_u -> (key_{u+1}, rollout key, sgd key)
@@ -228,10 +228,10 @@ class Pipeline:
         to_learn.put((b, version, batch, stats))
 
     def learn_stage():
-      params, opt_state = snapshot.state.params, snapshot.state.opt_state
+      params, opt_state, proximal = snapshot.state.params, snapshot.state.opt_state, snapshot.state.proximal
       for _ in range(start, num_updates):
         b, version, batch, stats = to_learn.get()
-        params, opt_state, aux = fns.learn(params, opt_state, batch, keys.sgd_key(b))
+        params, opt_state, proximal, aux = fns.learn(params, opt_state, proximal, batch, keys.sgd_key(b))
         u = b + 1
         to_publish.put((u, params))
         history[u] = params
@@ -242,7 +242,7 @@ class Pipeline:
           for k in [k for k in runners if k < u]:
             del runners[k]
         state = TrainState(params=params, opt_state=opt_state, runner=runner, key=keys.key(u),
-                           update=jax.numpy.asarray(u, jax.numpy.int32))
+                           update=jax.numpy.asarray(u, jax.numpy.int32), proximal=proximal)
         stale = tuple(history[max(0, u - lag + i)] for i in range(lag))
         results.put(UpdateResult(update=u, metrics=fns.metrics(aux, params, stats), policy_lag=b - version,
                                  snapshot=Snapshot(state=state, stale_params=stale)))
@@ -302,7 +302,7 @@ def make_pipeline_fns(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings
     return jax.eval_shape(fn, *args)
 
   def actor_out_shardings(out):
-    return iteration_lib.ActorOutput(runner=actor_layout.env_shardings(out.runner),
+    return iteration_lib.ActorOutput(runner=actor_layout.runner_shardings(out.runner),
                                      traj=actor_layout.env_shardings(out.traj, axis=1),
                                      last_value=actor_layout.env_sharding(1), stats=jax.tree.map(lambda _: a_rep,
                                                                                                   out.stats))
@@ -329,25 +329,27 @@ def make_pipeline_fns(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings
   def with_shardings(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
-  params_a = with_shardings(example.params, jax.tree.map(lambda _: a_rep, example.params))
-  runner_a = with_shardings(example.runner, actor_layout.env_shardings(example.runner))
-  key_a = jax.ShapeDtypeStruct(example.key.shape, example.key.dtype, sharding=a_rep)
+  def compiled(fn, out_shardings, *args):
+    return jax.jit(fn, out_shardings=out_shardings).lower(*args).compile(compiler_options=compiler_options)
+
+  def replicated(tree, sharding):
+    return with_shardings(tree, jax.tree.map(lambda _: sharding, tree))
+
+  params_a, key_a = replicated(example.params, a_rep), replicated(example.key, a_rep)
+  runner_a = with_shardings(example.runner, actor_layout.runner_shardings(example.runner))
   act_out = shapes(stages.act, params_a, runner_a, key_a)
   act_sh = actor_out_shardings(act_out)
-  act = jax.jit(stages.act, out_shardings=act_sh).lower(params_a, runner_a, key_a).compile(compiler_options=compiler_options)
+  act = compiled(stages.act, act_sh, params_a, runner_a, key_a)
   act_out = with_shardings(act_out, act_sh)
   batch = shapes(stages.advantage, act_out.traj, act_out.last_value)
-  advantage = jax.jit(stages.advantage, out_shardings=actor_layout.env_shardings(batch, axis=1)).lower(
-      act_out.traj, act_out.last_value).compile(compiler_options=compiler_options)
-  params_l = with_shardings(example.params, jax.tree.map(lambda _: l_rep, example.params))
-  opt_l = with_shardings(example.opt_state, jax.tree.map(lambda _: l_rep, example.opt_state))
-  key_l = jax.ShapeDtypeStruct(example.key.shape, example.key.dtype, sharding=l_rep)
+  advantage = compiled(stages.advantage, actor_layout.env_shardings(batch, axis=1), act_out.traj, act_out.last_value)
+  params_l, opt_l, key_l = (replicated(x, l_rep) for x in (example.params, example.opt_state, example.key))
+  proximal_l = replicated(example.proximal, l_rep)
   batch_l = with_shardings(batch, learner_layout.env_shardings(batch, axis=1))
-  stats_l = with_shardings(act_out.stats, jax.tree.map(lambda _: l_rep, act_out.stats))
-  learn_out = shapes(stages.learn, params_l, opt_l, batch_l, key_l)
-  learn = jax.jit(stages.learn, out_shardings=jax.tree.map(lambda _: l_rep, learn_out)).lower(
-      params_l, opt_l, batch_l, key_l).compile(compiler_options=compiler_options)
-  aux_l = with_shardings(learn_out[2], jax.tree.map(lambda _: l_rep, learn_out[2]))
-  metrics = jax.jit(stages.metrics, out_shardings=l_rep).lower(aux_l, params_l, stats_l).compile(compiler_options=compiler_options)
-  split_key = jax.jit(iteration_lib.split_update_key, out_shardings=l_rep).lower(key_l).compile(compiler_options=compiler_options)
+  stats_l = replicated(act_out.stats, l_rep)
+  learn_args = (params_l, opt_l, proximal_l, batch_l, key_l)
+  learn_out = shapes(stages.learn, *learn_args)
+  learn = compiled(stages.learn, jax.tree.map(lambda _: l_rep, learn_out), *learn_args)
+  metrics = compiled(stages.metrics, l_rep, replicated(learn_out[3], l_rep), params_l, stats_l)
+  split_key = compiled(iteration_lib.split_update_key, l_rep, key_l)
   return bind(act, advantage, learn, metrics, split_key)

@@ -8,13 +8,17 @@ import jax.numpy as jnp
 
 from envs import base
 from learner import distributions
+from pipeline import obs_norm as obs_norm_lib
 
 
 def make_evaluate(env: base.Environment, apply_fn: Callable, dist: distributions.Distribution,
                   num_episodes: int) -> Callable:
-  """Returns `(params, key) -> mean undiscounted return`; each env stops at its first episode end."""
+  """Returns `(params, key, obs_norm=None) -> mean undiscounted return`; each env stops at its first episode end.
 
-  def evaluate(params, key):
+  With `obs_norm` (the run's running statistics) the policy sees normalised observations, as in training.
+  """
+
+  def evaluate(params, key, obs_norm=None):
     reset_key, step_key = jax.random.split(key)
     env_state, obs = jax.vmap(env.reset)(jax.random.split(reset_key, num_episodes))
     zeros = jnp.zeros((num_episodes,), jnp.float32)
@@ -27,7 +31,7 @@ def make_evaluate(env: base.Environment, apply_fn: Callable, dist: distributions
     def body(carry):
       env_state, obs, ret, done, key, t = carry
       key, k = jax.random.split(key)
-      head, _ = apply_fn(params, obs)
+      head, _ = apply_fn(params, obs if obs_norm is None else obs_norm_lib.normalize(obs_norm, obs))
       res = jax.vmap(env.step)(jax.random.split(k, num_episodes), env_state, dist.mode(head))
       ret = ret + jnp.where(done, 0.0, res.reward)
       done = done | res.terminated | res.truncated

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ import optax
 from flax import struct
 
 from envs import base
-from learner import distributions, losses, networks
+from learner import diagnostics as diagnostics_lib, distributions, ewma as ewma_lib, losses, networks
 from learner.state import TrainState
 from pipeline import gae as gae_lib
 from pipeline import rollout as rollout_lib
@@ -35,10 +36,20 @@ class PPOSettings:
   vf_coef: float
   ent_coef: float
   sgd_chunk_size: int | None = None  # samples per gradient chunk (divides the minibatch); None: whole minibatch
+  diagnostics: bool = True  # compute learner/diagnostics.py's per-update statistics
+  kl_quantile: float = 0.9  # which quantile of the per-state KL to report
+  ewma_decay: float | None = None  # PPO-EWMA: proximal params = EWMA of params with this decay; None = off
+  obs_norm: bool = False  # normalise observations with running statistics
+  reset_pool_size: int = 0  # 0: plain auto-reset; else finished episodes restart from a pool of this many states
+  reset_pool_refresh: int = 0  # pool entries re-sampled per env step
 
   @property
   def batch_size(self) -> int:
     return self.num_envs * self.num_steps
+
+
+_PLAIN = PPOSettings(num_envs=0, num_steps=0, update_epochs=0, num_minibatches=0, gamma=0.0, gae_lambda=0.0,
+                     clip_eps=0.0, vf_coef=0.0, ent_coef=0.0)  # the optional parts' defaults (all off)
 
 
 @struct.dataclass
@@ -52,6 +63,14 @@ class UpdateMetrics:
   param_norm: jax.Array
   episode_return_sum: jax.Array
   episode_count: jax.Array
+  diagnostics: Any = None  # learner.diagnostics.Diagnostics, or None when diagnostics are off
+
+
+@struct.dataclass
+class LearnAux:
+  """What the learn stage reports besides the new params: SGD statistics and the update's diagnostics."""
+  loss: losses.LossAux  # averaged over all minibatch steps
+  diagnostics: Any = None  # learner.diagnostics.Diagnostics, or None when diagnostics are off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +92,17 @@ def _global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
-def init_train_state(agent: Agent, key: jax.Array, num_envs: int) -> TrainState:
+def init_train_state(agent: Agent, key: jax.Array, num_envs: int, ppo: PPOSettings | None = None) -> TrainState:
+  """The state before the first update. `ppo` switches on the optional parts: PPO-EWMA's proximal params (starting
+  at the initial params), observation statistics and a reset pool (in the runner)."""
+  ppo = ppo or _PLAIN
   key, params_key, env_key = jax.random.split(key, 3)
   params = agent.model.init(params_key, jnp.zeros(agent.env.observation_shape, jnp.float32))
-  return TrainState(params=params, opt_state=agent.optimizer.init(params),
-                    runner=rollout_lib.init_runner(agent.env, env_key, num_envs), key=key,
-                    update=jnp.zeros((), jnp.int32))
+  runner = rollout_lib.init_runner(agent.env, env_key, num_envs, obs_norm=ppo.obs_norm,
+                                   reset_pool_size=ppo.reset_pool_size)
+  return TrainState(params=params, opt_state=agent.optimizer.init(params), runner=runner, key=key,
+                    update=jnp.zeros((), jnp.int32),
+                    proximal=ewma_lib.init(params) if ppo.ewma_decay is not None else None)
 
 
 @struct.dataclass
@@ -96,7 +120,7 @@ class Stages:
 
   act(params, runner, key) -> ActorOutput
   advantage(traj, last_value) -> losses.Minibatch (leaves [T, N, ...])
-  learn(params, opt_state, batch, key) -> (params, opt_state, LossAux averaged over the SGD steps)
+  learn(params, opt_state, proximal, batch, key) -> (params, opt_state, proximal, LearnAux)
   metrics(aux, params, stats) -> UpdateMetrics
   """
   act: Callable
@@ -121,7 +145,8 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
   def act(params, runner, key) -> ActorOutput:
     runner, traj, last_value, stats = rollout_lib.rollout(
         params, runner, key, env=agent.env, apply_fn=agent.apply, value_fn=agent.value, dist=agent.dist,
-        num_steps=ppo.num_steps, constrain=actor_constrain)
+        num_steps=ppo.num_steps, constrain=actor_constrain, keep_head=ppo.diagnostics,
+        pool_refresh=ppo.reset_pool_refresh)
     return ActorOutput(runner=runner, traj=actor_constrain(traj, 1), last_value=last_value, stats=stats)
 
   def advantage(traj: rollout_lib.Trajectory, last_value) -> losses.Minibatch:
@@ -129,18 +154,26 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
                                       traj.truncation_value, last_value, gamma=ppo.gamma,
                                       gae_lambda=ppo.gae_lambda)
     return losses.Minibatch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=traj.value,
-                            advantage=advantages, target=targets)
+                            advantage=advantages, target=targets, behaviour_head=traj.head)
 
-  def learn(params, opt_state, batch: losses.Minibatch, key):
-    return sgd_lib.sgd_epochs(params, opt_state, batch, key, loss_fn=loss_fn, optimizer=agent.optimizer,
-                              update_epochs=ppo.update_epochs, num_minibatches=ppo.num_minibatches,
-                              chunk_size=ppo.sgd_chunk_size, constrain=learner_constrain)
+  def learn(params, opt_state, proximal, batch: losses.Minibatch, key):
+    new_params, opt_state, aux, proximal, noise = sgd_lib.sgd_epochs(
+        params, opt_state, batch, key, loss_fn=loss_fn, optimizer=agent.optimizer, update_epochs=ppo.update_epochs,
+        num_minibatches=ppo.num_minibatches, chunk_size=ppo.sgd_chunk_size, constrain=learner_constrain,
+        proximal=proximal, ewma_decay=ppo.ewma_decay, track_grad_noise=ppo.diagnostics)
+    diagnostics = None
+    if ppo.diagnostics:
+      diagnostics = diagnostics_lib.compute(params, new_params, batch.obs, batch.behaviour_head, batch.value,
+                                            batch.target, noise, apply_fn=agent.apply, dist=agent.dist,
+                                            kl_quantile=ppo.kl_quantile)
+    return new_params, opt_state, proximal, LearnAux(loss=aux, diagnostics=diagnostics)
 
-  def metrics(aux: losses.LossAux, params, stats: rollout_lib.EpisodeStats) -> UpdateMetrics:
-    return UpdateMetrics(policy_loss=aux.policy_loss, value_loss=aux.value_loss, entropy=aux.entropy,
-                         approx_kl=aux.approx_kl, clip_fraction=aux.clip_fraction,
+  def metrics(aux: LearnAux, params, stats: rollout_lib.EpisodeStats) -> UpdateMetrics:
+    loss = aux.loss
+    return UpdateMetrics(policy_loss=loss.policy_loss, value_loss=loss.value_loss, entropy=loss.entropy,
+                         approx_kl=loss.approx_kl, clip_fraction=loss.clip_fraction,
                          param_norm=_global_norm(params), episode_return_sum=stats.return_sum,
-                         episode_count=stats.count)
+                         episode_count=stats.count, diagnostics=aux.diagnostics)
 
   return Stages(act=act, advantage=advantage, learn=learn, metrics=metrics)
 
@@ -157,8 +190,9 @@ def make_iteration(agent: Agent, ppo: PPOSettings,
     key, rollout_key, sgd_key = split_update_key(state.key)
     out = stages.act(state.params, state.runner, rollout_key)
     batch = stages.advantage(out.traj, out.last_value)
-    params, opt_state, aux = stages.learn(state.params, state.opt_state, batch, sgd_key)
-    new_state = TrainState(params=params, opt_state=opt_state, runner=out.runner, key=key, update=state.update + 1)
+    params, opt_state, proximal, aux = stages.learn(state.params, state.opt_state, state.proximal, batch, sgd_key)
+    new_state = TrainState(params=params, opt_state=opt_state, runner=out.runner, key=key, update=state.update + 1,
+                           proximal=proximal)
     return new_state, stages.metrics(aux, params, out.stats)
 
   return iteration

@@ -1,7 +1,8 @@
 """Rollout: `num_steps` of vmapped auto-reset env steps under the current policy, as one lax.scan.
 
 Randomness is drawn per env from keys split over the global env axis, so it does not depend on how envs are placed
-on devices.
+on devices. Optionally the policy sees running-normalised observations (pipeline/obs_norm.py) and finished episodes
+restart from a reset pool (envs/reset_pool.py); both are replicated state threaded through the scan.
 """
 from __future__ import annotations
 
@@ -14,15 +15,23 @@ from flax import struct
 from jaxtyping import Array, Bool, Float
 
 from envs import base
+from envs import reset_pool as reset_pool_lib
 from learner import distributions
+from pipeline import obs_norm as obs_norm_lib
 
 
 @struct.dataclass
 class RunnerState:
-  """The live envs: sharded over the env axis N."""
+  """The actors' state: the live envs, sharded over the env axis N, and what they share (replicated)."""
   env_state: Any  # env-specific pytree, leaves [N, ...]
-  obs: Float[Array, "N obs"]
+  obs: Float[Array, "N obs"]  # raw observations
   episode_return: Float[Array, "N"]  # return so far of each env's current episode
+  obs_norm: obs_norm_lib.RunningMeanStd | None = None  # running observation statistics (config.obs_norm)
+  reset_pool: reset_pool_lib.ResetPool | None = None  # pre-sampled start states (config.reset_pool.size > 0)
+
+  def per_env(self) -> RunnerState:
+    """The parts with an env axis (the shared ones set to None)."""
+    return self.replace(obs_norm=None, reset_pool=None)
 
 
 @struct.dataclass
@@ -31,6 +40,7 @@ class Trajectory:
   obs: Float[Array, "T N obs"]
   action: Array  # [T, N] int32 or [T, N, A]
   log_prob: Float[Array, "T N"]
+  head: Float[Array, "T N P"] | None  # the behaviour policy's distribution params (exact KL diagnostic), if kept
   value: Float[Array, "T N"]
   reward: Float[Array, "T N"]
   terminated: Bool[Array, "T N"]
@@ -45,40 +55,66 @@ class EpisodeStats:
   count: jax.Array
 
 
-def init_runner(env: base.Environment, key: jax.Array, num_envs: int) -> RunnerState:
-  env_state, obs = jax.vmap(env.reset)(jax.random.split(key, num_envs))
-  return RunnerState(env_state=env_state, obs=obs, episode_return=jnp.zeros((num_envs,), jnp.float32))
+def init_runner(env: base.Environment, key: jax.Array, num_envs: int, obs_norm: bool = False,
+                reset_pool_size: int = 0) -> RunnerState:
+  """Fresh envs. With a reset pool the first episodes also start from it (an expensive reset is then neither paid
+  nor compiled once more); with obs_norm the statistics start from the first observations' moments."""
+  pool = None
+  if reset_pool_size:
+    pool = reset_pool_lib.init_pool(env, jax.random.fold_in(key, 1), reset_pool_size)
+    env_state, obs = reset_pool_lib.draw_many(pool, key, num_envs)
+  else:
+    env_state, obs = jax.vmap(env.reset)(jax.random.split(key, num_envs))
+  stats = obs_norm_lib.update(obs_norm_lib.init(env.observation_shape), obs) if obs_norm else None
+  return RunnerState(env_state=env_state, obs=obs, episode_return=jnp.zeros((num_envs,), jnp.float32),
+                     obs_norm=stats, reset_pool=pool)
 
 
 def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environment, apply_fn: Callable,
             value_fn: Callable, dist: distributions.Distribution, num_steps: int,
-            constrain: Callable = lambda x: x) -> tuple[RunnerState, Trajectory, Float[Array, "N"], EpisodeStats]:
+            constrain: Callable = lambda x: x, keep_head: bool = False,
+            pool_refresh: int = 0) -> tuple[RunnerState, Trajectory, Float[Array, "N"], EpisodeStats]:
   """Steps all envs `num_steps` times. Returns the new runner, the trajectory, V(last obs) and episode stats.
 
-  `constrain` pins the runner's env axis to the mesh (a no-op on one device).
+  `constrain` pins the runner's env axis to the mesh (a no-op on one device). `keep_head` stores the policy's
+  distribution params in the trajectory (for the KL diagnostic; [T, N, P] floats more). With `runner.obs_norm` the
+  policy sees normalised observations (the trajectory stores what it saw) and the statistics are updated with every
+  step's new observations; with `runner.reset_pool`, `pool_refresh` entries are re-sampled per step and finished
+  episodes restart from the pool.
   """
   num_envs = runner.obs.shape[0]
+  norm = (lambda stats, obs: obs) if runner.obs_norm is None else obs_norm_lib.normalize
 
   def step(carry, step_key):
-    runner, stats = carry
+    runner, stats, obs_stats, pool = carry
     act_key, env_key = jax.random.split(step_key)
-    head, value = apply_fn(params, runner.obs)
+    obs = norm(obs_stats, runner.obs)
+    head, value = apply_fn(params, obs)
     action = dist.sample(act_key, head)
     log_prob = dist.log_prob(head, action)
-    out = jax.vmap(base.auto_reset_step, in_axes=(None, 0, 0, 0))(
-        env, jax.random.split(env_key, num_envs), runner.env_state, action)
-    truncation_value = jnp.where(out.truncated, value_fn(params, out.final_obs), 0.0)
+    env_keys = jax.random.split(env_key, num_envs)
+    if pool is None:
+      out = jax.vmap(base.auto_reset_step, in_axes=(None, 0, 0, 0))(env, env_keys, runner.env_state, action)
+    else:
+      pool = reset_pool_lib.refresh(env, pool, jax.random.fold_in(step_key, 1), pool_refresh)
+      out = jax.vmap(reset_pool_lib.pooled_auto_reset_step, in_axes=(None, None, 0, 0, 0))(
+          env, pool, env_keys, runner.env_state, action)
+    truncation_value = jnp.where(out.truncated, value_fn(params, norm(obs_stats, out.final_obs)), 0.0)
     done = out.terminated | out.truncated
     episode_return = runner.episode_return + out.reward
     stats = EpisodeStats(return_sum=stats.return_sum + jnp.sum(jnp.where(done, episode_return, 0.0)),
                          count=stats.count + jnp.sum(done, dtype=jnp.int32))
     new_runner = constrain(RunnerState(env_state=out.state, obs=out.obs,
                                        episode_return=jnp.where(done, 0.0, episode_return)))
-    transition = Trajectory(obs=runner.obs, action=action, log_prob=log_prob, value=value, reward=out.reward,
-                            terminated=out.terminated, truncated=out.truncated, truncation_value=truncation_value)
-    return (new_runner, stats), transition
+    if obs_stats is not None:
+      obs_stats = obs_norm_lib.update(obs_stats, out.obs)
+    transition = Trajectory(obs=obs, action=action, log_prob=log_prob, head=head if keep_head else None,
+                            value=value, reward=out.reward, terminated=out.terminated, truncated=out.truncated,
+                            truncation_value=truncation_value)
+    return (new_runner, stats, obs_stats, pool), transition
 
   stats0 = EpisodeStats(return_sum=jnp.zeros((), jnp.float32), count=jnp.zeros((), jnp.int32))
-  (runner, stats), traj = jax.lax.scan(step, (runner, stats0), jax.random.split(key, num_steps))
-  last_value = value_fn(params, runner.obs)
-  return runner, traj, last_value, stats
+  (runner, stats, obs_norm, reset_pool), traj = jax.lax.scan(
+      step, (runner.per_env(), stats0, runner.obs_norm, runner.reset_pool), jax.random.split(key, num_steps))
+  last_value = value_fn(params, norm(obs_norm, runner.obs))
+  return runner.replace(obs_norm=obs_norm, reset_pool=reset_pool), traj, last_value, stats

@@ -2,24 +2,31 @@
 
 Minibatches are gathered by index from the time-major batch rather than by materialising a shuffled copy, one
 chunk at a time (pipeline/sgd_chunks.py). The permutation is drawn over the global sample index
-(pipeline/permutation.py), so minibatch contents do not depend on the device layout.
+(pipeline/permutation.py), so minibatch contents do not depend on the device layout. Optionally it also advances
+PPO-EWMA's proximal params after every optimizer step, and measures the first epoch's gradient noise
+(learner/diagnostics.py): each minibatch gradient is the mean of its chunks' gradients at the same params, so chunk
+and minibatch give the two batch sizes of B_simple for free.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from learner import losses
+from learner import diagnostics, ewma as ewma_lib, losses
 from pipeline import permutation, sgd_chunks
 
 
 def sgd_epochs(params, opt_state, batch: losses.Minibatch, key: jax.Array, *, loss_fn: Callable,
                optimizer: optax.GradientTransformation, update_epochs: int, num_minibatches: int,
-               chunk_size: int | None = None, constrain: Callable = lambda x: x):
-  """`batch` leaves are [T, N, ...]. Returns (params, opt_state, LossAux averaged over all minibatch steps).
+               chunk_size: int | None = None, constrain: Callable = lambda x: x,
+               proximal: ewma_lib.EWMAState | None = None, ewma_decay: float | None = None,
+               track_grad_noise: bool = False):
+  """`batch` leaves are [T, N, ...]. Returns (params, opt_state, LossAux averaged over all minibatch steps,
+  proximal advanced by every step (None if PPO-EWMA is off), GradNoiseStats of the first epoch or None).
 
   Each minibatch's gradient is accumulated over chunks of `chunk_size` samples (default: the whole minibatch).
   """
@@ -27,17 +34,30 @@ def sgd_epochs(params, opt_state, batch: losses.Minibatch, key: jax.Array, *, lo
   batch_size = num_steps * num_envs
   minibatch_size = batch_size // num_minibatches
   chunk_size = chunk_size or minibatch_size
+  batch = batch.replace(behaviour_head=None)  # only the diagnostics read it; never gathered per minibatch
 
   def minibatch_step(carry, idx):
-    params, opt_state = carry
-    grads, aux = sgd_chunks.minibatch_grad(params, batch, idx, loss_fn=loss_fn, chunk_size=chunk_size,
-                                           constrain=constrain)
+    params, opt_state, proximal = carry
+    fn = loss_fn if proximal is None else functools.partial(loss_fn, proximal_params=proximal.params)
+    out = sgd_chunks.minibatch_grad(params, batch, idx, loss_fn=fn, chunk_size=chunk_size, constrain=constrain,
+                                    chunk_sq_norms=track_grad_noise)
+    grads, aux = out[:2]
+    noise = (out[2], diagnostics.sq_norm(grads)) if track_grad_noise else ()
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), aux
+    params = optax.apply_updates(params, updates)
+    if proximal is not None:
+      proximal = ewma_lib.update(proximal, params, ewma_decay)
+    return (params, opt_state, proximal), (aux, noise)
 
   def epoch(carry, epoch_key):
     perm = permutation.random_permutation(epoch_key, batch_size).reshape(num_minibatches, minibatch_size)
     return jax.lax.scan(minibatch_step, carry, perm)
 
-  (params, opt_state), aux = jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, update_epochs))
-  return params, opt_state, jax.tree.map(jnp.mean, aux)
+  (params, opt_state, proximal), (aux, noise) = jax.lax.scan(epoch, (params, opt_state, proximal),
+                                                             jax.random.split(key, update_epochs))
+  stats = None
+  if track_grad_noise:  # noise leaves are [epochs, minibatches]: average the first epoch's
+    small_sq, big_sq = noise
+    stats = diagnostics.GradNoiseStats(mean_small_sq=small_sq[0].mean(), big_sq=big_sq[0].mean(),
+                                       b_small=chunk_size, b_big=minibatch_size)
+  return params, opt_state, jax.tree.map(jnp.mean, aux), proximal, stats

@@ -13,14 +13,16 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Int
 
-from learner import losses
+from learner import diagnostics, losses
 
 
 def minibatch_grad(params, batch: losses.Minibatch, idx: Int[Array, "M"], *, loss_fn: Callable, chunk_size: int,
-                   constrain: Callable = lambda x: x):
+                   constrain: Callable = lambda x: x, chunk_sq_norms: bool = False):
   """Returns (grads, LossAux) of `loss_fn` on the samples `idx` (flat (t, n) indices) of the [T, N] `batch`.
 
   `loss_fn(params, mb, advantage_stats=...)` must be a mean over the samples of `mb`. `chunk_size` divides M.
+  With `chunk_sq_norms` it returns (grads, LossAux, mean over chunks of |chunk gradient|²): the chunks are disjoint
+  random subsets of the minibatch at the same params, the small batch of the gradient noise scale.
   """
   num_envs = batch.advantage.shape[1]
   minibatch_size = idx.shape[0]
@@ -30,11 +32,17 @@ def minibatch_grad(params, batch: losses.Minibatch, idx: Int[Array, "M"], *, los
   stats = (advantage.mean(), advantage.std())
   grad_fn = jax.grad(lambda p, mb: loss_fn(p, mb, advantage_stats=stats), has_aux=True)
   if num_chunks == 1:
-    return grad_fn(params, take(idx))
+    grads, aux = grad_fn(params, take(idx))
+    return (grads, aux, diagnostics.sq_norm(grads)) if chunk_sq_norms else (grads, aux)
 
-  def chunk(total, chunk_idx):
-    return jax.tree.map(jnp.add, total, grad_fn(params, take(chunk_idx))), None
+  def chunk(carry, chunk_idx):
+    total, sq = carry
+    grads = grad_fn(params, take(chunk_idx))
+    if chunk_sq_norms:
+      sq = sq + diagnostics.sq_norm(grads[0])
+    return (jax.tree.map(jnp.add, total, grads), sq), None
 
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, take(idx[:chunk_size])))
-  total, _ = jax.lax.scan(chunk, zeros, idx.reshape(num_chunks, chunk_size))
-  return jax.tree.map(lambda x: x / num_chunks, total)
+  (total, sq), _ = jax.lax.scan(chunk, (zeros, jnp.zeros((), jnp.float32)), idx.reshape(num_chunks, chunk_size))
+  grads, aux = jax.tree.map(lambda x: x / num_chunks, total)
+  return (grads, aux, sq / num_chunks) if chunk_sq_norms else (grads, aux)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv (Python ≥ 3.11) and installs the project with its test extras. Idempotent: re-running is cheap.
+# VENV and PIP_ARGS override the environment's folder and what is installed (scripts/test_kinetix.sh uses them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-}"
@@ -11,6 +12,9 @@ if [[ -z "$PY" ]]; then
   done
 fi
 [[ -n "$PY" ]] || { echo "error: Python >= 3.11 is required" >&2; exit 1; }
-[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+VENV="${VENV:-.venv}"
+[[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+set -f  # PIP_ARGS is split into words but never globbed (".[test]" is an extra, not a pattern)
+# shellcheck disable=SC2086
+"$VENV/bin/python" -m pip install -q ${PIP_ARGS:--e .[test]}

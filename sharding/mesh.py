@@ -54,10 +54,18 @@ class Layout:
     """with_sharding_constraint: the env axis of every leaf is split over `data`."""
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self.env_sharding(x.ndim, axis)), tree)
 
+  def runner_shardings(self, runner):
+    """RunnerState of shardings: the envs split over `data`; what they share (observation statistics, reset pool)
+    replicated."""
+    shared = runner.replace(env_state=None, obs=None, episode_return=None)
+    return self.env_shardings(runner.per_env()).replace(
+        obs_norm=jax.tree.map(lambda _: self.replicated, shared.obs_norm),
+        reset_pool=jax.tree.map(lambda _: self.replicated, shared.reset_pool))
+
   def train_state_shardings(self, state_shapes):
-    """TrainState of shardings: the runner is split over envs, everything else replicated."""
+    """TrainState of shardings: the runner's envs are split over envs, everything else replicated."""
     replicated = jax.tree.map(lambda _: self.replicated, state_shapes)
-    return replicated.replace(runner=self.env_shardings(state_shapes.runner))
+    return replicated.replace(runner=self.runner_shardings(state_shapes.runner))
 
 
 def split_mesh(mesh: Mesh, actor_devices: int) -> tuple[Mesh, Mesh]:

@@ -157,3 +157,26 @@ def test_pipeline_errors():
   assert _errors(num_envs=6, **{"pipeline.mode": "sync", "pipeline.actor_devices": 4, "mesh.data": 6}) == [
       "config.num_envs=6: must be divisible by the 4 actor devices (pipeline.actor_devices)"]
   assert _errors(**{"pipeline.mode": "sync", "pipeline.actor_devices": 4}) == []
+
+
+def test_obs_norm_and_reset_pool_rules():
+  assert _errors(**{"reset_pool.size": -1}) == [
+      "config.reset_pool.size=-1: must be a non-negative integer (0 turns the pool off)"]
+  assert _errors(**{"reset_pool.refresh": 0}) == ["config.reset_pool.refresh=0: must be a positive integer"]
+  assert _errors(**{"reset_pool.size": 100, "reset_pool.refresh": 64}) == [
+      "config.reset_pool.refresh=64: must divide reset_pool.size=100"]
+  assert _errors(obs_norm=True, **{"reset_pool.size": 128, "reset_pool.refresh": 64}) == []
+
+
+@pytest.mark.parametrize("name", ["brax", "kinetix", "craftax"])
+def test_suite_configs_and_debug_variants_are_complete(name):
+  """Every suite config has exactly the schema's keys; with its suite installed it validates (else the one error is
+  the missing extra, reported under config.env_name)."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  module = importlib.import_module(f"launch.configs.{name}")
+  for arg in (None, "debug"):
+    errors = config_lib.check(module.get_config(arg), 8)
+    assert errors == [] or (len(errors) == 1 and errors[0].startswith("config.env_name=")
+                            and "pip install" in errors[0]), errors
+  with pytest.raises(ValueError, match="unknown variant"):
+    module.get_config("nope")

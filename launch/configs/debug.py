@@ -16,5 +16,6 @@ def get_config(arg: str | None = None):
   config.eval_every = 5
   config.eval_episodes = 4
   config.network.hidden_sizes = (16, 16)
+  config.scaling.base_num_envs = 8
   config.mesh.data = 1
   return config

@@ -1,0 +1,126 @@
+"""Adapter for Kinetix (kinetix-env), the paper's domain: symbolic (flat) observations, multi-discrete actions.
+
+- `kinetix:<s|m|l>`: a random level of that size at every reset, sampled as kinetix-env's PPO setting documents
+  (configs/learning/ppo-base.yaml: filter_levels, level_filter_sample_ratio=2, level_filter_n_steps=64): draw 2
+  levels, run each for 64 steps with the all-zeros action, and keep one that doing nothing does not solve (solved
+  levels keep weight 0.001, as in kinetix-env). A reset therefore costs ~2×64 physics steps: use the reset pool.
+- `kinetix:<level file>`: a hand-designed level shipped with kinetix-env (e.g. `s/h0_weak_thrust`) or a path to a
+  level json; every episode starts from it.
+
+Kinetix's `done` covers reaching the goal, touching a bad shape, NaN physics and the time limit. The time limit is
+reported as truncation unless the goal was reached on the same step; a bad contact exactly at the time limit is
+indistinguishable from it in kinetix-env's outputs and counts as truncation.
+kinetix-env requires jax <= 0.9.0, so it lives in its own virtual environment (scripts/setup_kinetix.sh).
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+
+from envs import base, extras
+
+SIZES = ("s", "m", "l")
+FILTER_SAMPLE_RATIO = 2  # kinetix-env ppo-base.yaml: level_filter_sample_ratio
+FILTER_STEPS = 64  # kinetix-env ppo-base.yaml: level_filter_n_steps
+SOLVED_WEIGHT = 0.001  # kinetix-env's weight for levels that the no-op policy solves
+NOTE = " in a virtual environment with jax<=0.9.0 (kinetix-env requires it): bash scripts/setup_kinetix.sh"
+
+
+def import_kinetix():
+  extras.require("kinetix", "kinetix", "kinetix", NOTE)
+  from kinetix.environment import env as kenv  # pylint: disable=import-outside-toplevel
+  from kinetix.environment import env_state, spaces, utils  # pylint: disable=import-outside-toplevel
+  from kinetix.environment.ued import ued  # pylint: disable=import-outside-toplevel
+  from kinetix.util import saving  # pylint: disable=import-outside-toplevel
+  return kenv, env_state, spaces, utils, ued, saving
+
+
+def shipped_levels() -> list[str]:
+  """Names of the hand-designed levels that kinetix-env ships, e.g. `s/h0_weak_thrust`."""
+  import kinetix  # pylint: disable=import-outside-toplevel
+  root = os.path.join(os.path.dirname(kinetix.__file__), "levels")
+  return sorted(os.path.relpath(p, root)[:-len(".json")] for p in glob.glob(os.path.join(root, "*", "*.json")))
+
+
+class KinetixEnv(base.Environment):
+  """Random levels of one size, or one fixed level."""
+
+  def __init__(self, level: str, filter_levels: bool = True):
+    kenv, env_state, spaces, utils, ued, saving = import_kinetix()
+    self.level, self.filter_levels = level, filter_levels
+    if level in SIZES:
+      self._static = utils.static_env_params_from_size(level)
+      self._params = env_state.EnvParams()
+      self._sample_level = ued.make_reset_fn_sample_kinetix_level(self._params, self._static)
+      self._fixed_level = None
+    else:
+      path = saving.get_correct_path_of_json_level(level)
+      if not os.path.exists(path):
+        raise FileNotFoundError(path)
+      self._fixed_level, self._static, self._params = saving.load_from_json_file(path)
+    self._env = kenv.make_kinetix_env(spaces.ActionType.MULTI_DISCRETE, spaces.ObservationType.SYMBOLIC_FLAT, None,
+                                      self._params, self._static, auto_reset=False)
+    nvec = self._env.action_type.number_of_dims_per_distribution
+    self._space = base.MultiDiscrete(tuple(int(n) for n in nvec))
+    self._obs_shape = tuple(int(d) for d in self._env.observation_space(self._params).shape)
+
+  def __hash__(self):
+    return hash((type(self), self.level, self.filter_levels))
+
+  def __eq__(self, other):
+    return type(other) is type(self) and (other.level, other.filter_levels) == (self.level, self.filter_levels)
+
+  @property
+  def observation_shape(self):
+    return self._obs_shape
+
+  @property
+  def action_space(self):
+    return self._space
+
+  @property
+  def max_episode_steps(self):
+    return int(self._params.max_timesteps)
+
+  def _noop_solved(self, level) -> jax.Array:
+    """Whether the all-zeros action reaches the goal within FILTER_STEPS (first episode end has reward > 0.5)."""
+    noop = jnp.zeros((len(self._space.nvec),), jnp.int32)
+
+    def step(carry, key):
+      state, done, solved = carry
+      _, state, reward, now_done, _ = self._env.step_env(key, state, noop, self._params)
+      solved = solved | (~done & now_done & (reward > 0.5))
+      return (state, done | now_done, solved), None
+
+    keys = jax.random.split(jax.random.PRNGKey(0), FILTER_STEPS)  # the physics ignores the key
+    (_, _, solved), _ = jax.lax.scan(step, (level, jnp.zeros((), bool), jnp.zeros((), bool)), keys)
+    return solved
+
+  def _random_level(self, key):
+    if not self.filter_levels:
+      return self._sample_level(key)
+    sample_key, choose_key = jax.random.split(key)
+    levels = jax.vmap(self._sample_level)(jax.random.split(sample_key, FILTER_SAMPLE_RATIO))
+    solved = jax.vmap(self._noop_solved)(levels)
+    logits = jnp.log(jnp.where(solved, SOLVED_WEIGHT, 1.0))
+    index = jax.random.categorical(choose_key, logits)
+    return jax.tree.map(lambda x: x[index], levels)
+
+  def reset(self, key):
+    state = self._fixed_level if self._fixed_level is not None else self._random_level(key)
+    return state, self._env.get_obs(state).astype(jnp.float32)
+
+  def step(self, key, state, action):
+    obs, new_state, reward, done, info = self._env.step_env(key, state, action, self._params)
+    time_out = new_state.timestep >= self._params.max_timesteps
+    terminated = done & (~time_out | info["GoalR"])
+    return base.StepResult(
+        state=new_state,
+        obs=obs.astype(jnp.float32),
+        reward=jnp.asarray(reward, jnp.float32),
+        terminated=jnp.asarray(terminated, bool),
+        truncated=jnp.asarray(time_out, bool),
+    )

@@ -1,0 +1,84 @@
+"""Outer-loop diagnostics of one PPO update: how far the policy moved, how noisy the gradient is, how good the critic.
+
+These make the paper's view of PPO observable: the outer step (KL between the behaviour and the updated policy, and
+the update size ‖Δθ‖) against the noise (the gradient noise scale B_simple of McCandlish et al. 2018), and the data
+spent per unit of divergence. All are computed inside the jitted update from values it already has, plus one
+forward pass of the updated params over the batch.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jaxtyping import Array, Float
+
+from learner import distributions
+
+
+@struct.dataclass
+class Diagnostics:
+  """Per-update scalars (logged under these names)."""
+  kl_mean: jax.Array  # mean over the batch's states of KL(behaviour ‖ updated policy), exact per state
+  kl_quantile: jax.Array  # a high quantile (diagnostics.kl_quantile) of the same per-state KL
+  update_norm: jax.Array  # ‖θ_after − θ_before‖ (global L2 norm over all params)
+  grad_noise_scale: jax.Array  # B_simple = tr(Σ) / |G|², first epoch's chunk and minibatch gradients
+  grad_sq_norm: jax.Array  # the unbiased estimate of |G|² used in B_simple
+  grad_trace_cov: jax.Array  # the unbiased estimate of tr(Σ) (per-sample gradient covariance)
+  samples_per_kl: jax.Array  # data-to-divergence ratio: batch size / kl_mean
+  explained_variance: jax.Array  # 1 − Var(target − V_behaviour) / Var(target)
+
+
+@struct.dataclass
+class GradNoiseStats:
+  """What the SGD stage measures over its first epoch to estimate B_simple (pipeline/sgd.py).
+
+  Every minibatch gradient is the mean of its chunks' gradients, all taken at the same params: per minibatch, the
+  chunk gradients are estimates at batch size b_small and their mean one at b_big, so each pair is unbiased for the
+  params it was taken at (no drift between the two sizes). Both squared norms are averaged over the epoch.
+  """
+  mean_small_sq: jax.Array  # mean over minibatches and their chunks of |g_chunk|² (b_small samples each)
+  big_sq: jax.Array  # mean over minibatches of |g_minibatch|² (b_big samples each)
+  b_small: int = struct.field(pytree_node=False, default=1)
+  b_big: int = struct.field(pytree_node=False, default=1)
+
+
+def sq_norm(tree) -> jax.Array:
+  return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
+
+
+def noise_scale(stats: GradNoiseStats) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """McCandlish et al. (2018), App. A.1: unbiased |G|² and tr(Σ) from gradient norms at two batch sizes.
+
+  E|G_B|² = |G|² + tr(Σ)/B, so two batch sizes give two equations. Returns (|G|², tr(Σ), B_simple); NaN when a
+  minibatch is a single chunk (the two sizes coincide). Minibatches and chunks are drawn without replacement from
+  the batch, so tr(Σ) is the batch's unbiased per-sample covariance trace and |G|² estimates |mean g|² − tr(Σ)/batch.
+  """
+  bs, bb = stats.b_small, stats.b_big
+  if bs == bb:
+    nan = jnp.full((), jnp.nan, jnp.float32)
+    return nan, nan, nan
+  g_sq = (bb * stats.big_sq - bs * stats.mean_small_sq) / (bb - bs)
+  trace = (stats.mean_small_sq - stats.big_sq) / (1.0 / bs - 1.0 / bb)
+  return g_sq, trace, trace / g_sq
+
+
+def explained_variance(value: Float[Array, "*B"], target: Float[Array, "*B"]) -> jax.Array:
+  var = jnp.var(target)
+  return jnp.where(var > 0, 1.0 - jnp.var(target - value) / jnp.maximum(var, 1e-12), jnp.nan)
+
+
+def compute(old_params, new_params, obs: Float[Array, "T N obs"], behaviour_head: Float[Array, "T N P"],
+            value: Float[Array, "T N"], target: Float[Array, "T N"], grad_noise: GradNoiseStats, *,
+            apply_fn: Callable, dist: distributions.Distribution, kl_quantile: float) -> Diagnostics:
+  """All diagnostics of one update; `value` is the behaviour critic's, `behaviour_head` the rollout policy's."""
+  new_head, _ = apply_fn(new_params, obs)
+  kl = dist.kl(behaviour_head, new_head)
+  kl_mean = kl.mean()
+  g_sq, trace, b_simple = noise_scale(grad_noise)
+  delta = jax.tree.map(lambda a, b: a - b, new_params, old_params)
+  return Diagnostics(kl_mean=kl_mean, kl_quantile=jnp.quantile(kl.reshape(-1), kl_quantile),
+                     update_norm=jnp.sqrt(sq_norm(delta)), grad_noise_scale=b_simple, grad_sq_norm=g_sq,
+                     grad_trace_cov=trace, samples_per_kl=kl.size / jnp.maximum(kl_mean, 1e-30),
+                     explained_variance=explained_variance(value, target))

@@ -1,0 +1,236 @@
+"""Each outer-loop diagnostic against a brute-force computation on a small batch; PPO-EWMA's weights and loss."""
+import itertools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from launch import trainer
+from launch.configs import debug
+from launch.sinks import read_jsonl
+from learner import diagnostics, distributions, ewma, losses
+from pipeline import permutation, sgd
+
+
+
+def _linear(params, obs):
+  """A linear 'network': logits = obs @ W, value = obs @ v."""
+  return obs @ params["W"], obs @ params["v"]
+
+
+def test_categorical_kl_by_explicit_sums():
+  rng = np.random.default_rng(0)
+  p_logits, q_logits = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+  p = np.exp(p_logits) / np.exp(p_logits).sum(-1, keepdims=True)
+  q = np.exp(q_logits) / np.exp(q_logits).sum(-1, keepdims=True)
+  brute = [sum(p[i, a] * np.log(p[i, a] / q[i, a]) for a in range(4)) for i in range(5)]
+  np.testing.assert_allclose(distributions.Categorical(4).kl(p_logits, q_logits), brute, rtol=1e-5)
+  # Independent parts: KL over the joint (explicit sum over all 2 x 3 action pairs) = the sum of the parts' KLs.
+  pl, ql = rng.normal(size=5), rng.normal(size=5)
+  sm = lambda x: np.exp(x) / np.exp(x).sum()
+  pj = [sm(pl[:2])[a] * sm(pl[2:])[b] for a, b in itertools.product(range(2), range(3))]
+  qj = [sm(ql[:2])[a] * sm(ql[2:])[b] for a, b in itertools.product(range(2), range(3))]
+  brute = sum(x * np.log(x / y) for x, y in zip(pj, qj))
+  np.testing.assert_allclose(distributions.MultiCategorical((2, 3)).kl(pl, ql), brute, rtol=1e-5)
+
+
+def test_gaussian_kl_by_numerical_integration():
+  p, q = jnp.array([0.3, np.log(0.7)]), jnp.array([-0.5, np.log(1.6)])
+  x = np.linspace(-12, 12, 200001)
+  dens = lambda m, s: np.exp(-0.5 * ((x - m) / s)**2) / (s * np.sqrt(2 * np.pi))
+  fp, fq = dens(0.3, 0.7), dens(-0.5, 1.6)
+  brute = np.sum(fp * np.log(fp / fq)) * (x[1] - x[0])
+  np.testing.assert_allclose(distributions.DiagGaussian(1).kl(p, q), brute, rtol=1e-4)
+
+
+def test_update_diagnostics_against_brute_force():
+  rng = np.random.default_rng(1)
+  T, N, D, A = 3, 4, 5, 3
+  obs = jnp.asarray(rng.normal(size=(T, N, D)), jnp.float32)
+  old = {"W": jnp.asarray(rng.normal(size=(D, A)), jnp.float32), "v": jnp.asarray(rng.normal(size=D), jnp.float32)}
+  new = jax.tree.map(lambda x: x + 0.3 * jnp.asarray(rng.normal(size=x.shape), jnp.float32), old)
+  target = jnp.asarray(rng.normal(size=(T, N)), jnp.float32)
+  behaviour_head, value = _linear(old, obs)
+  noise = diagnostics.GradNoiseStats(mean_small_sq=jnp.array(3.0), big_sq=jnp.array(1.0), b_small=4, b_big=12)
+  d = diagnostics.compute(old, new, obs, behaviour_head, value, target, noise, apply_fn=_linear,
+                          dist=distributions.Categorical(A), kl_quantile=0.9)
+
+  o, W0, W1 = np.asarray(obs, np.float64), np.asarray(old["W"], np.float64), np.asarray(new["W"], np.float64)
+  kls = []
+  for t, n in itertools.product(range(T), range(N)):
+    lp, lq = o[t, n] @ W0, o[t, n] @ W1
+    p, q = np.exp(lp) / np.exp(lp).sum(), np.exp(lq) / np.exp(lq).sum()
+    kls.append(sum(p[a] * np.log(p[a] / q[a]) for a in range(A)))
+  np.testing.assert_allclose(d.kl_mean, np.mean(kls), rtol=1e-4)
+  np.testing.assert_allclose(d.kl_quantile, np.quantile(kls, 0.9), rtol=1e-4)
+  np.testing.assert_allclose(d.samples_per_kl, T * N / np.mean(kls), rtol=1e-4)
+  delta = np.concatenate([(np.asarray(new[k]) - np.asarray(old[k])).ravel() for k in ("W", "v")])
+  np.testing.assert_allclose(d.update_norm, np.sqrt((delta**2).sum()), rtol=1e-5)
+  v, y = np.asarray(value, np.float64).ravel(), np.asarray(target, np.float64).ravel()
+  np.testing.assert_allclose(d.explained_variance, 1 - np.var(y - v) / np.var(y), rtol=1e-4)
+  # |G|² = (12·1 − 4·3)/8 = 0, tr Σ = (3 − 1)/(1/4 − 1/12) = 12: the hand-worked two-batch-size equations.
+  np.testing.assert_allclose(d.grad_sq_norm, 0.0, atol=1e-6)
+  np.testing.assert_allclose(d.grad_trace_cov, 12.0, rtol=1e-6)
+
+
+def _regression_batch(T=4, N=8, D=3, seed=0):
+  rng = np.random.default_rng(seed)
+  z = lambda *s: jnp.zeros(s, jnp.float32)
+  return losses.Minibatch(obs=jnp.asarray(rng.normal(size=(T, N, D)), jnp.float32), action=z(T, N), log_prob=z(T, N),
+                          value=z(T, N), advantage=jnp.asarray(rng.normal(size=(T, N)) + 1.0, jnp.float32),
+                          target=z(T, N))
+
+
+def _example_loss(w, obs, y):
+  return 0.5 * (obs @ w - y)**2
+
+
+def _mean_loss(w, mb, **_):
+  return jnp.mean(_example_loss(w, mb.obs, mb.advantage)), ()
+
+
+def _grad_noise(batch, key, num_minibatches, chunk_size):
+  """The SGD stage's B_simple inputs with the params held fixed (a zero optimizer)."""
+  w = jnp.array([0.5, -1.0, 0.25], jnp.float32)
+  *_, noise = sgd.sgd_epochs(w, optax.set_to_zero().init(w), batch, key, loss_fn=_mean_loss,
+                             optimizer=optax.set_to_zero(), update_epochs=2, num_minibatches=num_minibatches,
+                             chunk_size=chunk_size, track_grad_noise=True)
+  return w, noise
+
+
+def test_grad_noise_scale_from_explicit_per_example_gradients():
+  batch, key, K, C = _regression_batch(), jax.random.PRNGKey(3), 4, 2  # 32 samples: 4 minibatches × 2 chunks of 4
+  w, noise = _grad_noise(batch, key, K, 32 // K // C)
+  T, N, D = batch.obs.shape
+  per_example = np.asarray(jax.vmap(jax.grad(_example_loss), in_axes=(None, 0, 0))(
+      w, batch.obs.reshape(T * N, D), batch.advantage.reshape(-1)), np.float64)
+  # The first epoch's minibatches, each cut into consecutive chunks, as the SGD stage draws them.
+  perm = np.asarray(permutation.random_permutation(jax.random.split(key, 2)[0], T * N)).reshape(K, C, -1)
+  small = np.mean([np.sum(per_example[chunk].mean(0)**2) for minibatch in perm for chunk in minibatch])
+  big = np.mean([np.sum(per_example[minibatch.reshape(-1)].mean(0)**2) for minibatch in perm])
+  b_small, b_big = T * N // K // C, T * N // K
+  assert (noise.b_small, noise.b_big) == (b_small, b_big)
+  g_sq = (b_big * big - b_small * small) / (b_big - b_small)
+  trace = (small - big) / (1 / b_small - 1 / b_big)
+  got = diagnostics.noise_scale(noise)
+  np.testing.assert_allclose(got, [g_sq, trace, trace / g_sq], rtol=1e-4)
+  # Over random minibatch partitions the estimates are unbiased for the batch's own gradient statistics:
+  # E[tr Σ] = the unbiased per-example covariance trace, E[|G|²] = |mean g|² − tr Σ / batch.
+  keys = jax.random.split(jax.random.PRNGKey(7), 400)
+  traces, sqs = jax.vmap(lambda k: diagnostics.noise_scale(_grad_noise(batch, k, K, b_small)[1])[1::-1])(keys)
+  cov_trace = np.trace(np.cov(per_example.T, ddof=1))
+  np.testing.assert_allclose(np.mean(traces), cov_trace, rtol=0.03)
+  full = np.sum(per_example.mean(0)**2)
+  np.testing.assert_allclose(np.mean(sqs), full - cov_trace / (T * N), rtol=0.03)
+
+
+def test_grad_noise_undefined_with_one_chunk():
+  _, noise = _grad_noise(_regression_batch(), jax.random.PRNGKey(0), 4, None)
+  assert np.all(np.isnan(diagnostics.noise_scale(noise)))
+
+
+def test_ewma_weights_by_hand():
+  decay = ewma.decay_from_center_of_mass(3.0)
+  assert decay == 0.75
+  ages = np.arange(10000)
+  np.testing.assert_allclose(np.sum(ages * (1 - decay) * decay**ages), 3.0)  # the mean age is the centre of mass
+  history = [{"a": jnp.array([float(i), -float(i)]), "b": jnp.array(float(i)**2)} for i in (1, 2, 5, 7)]
+  state = ewma.init(history[0])
+  for p in history[1:]:
+    state = ewma.update(state, p, decay)
+  w = np.array([0.75**3, 0.75**2, 0.75, 1.0])  # the newest params weigh 1, each older one 0.75 times less
+  np.testing.assert_allclose(state.total_weight, w.sum(), rtol=1e-6)
+  np.testing.assert_allclose(state.params["a"], [w @ [1, 2, 5, 7] / w.sum(), -(w @ [1, 2, 5, 7]) / w.sum()],
+                             rtol=1e-6)
+  np.testing.assert_allclose(state.params["b"], w @ [1, 4, 25, 49] / w.sum(), rtol=1e-6)
+  np.testing.assert_allclose(ewma.update(state, history[0], 0.0).params["b"], 1.0)  # decay 0: the current params
+
+
+def test_decoupled_loss_by_hand():
+  apply = lambda p, obs: (p["logits"], p["values"])
+  behaviour = np.array([[0.5, 0.5], [0.2, 0.8], [0.9, 0.1], [0.5, 0.5]])
+  prox = np.array([[0.6, 0.4], [0.3, 0.7], [0.8, 0.2], [0.5, 0.5]])
+  current = np.array([[0.9, 0.1], [0.25, 0.75], [0.6, 0.4], [0.3, 0.7]])
+  action, adv = np.array([0, 1, 0, 1]), np.array([1.0, -1.0, 2.0, 0.5])
+  mb = losses.Minibatch(obs=jnp.zeros((4, 1)), action=jnp.asarray(action, jnp.int32),
+                        log_prob=jnp.log(behaviour[np.arange(4), action]), value=jnp.zeros(4),
+                        advantage=jnp.asarray(adv), target=jnp.zeros(4))
+  params = lambda probs: {"logits": jnp.log(jnp.asarray(probs, jnp.float32)), "values": jnp.zeros(4)}
+  _, aux = losses.ppo_loss(params(current), mb, apply_fn=apply, dist=distributions.Categorical(2), clip_eps=0.2,
+                           vf_coef=0.5, ent_coef=0.0, proximal_params=params(prox))
+  pick = lambda probs: probs[np.arange(4), action]
+  weight, r = pick(prox) / pick(behaviour), pick(current) / pick(prox)
+  a = (adv - adv.mean()) / (adv.std() + 1e-8)
+  np.testing.assert_allclose(aux.policy_loss, -np.mean(weight * np.minimum(r * a, np.clip(r, 0.8, 1.2) * a)),
+                             rtol=1e-5)
+  np.testing.assert_allclose(aux.clip_fraction, np.mean(np.abs(r - 1) > 0.2))
+  # With the behaviour policy as the proximal one it is PPO's loss.
+  standard = losses.ppo_loss(params(current), mb, apply_fn=apply, dist=distributions.Categorical(2), clip_eps=0.2,
+                             vf_coef=0.5, ent_coef=0.0)[0]
+  decoupled = losses.ppo_loss(params(current), mb, apply_fn=apply, dist=distributions.Categorical(2), clip_eps=0.2,
+                              vf_coef=0.5, ent_coef=0.0, proximal_params=params(behaviour))[0]
+  np.testing.assert_allclose(decoupled, standard, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Debug runs: diagnostics on (default) and off with PPO-EWMA on."""
+  out = {}
+  for name, overrides in (("on", {}), ("off_ewma", {"diagnostics.enabled": False, "ewma.enabled": True})):
+    config = debug.get_config()
+    for k, v in overrides.items():
+      group, key = k.split(".")
+      config[group][key] = v
+    workdir = str(tmp_path_factory.mktemp(name))
+    trainer.train_and_evaluate(config, workdir)
+    out[name] = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return out
+
+
+DIAGNOSTIC_KEYS = ("kl_mean", "kl_quantile", "update_norm", "grad_noise_scale", "grad_sq_norm", "grad_trace_cov",
+                   "samples_per_kl", "explained_variance")
+
+
+def test_diagnostics_reach_metrics_jsonl(runs):
+  for row in runs["on"]:
+    for key in DIAGNOSTIC_KEYS:
+      assert np.isfinite(row[key]), key
+    assert row["kl_mean"] > 0 and row["kl_quantile"] >= 0 and row["update_norm"] > 0
+    assert row["explained_variance"] <= 1
+  for row in runs["off_ewma"]:
+    assert not set(DIAGNOSTIC_KEYS) & set(row)
+    assert np.isfinite(row["policy_loss"]) and np.isfinite(row["param_norm"])
+
+
+def test_ewma_state_lives_in_train_state():
+  from launch import config_lib  # pylint: disable=import-outside-toplevel
+  from pipeline import iteration  # pylint: disable=import-outside-toplevel
+  config = debug.get_config()
+  config.ewma.enabled, config.ewma.center_of_mass = True, 0.0  # decay 0: the proximal params are the params
+  resolved = config_lib.resolve(config, 1)
+  agent = trainer.build_agent(config, resolved)
+  state = iteration.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs, resolved.ppo)
+  assert iteration.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs).proximal is None
+  new_state, _ = jax.jit(iteration.make_iteration(agent, resolved.ppo))(state)
+  assert not np.allclose(jax.tree.leaves(new_state.params)[0], jax.tree.leaves(state.params)[0])
+  for a, b in zip(jax.tree.leaves(new_state.proximal.params), jax.tree.leaves(new_state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_sgd_advances_ewma_after_every_optimizer_step():
+  # An "optimizer" that adds 1 to every param per step: after step s the params are w0 + s, so the EWMA over the
+  # K = epochs x minibatches steps is sum_s d^(K-s) (w0 + s) / sum_s d^(K-s), s = 0..K (w0 counted at init).
+  plus_one = optax.GradientTransformation(lambda p: optax.EmptyState(),
+                                          lambda g, s, p=None: (jax.tree.map(jnp.ones_like, g), s))
+  w0, decay, K = jnp.array([0.5, -1.0, 0.25], jnp.float32), 0.6, 2 * 4
+  loss = lambda w, mb, proximal_params=None, **_: _mean_loss(w, mb)
+  params, _, _, proximal, _ = sgd.sgd_epochs(w0, optax.EmptyState(), _regression_batch(), jax.random.PRNGKey(0),
+                                             loss_fn=loss, optimizer=plus_one, update_epochs=2, num_minibatches=4,
+                                             proximal=ewma.init(w0), ewma_decay=decay)
+  np.testing.assert_allclose(params, w0 + K)
+  weights = decay**(K - np.arange(K + 1))
+  np.testing.assert_allclose(proximal.params, w0 + weights @ np.arange(K + 1) / weights.sum(), rtol=1e-5)
+  np.testing.assert_allclose(proximal.total_weight, weights.sum(), rtol=1e-5)

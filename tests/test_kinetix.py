@@ -1,0 +1,56 @@
+"""Kinetix through kinetix-env: random levels (filtered, from a reset pool) and a hand-designed level.
+
+kinetix-env requires jax<=0.9.0, so these tests run in .venv-kinetix (bash scripts/test_kinetix.sh, part of CI),
+which sets REQUIRE_KINETIX=1 so that a broken install fails instead of skipping. In the main environment they skip.
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+if not os.environ.get("REQUIRE_KINETIX"):
+  pytest.importorskip("kinetix", reason="kinetix-env needs jax<=0.9.0: runs in .venv-kinetix (scripts/test_kinetix.sh)")
+
+import envs  # pylint: disable=wrong-import-position
+from launch import config_lib, trainer  # pylint: disable=wrong-import-position
+from launch.configs import kinetix as kinetix_config  # pylint: disable=wrong-import-position
+from pipeline import iteration as iteration_lib  # pylint: disable=wrong-import-position
+
+NVEC = (3, 3, 3, 3, 2, 2)  # size s: 4 motors (forward, backward, off) and 2 thrusters (on, off)
+
+
+def test_kinetix_random_levels_train_from_a_reset_pool():
+  config = kinetix_config.get_config("debug")
+  resolved = config_lib.resolve(config, jax.device_count())
+  agent = trainer.build_agent(config, resolved)
+  env = agent.env
+  assert env.action_space == envs.MultiDiscrete(NVEC) and env.observation_shape == (140,)
+  assert env.max_episode_steps == 256
+  state = jax.jit(lambda k: iteration_lib.init_train_state(agent, k, config.num_envs, resolved.ppo))(
+      jax.random.PRNGKey(0))
+  step = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo))
+  for _ in range(2):
+    state, metrics = step(state)
+    for field in ("policy_loss", "value_loss", "entropy", "approx_kl", "param_norm", "episode_return_sum"):
+      assert np.isfinite(jax.device_get(getattr(metrics, field))), field
+  assert state.runner.obs.shape == (config.num_envs, 140) and np.all(np.isfinite(state.runner.obs))
+  assert state.runner.reset_pool.obs.shape == (config.reset_pool.size, 140)
+  # Random levels differ from one another; the multi-categorical head samples within every action's range.
+  assert len({np.asarray(o).tobytes() for o in state.runner.reset_pool.obs}) > 1
+  head, _ = agent.apply(state.params, state.runner.obs)
+  actions = agent.dist.sample(jax.random.PRNGKey(1), head)
+  assert actions.shape == (config.num_envs, len(NVEC))
+  assert bool(jnp.all((actions >= 0) & (actions < jnp.asarray(NVEC))))
+
+
+def test_kinetix_named_level_starts_every_episode_from_it():
+  env = envs.make("kinetix:s/h0_weak_thrust")
+  (s1, o1), (s2, o2) = env.reset(jax.random.PRNGKey(0)), env.reset(jax.random.PRNGKey(1))
+  np.testing.assert_array_equal(o1, o2)
+  assert o1.shape == env.observation_shape == (140,)
+  res = jax.jit(env.step)(jax.random.PRNGKey(2), s1, jnp.zeros((len(NVEC),), jnp.int32))
+  assert res.obs.shape == (140,) and np.isfinite(float(res.reward)) and not bool(res.truncated)
+  with pytest.raises(envs.UnknownEnvError, match="s/h0_weak_thrust"):
+    envs.make("kinetix:s/no_such_level")
