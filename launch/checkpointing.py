@@ -35,6 +35,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from launch import config_lib
+from launch import workdir as workdir_lib
 from learner import diagnostics
 from pipeline.dataflow import Snapshot
 from pipeline.iteration import UpdateMetrics
@@ -195,11 +196,21 @@ def _first_line(error: BaseException, limit: int = 300) -> str:
   return text if len(text) <= limit else text[:limit] + "…"
 
 
+class _CheckpointManager(ocp.CheckpointManager):
+  """Never asks JAX's preemption sync point: launch/preemption.py must be its only caller. Orbax asks it with the
+  step of each save, also from its finalize thread once the loop is further on, which would move this host's protocol
+  counter back and could leave the hosts stopping at different updates."""
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
+
+
 class RunCheckpoints:
   """The run's checkpoints: `restore_or_init` once, `maybe_save` after every update, `close` at the end."""
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, stop: Any = None):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = workdir_lib.absolute(os.path.join(workdir, "checkpoints"))  # local or gs://...
     self._workdir = workdir
     self._config = config
     self._config_json = config_json(config)
@@ -211,7 +222,7 @@ class RunCheckpoints:
         preservation_policy=ocp.checkpoint_managers.LatestN(config.keep_checkpoints),
         enable_async_checkpointing=True, cleanup_tmp_directories=True,
         async_options=ocp.AsyncOptions(post_finalization_callback=self._test_hold if hold else None))
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = _CheckpointManager(self.directory, options=options)
 
   def step_path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))

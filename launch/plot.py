@@ -5,10 +5,12 @@ The trainer writes DIR/learning_curve.png at the end of a run; to compare runs:
 """
 from __future__ import annotations
 
+import io
 import os
 import sys
 
 import matplotlib
+from etils import epath
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
@@ -33,8 +35,10 @@ def plot_runs(workdirs: list[str], out_path: str) -> str:
     if ax.lines:
       ax.legend(fontsize="small")
   fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100)
   plt.close(fig)
+  epath.Path(out_path).write_bytes(png.getvalue())  # local or remote (gs://...)
   return out_path
 
 

@@ -2,6 +2,10 @@
 
 Only the lead process writes (`enabled=False` elsewhere). Rows are plain dicts of JSON scalars; None marks a value
 with no data in its interval (e.g. no training episode finished).
+
+The workdir may be local or remote (gs://bucket/run on a TPU pod): files go through etils.epath, and TensorBoard
+through tensorboardX's own gs:// writer. Object stores cannot append, so on a remote workdir each row rewrites the whole
+metrics.jsonl (a few hundred bytes a row, rows every `log_every` updates); a local one is appended to.
 """
 from __future__ import annotations
 
@@ -12,6 +16,34 @@ import sys
 from typing import Any
 
 import tqdm
+from etils import epath
+
+from launch import workdir as workdir_lib
+
+
+class JsonlFile:
+  """metrics.jsonl: keeps the rows up to `resume_update` already there, then `append`s one row at a time. Each row is
+  in the file when `append` returns (a checkpoint saved after it never gets ahead of the metrics)."""
+
+  def __init__(self, path: str | epath.PathLike, resume_update: int, rewrite: bool | None = None):
+    self.path = epath.Path(path)
+    self.rewrite = workdir_lib.is_remote(path) if rewrite is None else rewrite  # else append
+    self.lines = _kept_lines(self.path, resume_update)  # every row of the file
+    _replace_contents(self.path, self.lines)
+    self._file = None if self.rewrite else self.path.open("a", encoding="utf-8")
+
+  def append(self, row: dict[str, Any]) -> None:
+    line = json.dumps(row) + "\n"
+    self.lines.append(line)
+    if self.rewrite:
+      _replace_contents(self.path, self.lines)
+    else:
+      self._file.write(line)
+      self._file.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
 
 
 class MetricsSinks:
@@ -24,13 +56,16 @@ class MetricsSinks:
     self.last_row = None  # the last row kept, if any
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
-    self.last_row = truncate_jsonl(self.jsonl_path, resume_update)
-    self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+    directory = epath.Path(workdir)
+    directory.mkdir(parents=True, exist_ok=True)
+    self._jsonl = JsonlFile(directory / "metrics.jsonl", resume_update)
+    self.jsonl_path = str(self._jsonl.path)
+    self.last_row = json.loads(self._jsonl.lines[-1]) if self._jsonl.lines else None
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     # TensorBoard hides the events at steps >= purge_step written before this point.
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=initial_env_steps + 1)
+    # Event files are named by the second and the host; the pid keeps a quick restart from overwriting the last one.
+    self._tb = SummaryWriter(str(directory / "tensorboard"), purge_step=initial_env_steps + 1,
+                             filename_suffix=f".{os.getpid()}")
     self._bar = tqdm.tqdm(total=total_env_steps, initial=initial_env_steps, unit="step", unit_scale=True,
                           dynamic_ncols=True, file=sys.stderr, mininterval=1.0, smoothing=0.1,
                           desc="train")
@@ -38,8 +73,7 @@ class MetricsSinks:
   def write(self, row: dict[str, Any]) -> None:
     if not self.enabled:
       return
-    self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
+    self._jsonl.append(row)
     step = row["env_steps"]
     for key, value in row.items():
       if key not in ("update", "env_steps") and isinstance(value, (int, float)) and math.isfinite(value):
@@ -57,27 +91,38 @@ class MetricsSinks:
     self._jsonl.close()
 
 
-def truncate_jsonl(path: str, max_update: int) -> dict[str, Any] | None:
+def _kept_lines(path: epath.Path, max_update: int) -> list[str]:
+  """The complete rows of `path` with update <= max_update (a half-written last line is dropped)."""
+  if not path.exists():
+    return []
+  kept = []
+  for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # a line cut short by a kill
+    if row["update"] <= max_update:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  return kept
+
+
+def _replace_contents(path: epath.Path, lines: list[str]) -> None:
+  """Writes a temporary file, then renames it over `path`: never leaves a half-rewritten file."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text("".join(lines), encoding="utf-8")
+  tmp.replace(path)
+
+
+def truncate_jsonl(path: str | epath.PathLike, max_update: int) -> dict[str, Any] | None:
   """Keeps the complete rows of `path` with update <= max_update (dropping a half-written last line); returns the
   last row kept."""
-  if not os.path.exists(path):
+  path = epath.Path(path)
+  if not path.exists():
     return None
-  kept = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        continue  # a line cut short by a kill
-      if row["update"] <= max_update:
-        kept.append(line if line.endswith("\n") else line + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)  # never leaves a half-rewritten file
+  kept = _kept_lines(path, max_update)
+  _replace_contents(path, kept)
   return json.loads(kept[-1]) if kept else None
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+def read_jsonl(path: str | epath.PathLike) -> list[dict[str, Any]]:
+  return [json.loads(line) for line in epath.Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -6,6 +6,7 @@
 #
 # Assumes the repository is checked out and set up (bash scripts/setup.sh) at ~/ppo-million on every worker
 # (e.g. via `gcloud compute tpus tpu-vm ssh ... --worker=all --command="git clone ... && bash scripts/setup.sh"`).
+# A gs:// WORKDIR also needs the bucket clients there: `.venv/bin/pip install -e .[gcs]` (not done by setup.sh).
 # Re-running the same command after a preemption resumes from WORKDIR's checkpoints.
 set -euo pipefail
 TPU_NAME="${1:?usage: tpu_pod.sh TPU_NAME ZONE WORKDIR [launch.train flags ...]}"
