@@ -51,6 +51,7 @@ def reference_config(num_envs: int, num_updates: int):
   config.learning_rate = 2.5e-4
   config.anneal_lr = True
   config.total_env_steps = num_envs * NUM_STEPS * num_updates
+  config.diagnostics.enabled = False  # the naive PPO computes none (benchmarks/diagnostics_overhead.py: their cost)
   return config
 
 

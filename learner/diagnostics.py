@@ -17,6 +17,9 @@ from jaxtyping import Array, Float
 from learner import distributions
 
 
+_BLOCK_SAMPLES = 32768  # samples per forward pass of the updated policy
+
+
 @struct.dataclass
 class Diagnostics:
   """Per-update scalars (logged under these names)."""
@@ -73,8 +76,11 @@ def compute(old_params, new_params, obs: Float[Array, "T N obs"], behaviour_head
             value: Float[Array, "T N"], target: Float[Array, "T N"], grad_noise: GradNoiseStats, *,
             apply_fn: Callable, dist: distributions.Distribution, kl_quantile: float) -> Diagnostics:
   """All diagnostics of one update; `value` is the behaviour critic's, `behaviour_head` the rollout policy's."""
-  new_head, _ = apply_fn(new_params, obs)
-  kl = dist.kl(behaviour_head, new_head)
+  # The updated policy over the batch, a few time steps at a time: at a million envs the whole batch's activations
+  # would not fit in memory, and small blocks stay in the CPU caches.
+  steps_per_block = max(1, min(obs.shape[0], _BLOCK_SAMPLES // max(obs.shape[1], 1)))
+  kl = jax.lax.map(lambda x: dist.kl(x[1], apply_fn(new_params, x[0])[0]), (obs, behaviour_head),
+                   batch_size=steps_per_block)
   kl_mean = kl.mean()
   g_sq, trace, b_simple = noise_scale(grad_noise)
   delta = jax.tree.map(lambda a, b: a - b, new_params, old_params)
