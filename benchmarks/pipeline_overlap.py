@@ -7,8 +7,14 @@ For each env the two modes run alternately (sync, overlap, sync, ...) in one pro
 SPS is env steps per second of the whole train loop (compile excluded: each run compiles ahead of its clock), taken
 as the median over the run's log intervals except the first and the last (the last includes an evaluation).
 `cartpole_substeps:K` integrates each CartPole step in K substeps: an env whose rollout costs about as much as the
-SGD work (K = 768: alone, its rollout + GAE and its SGD phase each take about 0.3 s on this machine; the script
+SGD work (K = 768: alone, its rollout + GAE and its SGD phase each take 0.25-0.35 s on this machine; the script
 prints both), where overlapping can pay off. The default CartPole is reported as is.
+
+Placement: 7 actor devices, 1 learner device. On 2 CPU cores the 8 virtual devices are threads of one process, and
+XLA:CPU's collectives between them are expensive when oversubscribed (a scan with one all-reduce per step over 4
+virtual devices runs 3.7x slower than without it, and two such programs run concurrently are slower than back to
+back), so a learner spread over 4 devices spends its time in per-minibatch gradient all-reduces that also starve
+the actors. A one-device learner has none; the actors' only collectives are the per-batch statistics.
 """
 import os
 
@@ -34,8 +40,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("envs", ["cartpole_substeps:768", "CartPole-v1"], "env_name values to benchmark.")
 flags.DEFINE_integer("repeats", 5, "Runs per mode and env.")
 flags.DEFINE_integer("updates", 14, "Updates per run (logged every 2).")
-flags.DEFINE_integer("actor_devices", 4, "Of the 8 devices, how many step envs (the rest train).")
-flags.DEFINE_integer("num_envs", 256, "Parallel envs.")
+flags.DEFINE_integer("actor_devices", 7, "Of the 8 devices, how many step envs (the rest train).")
+flags.DEFINE_integer("num_envs", 448, "Parallel envs (a multiple of 64 x actor_devices).")
+flags.DEFINE_integer("sgd_chunk_size", 2048, "Samples per gradient chunk (must divide the minibatch).")
 
 
 def _config(env_name: str, mode: str):
@@ -49,6 +56,7 @@ def _config(env_name: str, mode: str):
   config.pipeline.mode = mode
   config.pipeline.max_policy_lag = 1
   config.pipeline.actor_devices = FLAGS.actor_devices
+  config.sgd_chunk_size = FLAGS.sgd_chunk_size
   return config
 
 
