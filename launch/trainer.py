@@ -86,8 +86,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpts = checkpointing.RunCheckpoints(workdir, config, stop)
   target = jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d), state_shapes,
                         state_shardings)
-  snapshot, resume = ckpts.restore_or_init(init, dataflow.Snapshot(
-      state=target, stale_params=(target.params,) * resolved.max_policy_lag))
+  try:
+    snapshot, resume = ckpts.restore_or_init(init, dataflow.Snapshot(
+        state=target, stale_params=(target.params,) * resolved.max_policy_lag))
+  except BaseException:  # e.g. an incompatible checkpoint: stop orbax's threads before the error ends the process
+    ckpts.close()
+    stop.close()
+    raise
   state = snapshot.state
 
   # Update step(s) and evaluation, compiled ahead of the clock.
