@@ -1,17 +1,21 @@
 """Full-state checkpoints of a run under WORKDIR/checkpoints (an orbax CheckpointManager): async saves, resume from the
 newest readable step onto whatever mesh is current, fall back past corrupt steps, or start from another run's params.
 
-A step is a pipeline.dataflow.Snapshot plus host state, in items written together and renamed into place only once
-complete (orbax's atomic rename, so a kill -9 mid-save leaves only a temporary directory, removed on the next start):
-  params        the network params (all that `config.restore_from` reads)
-  state         the rest of the TrainState: optimizer state (with the anneal's step count), env states, last
-                observations, episode-return accumulators, PRNG key, update counter — saved from and restored to
-                shardings
-  stale_params  (pipeline.mode=overlap only) the params versions the in-flight batches are collected with
-  config        the run's config as JSON, checked for compatibility before any array is read
-  host          host-side loop state as JSON: the per-update metrics and policy lags of the unfinished log interval
-                (so the next metrics.jsonl row equals the uninterrupted run's), the wall time so far, and fingerprints
-                of the arrays (catch corrupted bytes that still decode)
+A step is a pipeline.dataflow.Snapshot plus host state, in two items written together and renamed into place only
+once complete (orbax's atomic rename, so a kill -9 mid-save leaves only a temporary directory, removed on the next
+start):
+  arrays  params: the network params (all that `config.restore_from` reads); learner: the rest of the TrainState but
+          the runner — optimizer state (with the anneal's step count), PRNG key, update counter, PPO-EWMA's params —
+          and (pipeline.mode=overlap) the params versions the in-flight batches are collected with; runner: env
+          states, last observations, episode-return accumulators, and the observation statistics and reset pool
+  host    JSON: the run's config (checked for compatibility before any array is read), the per-update metrics and
+          policy lags of the unfinished log interval (so the next metrics.jsonl row equals the uninterrupted run's),
+          the wall time so far, the layout of the packed arrays, and their fingerprints (catch corrupted bytes that
+          still decode)
+Each part is stored packed (launch/packed_arrays.py: a few arrays instead of ~50; orbax's per-save work grows with
+the number of arrays and items, not with their bytes) and restored onto the current shardings, whatever mesh wrote it.
+The runner is packed only when it shares the learner's devices: the pipeline's act stage may be dispatching on
+separate actor devices, and only the learner's lock is ours to take, so there it is saved array by array.
 Saves may fall on any update; metrics rows are written before the save of the same update.
 """
 from __future__ import annotations
@@ -35,6 +39,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from launch import config_lib
+from launch import packed_arrays
 from launch import workdir as workdir_lib
 from learner import diagnostics
 from pipeline.dataflow import Snapshot
@@ -134,6 +139,29 @@ def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], w
                     "; ".join(changed))
 
 
+def _layout_diff(saved: list[list[Any]], want: list[list[Any]]) -> list[str]:
+  """'path: <there> there, <here> here' per leaf that differs between two packed_arrays.layouts (its shape, else its
+  dtype, else its placement)."""
+  have = {path: (tuple(shape), dtype, group) for path, shape, dtype, group in saved}
+  need = {path: (tuple(shape), dtype, group) for path, shape, dtype, group in want}
+  out = []
+  for k in sorted(set(have) | set(need)):
+    a, b = have.get(k), need.get(k)
+    if a != b:
+      i = 0 if a is None or b is None or a[0] != b[0] else 1 if a[1] != b[1] else 2
+      out.append(f"{k}: {'absent' if a is None else a[i]} there, {'absent' if b is None else b[i]} here")
+  return out
+
+
+def check_layout(parts: dict[str, Any], saved: dict[str, Any], where: str) -> None:
+  """Raises ConfigError when the saved arrays are not the ones `parts` (the target) expect: a change of code (e.g. an
+  env's state) that the config check cannot see. Not a corrupt step, so it is not quarantined."""
+  diff = [f"{name}{d}" for name, tree in parts.items() for d in _layout_diff(saved[name], packed_arrays.layout(tree))]
+  if diff:
+    raise config_lib.ConfigError(f"cannot resume from {where}: its arrays do not fit this run's state:\n  " +
+                                 "\n  ".join(diff[:8]))
+
+
 def _leaf_fingerprint(x: jax.Array) -> jax.Array:
   if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
     x = jax.random.key_data(x)
@@ -155,15 +183,32 @@ def fingerprint(tree) -> jax.Array:
   return jnp.stack([_leaf_fingerprint(x) for x in jax.tree.leaves(tree)])
 
 
-def snapshot_fingerprints(snapshot: Snapshot, lock: Any = contextlib.nullcontext()) -> list[int | None]:
-  """Fingerprints of the learner-side arrays, then one of the runner. The runner's is None when it lives on separate
-  actor devices: the pipeline's act stage may be dispatching there, and only the learner's lock is ours to take."""
-  with lock:
-    out = np.asarray(fingerprint((snapshot.state.replace(runner=None), snapshot.stale_params))).tolist()
-    learner_devices = snapshot.state.key.sharding.device_set
-    shared = all(x.sharding.device_set == learner_devices for x in jax.tree.leaves(snapshot.state.runner))
-    out.append(int(jnp.sum(fingerprint(snapshot.state.runner), dtype=jnp.uint32)) if shared else None)
-  return out
+def _parts(snapshot: Snapshot) -> dict[str, Any]:
+  """The snapshot's arrays as the checkpoint's parts: params, the rest of the learner's state, the runner."""
+  state = snapshot.state
+  return {"params": state.params, "learner": (state.replace(params=None, runner=None), list(snapshot.stale_params)),
+          "runner": state.runner}
+
+
+def _runner_shares_learner(snapshot: Snapshot) -> bool:
+  learner_devices = snapshot.state.key.sharding.device_set
+  return all(x.sharding.device_set == learner_devices for x in jax.tree.leaves(snapshot.state.runner))
+
+
+def _pack_and_fingerprint(example: dict[str, Any]):
+  """jit: the parts packed, and a fingerprint per packed array, in one dispatch on the learner's devices."""
+  leaf_groups = {name: packed_arrays.groups(tree) for name, tree in example.items()}
+  out = {name: {k: v.sharding for k, v in packed_arrays.packed_shapes(tree).items()} for name, tree in example.items()}
+  replicated = jax.sharding.NamedSharding(example["learner"][0].key.sharding.mesh, jax.sharding.PartitionSpec())
+
+  def fn(parts):
+    packed = {name: packed_arrays.pack(tree, leaf_groups[name]) for name, tree in parts.items()}
+    return packed, jax.tree.map(_leaf_fingerprint, packed)
+  return jax.jit(fn, out_shardings=(out, jax.tree.map(lambda _: replicated, out)))
+
+
+def _signature(tree: Any) -> tuple[Any, ...]:
+  return (jax.tree.structure(tree),) + tuple((x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(tree))
 
 
 def _metric_fields(m: UpdateMetrics) -> dict[str, Any]:
@@ -218,6 +263,7 @@ class RunCheckpoints:
     hold = os.environ.get(TEST_HOLD_ENV)
     self._test_hold_at = int(hold) if hold else None
     self._in_flight = collections.deque()  # test hook only: updates of the saves started, popped as each finalizes
+    self._packer = None  # (signature of the parts it was built for, jitted pack + fingerprint)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(config.keep_checkpoints),
         enable_async_checkpointing=True, cleanup_tmp_directories=True,
@@ -266,21 +312,29 @@ class RunCheckpoints:
 
   def _restore_step(self, step: int, target: Snapshot) -> tuple[Snapshot, dict[str, Any]]:
     where = self.step_path(step)
-    saved_config = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    check_compatible(self._config, saved_config, where)
-    items = {"params": ocp.args.StandardRestore(target.state.params),
-             "state": ocp.args.StandardRestore(target.state.replace(params=None)), "host": ocp.args.JsonRestore()}
-    if target.stale_params:
-      items["stale_params"] = ocp.args.StandardRestore(list(target.stale_params))
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    state, host = restored["state"].replace(params=restored["params"]), restored["host"]
-    snapshot = Snapshot(state=state, stale_params=tuple(restored["stale_params"]) if target.stale_params else ())
+    host = self._manager.restore(step, args=ocp.args.Composite(host=ocp.args.JsonRestore()))["host"]
+    if "layout" not in host:
+      raise config_lib.ConfigError(f"cannot resume from {where}: it was written by an earlier version of this code "
+                                   "(arrays not packed); resume it with that version, or use a new --workdir")
+    check_compatible(self._config, host["config"], where)
+    parts = _parts(target)
+    packed_runner = host["layout"]["runner"] is not None
+    check_layout({k: v for k, v in parts.items() if k != "runner" or packed_runner}, host["layout"], where)
+    shapes = {name: packed_arrays.packed_shapes(tree) for name, tree in parts.items()}
+    arrays = dict(shapes, **({} if packed_runner else {"runner": parts["runner"]}))
+    packed = self._manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(arrays)))["arrays"]
+    got = {name: None if name == "runner" and not packed_runner else
+           jax.tree.map(int, jax.device_get(jax.jit(lambda p: jax.tree.map(_leaf_fingerprint, p))(packed[name])))
+           for name in parts}
+    if got != host["fingerprint"] | ({} if packed_runner else {"runner": None}):
+      raise ValueError("the restored arrays do not match the fingerprint saved with them (corrupted bytes)")
+    unpacked = {name: packed_arrays.unpacker(tree)(packed[name]) if name != "runner" or packed_runner
+                else packed[name] for name, tree in parts.items()}
+    rest, stale = unpacked["learner"]
+    state = rest.replace(params=unpacked["params"], runner=unpacked["runner"])
     if int(state.update) != step or host["update"] != step:
       raise ValueError(f"holds update {int(state.update)}, not {step}")
-    got, want = snapshot_fingerprints(snapshot), host["fingerprint"]
-    if len(got) != len(want) or any(g != w for g, w in zip(got, want) if g is not None and w is not None):
-      raise ValueError("the restored arrays do not match the fingerprint saved with them (corrupted bytes)")
-    return snapshot, host
+    return Snapshot(state=state, stale_params=tuple(stale)), host
 
   def _quarantine(self, step: int, error: BaseException) -> None:
     """Moves an unreadable step out of the way (not deleted: it may still be of use to a person)."""
@@ -307,16 +361,24 @@ class RunCheckpoints:
       return False
     host_pending = jax.device_get(pending)
     self.check_finite(host_pending, update - len(pending) + 1)
-    host = {"update": update, "wall_time": wall_time, "pending_metrics": _metrics_to_json(host_pending),
-            "pending_lags": [int(x) for x in lags], "fingerprint": snapshot_fingerprints(snapshot, lock)}
-    state = snapshot.state
-    items = {"params": ocp.args.StandardSave(state.params), "state": ocp.args.StandardSave(state.replace(params=None)),
-             "config": ocp.args.JsonSave(self._config_json), "host": ocp.args.JsonSave(host)}
-    if snapshot.stale_params:
-      items["stale_params"] = ocp.args.StandardSave(list(snapshot.stale_params))
+    parts = _parts(snapshot)
+    raw_runner = None if _runner_shares_learner(snapshot) else parts.pop("runner")
+    signature = _signature(parts)
+    if self._packer is None or self._packer[0] != signature:
+      self._packer = signature, _pack_and_fingerprint(parts)
+    with lock:
+      packed, fingerprints = self._packer[1](parts)
+    layout = {name: packed_arrays.layout(tree) for name, tree in parts.items()}
+    if raw_runner is not None:
+      layout["runner"] = None  # saved array by array
+    host = {"update": update, "config": self._config_json, "wall_time": wall_time,
+            "pending_metrics": _metrics_to_json(host_pending), "pending_lags": [int(x) for x in lags],
+            "layout": layout, "fingerprint": jax.tree.map(int, jax.device_get(fingerprints))}
+    arrays = dict(packed, **({} if raw_runner is None else {"runner": raw_runner}))
     if self._test_hold_at is not None:
       self._in_flight.append(update)
-    self._manager.save(update, force=True, args=ocp.args.Composite(**items))
+    self._manager.save(update, force=True, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
+                                                                    host=ocp.args.JsonSave(host)))
     return True
 
   def check_finite(self, host_metrics: list[UpdateMetrics], first_update: int) -> None:
@@ -367,17 +429,20 @@ def read_params(path: str, target: Any) -> Any:
   if step is None:
     raise config_lib.ConfigError(f"{prefix}: holds no checkpoint")
   try:
-    params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
+    host = manager.restore(step, args=ocp.args.Composite(host=ocp.args.JsonRestore()))["host"]
+    if "layout" not in host:
+      raise ValueError("written by an earlier version of this code (arrays not packed)")
+    diff = _layout_diff(host["layout"]["params"], packed_arrays.layout(target))
+    if diff:
+      raise config_lib.ConfigError(f"{prefix}: its params do not fit this network:\n  " + "\n  ".join(diff[:8]))
+    shapes = {"params": packed_arrays.packed_shapes(target)}
+    packed = manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(
+        shapes, restore_args=ocp.checkpoint_utils.construct_restore_args(shapes), partial_restore=True)))
+    packed = packed["arrays"]["params"]
+  except config_lib.ConfigError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     raise config_lib.ConfigError(f"{prefix}: could not read params of step {step}: {_first_line(e)}") from e
   finally:
     manager.close()
-  have = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
-  want = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(target)}
-  if have != want:
-    diff = [f"{k}: {have.get(k)} there, {want.get(k)} here" for k in sorted(set(have) | set(want))
-            if have.get(k) != want.get(k)]
-    raise config_lib.ConfigError(f"{prefix}: its params do not fit this network:\n  " + "\n  ".join(diff[:8]))
-  params = jax.tree.map(lambda x, t: np.asarray(x, t.dtype), params, target)
-  return jax.device_put(params, jax.tree.map(lambda t: t.sharding, target))
-
+  return packed_arrays.unpacker(target)(packed)

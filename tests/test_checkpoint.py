@@ -8,6 +8,7 @@ the loop after an update, or hold an async save before its atomic rename, so tha
 import functools
 import glob
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -87,6 +88,18 @@ def _steps(workdir):
 def _rows(workdir):
   return [{k: v for k, v in r.items() if k not in TIMING}
           for r in sinks.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def _host_file(workdir, step):
+  """The path of a step's host JSON item (orbax names the file)."""
+  paths = [p for p in glob.glob(f"{workdir}/checkpoints/{step}/host/*") if not p.endswith(".txt")]
+  assert len(paths) == 1, paths
+  return paths[0]
+
+
+def _host(workdir, step):
+  with open(_host_file(workdir, step), encoding="utf-8") as f:
+    return json.load(f)
 
 
 def _files(directory):
@@ -170,7 +183,9 @@ def test_overlap_pipeline_resume_is_bit_exact(jax_cache, tmp_path):
   _wait_for(proc, f"{wd}/test_paused_at_5")
   err = _interrupt(proc, signal.SIGTERM)
   assert proc.returncode == 3, err[-3000:]
-  assert os.path.isdir(f"{wd}/checkpoints/5/stale_params")
+  layout = _host(wd, 5)["layout"]
+  stale = [path for path, *_ in layout["learner"] if path.startswith("[1]")]  # (rest of the state, stale params)
+  assert len(stale) == len(layout["params"]) and all(path.startswith("[1][0]") for path in stale)  # one version
   proc = _run(jax_cache, wd, *overlap)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _rows(wd) == _rows(whole) and _rows(whole)[-1]["policy_lag_max"] == 1
@@ -195,16 +210,15 @@ def test_corrupted_checkpoints_fall_back_to_the_previous_complete_one(jax_cache,
   shutil.copytree(baseline, wd)
   # Step 12 half-written (its array data files cut short); step 9 whose arrays no longer match the fingerprint
   # saved with them (what changed bytes that still decode look like; orbax's own checksums catch most others first).
-  for data in glob.glob(f"{wd}/checkpoints/12/state/**/d/*", recursive=True):
-    with open(data, "r+b") as f:
-      f.truncate(os.path.getsize(data) // 2)
-  host = glob.glob(f"{wd}/checkpoints/9/host/*")
-  for path in host:
-    with open(path, encoding="utf-8") as f:
-      text = f.read()
-    if '"fingerprint": [' in text:
-      with open(path, "w", encoding="utf-8") as f:
-        f.write(text.replace('"fingerprint": [', '"fingerprint": [1, ', 1))
+  data = glob.glob(f"{wd}/checkpoints/12/arrays/**/d/*", recursive=True)
+  assert data
+  for path in data:
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  host = _host(wd, 9)
+  host["fingerprint"]["runner"]["env_uint32"] ^= 1
+  with open(_host_file(wd, 9), "w", encoding="utf-8") as f:
+    json.dump(host, f)
   proc = _run(jax_cache, wd)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"checkpoint {wd}/checkpoints/12 is unreadable" in proc.stderr
