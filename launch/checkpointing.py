@@ -199,7 +199,9 @@ def _pack_and_fingerprint(example: dict[str, Any]):
   """jit: the parts packed, and a fingerprint per packed array, in one dispatch on the learner's devices."""
   leaf_groups = {name: packed_arrays.groups(tree) for name, tree in example.items()}
   out = {name: {k: v.sharding for k, v in packed_arrays.packed_shapes(tree).items()} for name, tree in example.items()}
-  replicated = jax.sharding.NamedSharding(example["learner"][0].key.sharding.mesh, jax.sharding.PartitionSpec())
+  key_sharding = example["learner"][0].key.sharding  # replicated on the learner's devices
+  replicated = (jax.sharding.NamedSharding(key_sharding.mesh, jax.sharding.PartitionSpec())
+                if isinstance(key_sharding, jax.sharding.NamedSharding) else key_sharding)
 
   def fn(parts):
     packed = {name: packed_arrays.pack(tree, leaf_groups[name]) for name, tree in parts.items()}
@@ -263,7 +265,7 @@ class RunCheckpoints:
     hold = os.environ.get(TEST_HOLD_ENV)
     self._test_hold_at = int(hold) if hold else None
     self._in_flight = collections.deque()  # test hook only: updates of the saves started, popped as each finalizes
-    self._packer = None  # (signature of the parts it was built for, jitted pack + fingerprint)
+    self._packer = None  # (signature of the parts it was built for, jitted pack + fingerprint, their layout)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(config.keep_checkpoints),
         enable_async_checkpointing=True, cleanup_tmp_directories=True,
@@ -365,12 +367,12 @@ class RunCheckpoints:
     raw_runner = None if _runner_shares_learner(snapshot) else parts.pop("runner")
     signature = _signature(parts)
     if self._packer is None or self._packer[0] != signature:
-      self._packer = signature, _pack_and_fingerprint(parts)
+      layout = {name: packed_arrays.layout(tree) for name, tree in parts.items()}
+      layout["runner"] = layout.get("runner")  # None: saved array by array
+      self._packer = signature, _pack_and_fingerprint(parts), layout
+    _, pack, layout = self._packer
     with lock:
-      packed, fingerprints = self._packer[1](parts)
-    layout = {name: packed_arrays.layout(tree) for name, tree in parts.items()}
-    if raw_runner is not None:
-      layout["runner"] = None  # saved array by array
+      packed, fingerprints = pack(parts)
     host = {"update": update, "config": self._config_json, "wall_time": wall_time,
             "pending_metrics": _metrics_to_json(host_pending), "pending_lags": [int(x) for x in lags],
             "layout": layout, "fingerprint": jax.tree.map(int, jax.device_get(fingerprints))}
