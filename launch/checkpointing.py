@@ -25,7 +25,9 @@ import contextlib
 import dataclasses
 import json
 import os
+import queue
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -253,6 +255,56 @@ class _CheckpointManager(ocp.CheckpointManager):
     return False
 
 
+class _Writer:
+  """One thread that runs the loop's save jobs in order, so that the loop only waits for a job to be queued.
+
+  A job (see RunCheckpoints.maybe_save) pulls the update's metrics and fingerprints to the host, which waits for the
+  update to finish, and then runs orbax's synchronous part of the save: thread start-ups, directory creation and the
+  device-to-host copy, ~10-20 ms that would otherwise keep the loop from dispatching the next update. One job waits
+  in the queue at most, so the loop cannot run ahead of the saves. The first error is kept and re-raised to the loop;
+  later jobs are dropped."""
+
+  def __init__(self):
+    self._jobs: queue.Queue = queue.Queue(maxsize=1)
+    self._error: BaseException | None = None
+    self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
+    self._thread.start()
+
+  def _run(self) -> None:
+    while True:
+      job = self._jobs.get()
+      try:
+        if job is None:
+          return
+        if self._error is None:
+          job()
+      except BaseException as e:  # pylint: disable=broad-except  (re-raised in the loop's thread)
+        self._error = e
+      finally:
+        self._jobs.task_done()
+
+  def _raise(self) -> None:
+    if self._error is not None:
+      error, self._error = self._error, None
+      raise error
+
+  def is_current_thread(self) -> bool:
+    return threading.current_thread() is self._thread
+
+  def submit(self, job: Callable[[], None]) -> None:
+    self._raise()
+    self._jobs.put(job)
+
+  def drain(self) -> None:
+    """Waits until every queued job has run; raises the first error."""
+    self._jobs.join()
+    self._raise()
+
+  def close(self) -> None:
+    self._jobs.put(None)
+    self._thread.join()
+
+
 class RunCheckpoints:
   """The run's checkpoints: `restore_or_init` once, `maybe_save` after every update, `close` at the end."""
 
@@ -266,6 +318,9 @@ class RunCheckpoints:
     self._test_hold_at = int(hold) if hold else None
     self._in_flight = collections.deque()  # test hook only: updates of the saves started, popped as each finalizes
     self._packer = None  # (signature of the parts it was built for, jitted pack + fingerprint, their layout)
+    # Saves leave the loop's thread only with one process: with several, orbax's synchronous part meets the other
+    # processes at barriers that are device collectives, which must not race the loop's own device programs.
+    self._writer = _Writer() if jax.process_count() == 1 else None
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(config.keep_checkpoints),
         enable_async_checkpointing=True, cleanup_tmp_directories=True,
@@ -356,13 +411,14 @@ class RunCheckpoints:
                  wall_time: float, force: bool = False, lock: Any = contextlib.nullcontext()) -> bool:
     """Starts an async save every `checkpoint_every` updates (or when forced); never saves a non-finite state.
 
-    Returns once the arrays are copied off the devices, so the caller may then donate or overwrite them. `lock`
-    serialises our own device work with the pipeline's learner stage (pipeline.dataflow.PipelineFns.learner_lock).
+    Packs the arrays into new ones on the devices (one dispatch under `lock`, which serialises our device work with
+    the pipeline's learner stage: pipeline.dataflow.PipelineFns.learner_lock) and returns; the caller may then donate
+    or overwrite the snapshot. The rest (pulling metrics and fingerprints, the finite check, orbax's save) runs in
+    the writer thread, or here with several processes or an unpacked runner. An error of a queued save is raised by
+    the next call or by `close`.
     """
     if update % self._config.checkpoint_every and not force:
       return False
-    host_pending = jax.device_get(pending)
-    self.check_finite(host_pending, update - len(pending) + 1)
     parts = _parts(snapshot)
     raw_runner = None if _runner_shares_learner(snapshot) else parts.pop("runner")
     signature = _signature(parts)
@@ -372,15 +428,27 @@ class RunCheckpoints:
       self._packer = signature, _pack_and_fingerprint(parts), layout
     _, pack, layout = self._packer
     with lock:
-      packed, fingerprints = pack(parts)
-    host = {"update": update, "config": self._config_json, "wall_time": wall_time,
-            "pending_metrics": _metrics_to_json(host_pending), "pending_lags": [int(x) for x in lags],
-            "layout": layout, "fingerprint": jax.tree.map(int, jax.device_get(fingerprints))}
+      packed, fingerprints = pack(parts)  # new arrays: the caller may donate the snapshot's once this is dispatched
     arrays = dict(packed, **({} if raw_runner is None else {"runner": raw_runner}))
-    if self._test_hold_at is not None:
-      self._in_flight.append(update)
-    self._manager.save(update, force=True, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
-                                                                    host=ocp.args.JsonSave(host)))
+    pending, lags = list(pending), [int(x) for x in lags]  # the caller appends to its lists
+
+    def job():
+      host_pending = jax.device_get(pending)
+      self.check_finite(host_pending, update - len(pending) + 1)
+      host = {"update": update, "config": self._config_json, "wall_time": wall_time,
+              "pending_metrics": _metrics_to_json(host_pending), "pending_lags": lags, "layout": layout,
+              "fingerprint": jax.tree.map(int, jax.device_get(fingerprints))}
+      if self._test_hold_at is not None:
+        self._in_flight.append(update)
+      self._manager.save(update, force=True, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
+                                                                      host=ocp.args.JsonSave(host)))
+
+    if self._writer is None or raw_runner is not None:  # the raw runner must be copied before the caller goes on
+      if self._writer is not None:
+        self._writer.drain()
+      job()
+    else:
+      self._writer.submit(job)
     return True
 
   def check_finite(self, host_metrics: list[UpdateMetrics], first_update: int) -> None:
@@ -389,6 +457,8 @@ class RunCheckpoints:
       values = {k: float(getattr(m, k)) for k in CHECKED_METRICS}
       if all(np.isfinite(v) for v in values.values()):
         continue
+      if self._writer is not None and not self._writer.is_current_thread():
+        self._writer.drain()  # queued saves hold earlier, checked states
       self._manager.wait_until_finished()  # a save in flight holds an earlier, checked state: let it complete
       last = self._manager.latest_step()
       good = (f"the last good checkpoint is {self.step_path(last)} (update {last}); rerunning resumes from it, so "
@@ -408,9 +478,15 @@ class RunCheckpoints:
       self._stop.requested.wait(TEST_WAIT_S)
 
   def close(self) -> None:
-    """Waits for the save in flight (raising its error, if any) and releases the manager."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the saves queued and in flight (raising the first error, if any) and releases the manager."""
+    try:
+      if self._writer is not None:
+        self._writer.drain()
+      self._manager.wait_until_finished()
+    finally:
+      if self._writer is not None:
+        self._writer.close()
+      self._manager.close()
 
 
 def read_params(path: str, target: Any) -> Any:
