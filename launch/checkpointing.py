@@ -325,7 +325,13 @@ class RunCheckpoints:
         preservation_policy=ocp.checkpoint_managers.LatestN(config.keep_checkpoints),
         enable_async_checkpointing=True, cleanup_tmp_directories=True,
         async_options=ocp.AsyncOptions(post_finalization_callback=self._test_hold if hold else None))
-    self._manager = _CheckpointManager(self.directory, options=options)
+    # Without OCDBT: for a few small arrays, its per-save database work costs more CPU than a plain zarr file each.
+    handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    arrays, host = ocp.StandardCheckpointHandler(use_ocdbt=False), ocp.JsonCheckpointHandler()
+    for args, handler in ((ocp.args.StandardSave, arrays), (ocp.args.StandardRestore, arrays),
+                          (ocp.args.JsonSave, host), (ocp.args.JsonRestore, host)):
+      handlers.add("arrays" if handler is arrays else "host", args, handler)
+    self._manager = _CheckpointManager(self.directory, options=options, handler_registry=handlers)
 
   def step_path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
