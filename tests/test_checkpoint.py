@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
-from launch import checkpointing, config_lib, sinks, trainer
+from launch import checkpointing, config_lib, packed_arrays, sinks, trainer
 from launch.configs import debug
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
@@ -333,3 +334,60 @@ def test_truncate_jsonl_drops_rows_past_the_checkpoint_and_a_cut_line(tmp_path):
   assert sinks.truncate_jsonl(path, 8) == {"update": 8, "a": 2}
   assert sinks.read_jsonl(path) == [{"update": 4, "a": 1}, {"update": 8, "a": 2}]
   assert sinks.truncate_jsonl(path, 0) is None and sinks.read_jsonl(path) == []
+
+
+def test_packing_round_trips_every_bit_and_restores_onto_other_device_counts():
+  layout8 = Layout(make_mesh(8))
+  special = np.array([np.nan, -0.0, np.inf, 1e-45, -3.5, 0.0, 7.0, -np.inf], np.float32)
+  nan_payload = np.array([0x7FC00001], np.uint32).view(np.float32)  # a NaN with a payload: only bits compare it
+  tree = {
+      "params": jnp.asarray(np.concatenate([special, nan_payload]).reshape(3, 3)),
+      "key": jax.random.key(3), "raw_key": jax.random.PRNGKey(5), "count": jnp.int32(-7),
+      "envs": {"done": jnp.arange(16) % 3 == 0, "cell": jnp.arange(-24, 24, dtype=jnp.int8).reshape(16, 3),
+               "half": jnp.linspace(-2, 2, 64, dtype=jnp.bfloat16).reshape(16, 2, 2),
+               "step": jnp.asarray(np.arange(16, dtype=np.uint32) * np.uint32(2654435761))},
+  }
+  shardings = jax.tree.map(lambda _: layout8.replicated, tree)
+  shardings["envs"] = layout8.env_shardings(tree["envs"])
+  tree = jax.device_put(tree, shardings)
+  packed = packed_arrays.packer(tree)(tree)
+  # One array per placement and word size; the env-split ones stay split like their leaves (no data moved).
+  assert {k: (v.shape, v.sharding.spec) for k, v in packed.items()} == {
+      "flat_uint32": ((9 + 2 + 2 + 1,), P()), "env_uint8": ((16, 1 + 3), P("data", None)),
+      "env_uint16": ((16, 4), P("data", None)), "env_uint32": ((16, 1), P("data", None))}
+  on_host = jax.device_get(packed)  # what a checkpoint holds
+  for devices in (1, 2, 8):
+    layout = Layout(make_mesh(devices))
+    want = jax.tree.map(lambda _: layout.replicated, tree)
+    want["envs"] = layout.env_shardings(tree["envs"])
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, want)
+    shapes = packed_arrays.packed_shapes(target)
+    back = packed_arrays.unpacker(target)(jax.device_put(on_host, {k: v.sharding for k, v in shapes.items()}))
+    assert packed_arrays.layout(back) == packed_arrays.layout(tree)
+    for (path, got), original in zip(jax.tree_util.tree_leaves_with_path(back), jax.tree.leaves(tree)):
+      assert got.dtype == original.dtype and got.sharding == _sharding_at(want, path), path
+      if jnp.issubdtype(got.dtype, jax.dtypes.prng_key):
+        got, original = jax.random.key_data(got), jax.random.key_data(original)
+      np.testing.assert_array_equal(np.atleast_1d(got).view(np.uint8), np.atleast_1d(original).view(np.uint8))
+  with pytest.raises(config_lib.ConfigError) as e:  # another structure is refused by name, not read as garbage
+    checkpointing.check_layout({"params": {"w": jax.ShapeDtypeStruct((4, 8), jnp.float32, sharding=layout8.replicated)}},
+                               {"params": packed_arrays.layout({"w": tree["params"]})}, "X")
+  assert str(e.value).splitlines()[1] == "  params['w']: (3, 3) there, (4, 8) here"
+
+
+def _sharding_at(shardings, path):
+  node = shardings
+  for key in path:
+    node = node[key.key]
+  return node
+
+
+def test_a_non_finite_queued_save_is_never_written_and_is_raised(tmp_path):
+  config = _debug_config()
+  init, _ = _state_target(config, 1)
+  ckpts = checkpointing.RunCheckpoints(str(tmp_path), config)
+  fine = iteration_lib.UpdateMetrics(*(jnp.float32(1.0),) * 8)
+  assert ckpts.maybe_save(init(), 3, [fine, fine.replace(value_loss=jnp.float32(np.nan))], [0, 0], 0.0, force=True)
+  with pytest.raises(checkpointing.NonFiniteError, match="non-finite loss or params at update 3"):
+    ckpts.close()  # or the next maybe_save: the save's checks run in the writer thread
+  assert not os.path.exists(ckpts.step_path(3))
