@@ -186,9 +186,11 @@ def fingerprint(tree) -> jax.Array:
 
 
 def _parts(snapshot: Snapshot) -> dict[str, Any]:
-  """The snapshot's arrays as the checkpoint's parts: params, the rest of the learner's state, the runner."""
+  """The snapshot's arrays as the checkpoint's parts, each packed on its own: the learner's (params first, so that
+  `read_params` finds them at the start of the packed words; the rest of the TrainState; the in-flight params
+  versions) and the runner's, which may live on other devices."""
   state = snapshot.state
-  return {"params": state.params, "learner": (state.replace(params=None, runner=None), list(snapshot.stale_params)),
+  return {"learner": (state.params, state.replace(params=None, runner=None), list(snapshot.stale_params)),
           "runner": state.runner}
 
 
@@ -201,7 +203,7 @@ def _pack_and_fingerprint(example: dict[str, Any]):
   """jit: the parts packed, and a fingerprint per packed array, in one dispatch on the learner's devices."""
   leaf_groups = {name: packed_arrays.groups(tree) for name, tree in example.items()}
   out = {name: {k: v.sharding for k, v in packed_arrays.packed_shapes(tree).items()} for name, tree in example.items()}
-  key_sharding = example["learner"][0].key.sharding  # replicated on the learner's devices
+  key_sharding = example["learner"][1].key.sharding  # replicated on the learner's devices
   replicated = (jax.sharding.NamedSharding(key_sharding.mesh, jax.sharding.PartitionSpec())
                 if isinstance(key_sharding, jax.sharding.NamedSharding) else key_sharding)
 
@@ -393,8 +395,8 @@ class RunCheckpoints:
       raise ValueError("the restored arrays do not match the fingerprint saved with them (corrupted bytes)")
     unpacked = {name: packed_arrays.unpacker(tree)(packed[name]) if name != "runner" or packed_runner
                 else packed[name] for name, tree in parts.items()}
-    rest, stale = unpacked["learner"]
-    state = rest.replace(params=unpacked["params"], runner=unpacked["runner"])
+    params, rest, stale = unpacked["learner"]
+    state = rest.replace(params=params, runner=unpacked["runner"])
     if int(state.update) != step or host["update"] != step:
       raise ValueError(f"holds update {int(state.update)}, not {step}")
     return Snapshot(state=state, stale_params=tuple(stale)), host
@@ -516,13 +518,15 @@ def read_params(path: str, target: Any) -> Any:
     host = manager.restore(step, args=ocp.args.Composite(host=ocp.args.JsonRestore()))["host"]
     if "layout" not in host:
       raise ValueError("written by an earlier version of this code (arrays not packed)")
-    diff = _layout_diff(host["layout"]["params"], packed_arrays.layout(target))
+    saved = [[leaf[len("[0]"):], *rest] for leaf, *rest in host["layout"]["learner"] if leaf.startswith("[0]")]
+    diff = _layout_diff(saved, packed_arrays.layout(target))
     if diff:
       raise config_lib.ConfigError(f"{prefix}: its params do not fit this network:\n  " + "\n  ".join(diff[:8]))
-    shapes = {"params": packed_arrays.packed_shapes(target)}
+    # The learner's packed words as they are (params come first in each), onto the devices of `target`.
+    replicated = next(iter(packed_arrays.packed_shapes(target).values())).sharding
+    placed = {name: ocp.ArrayRestoreArgs(sharding=replicated) for name in host["fingerprint"]["learner"]}
     packed = manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(
-        shapes, restore_args=ocp.checkpoint_utils.construct_restore_args(shapes), partial_restore=True)))
-    packed = packed["arrays"]["params"]
+        {"learner": placed}, restore_args={"learner": placed}, partial_restore=True)))["arrays"]["learner"]
   except config_lib.ConfigError:
     raise
   except Exception as e:  # pylint: disable=broad-except

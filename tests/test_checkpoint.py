@@ -184,9 +184,9 @@ def test_overlap_pipeline_resume_is_bit_exact(jax_cache, tmp_path):
   _wait_for(proc, f"{wd}/test_paused_at_5")
   err = _interrupt(proc, signal.SIGTERM)
   assert proc.returncode == 3, err[-3000:]
-  layout = _host(wd, 5)["layout"]
-  stale = [path for path, *_ in layout["learner"] if path.startswith("[1]")]  # (rest of the state, stale params)
-  assert len(stale) == len(layout["params"]) and all(path.startswith("[1][0]") for path in stale)  # one version
+  paths = [path for path, *_ in _host(wd, 5)["layout"]["learner"]]  # (params, rest of the state, stale params)
+  params, stale = [p for p in paths if p.startswith("[0]")], [p for p in paths if p.startswith("[2]")]
+  assert [p.replace("[2][0]", "[0]", 1) for p in stale] == params  # one in-flight version
   proc = _run(jax_cache, wd, *overlap)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _rows(wd) == _rows(whole) and _rows(whole)[-1]["policy_lag_max"] == 1
@@ -212,7 +212,7 @@ def test_corrupted_checkpoints_fall_back_to_the_previous_complete_one(jax_cache,
   # Step 12 half-written (its array data files cut short); step 9 whose arrays no longer match the fingerprint
   # saved with them (what changed bytes that still decode look like; orbax's own checksums catch most others first).
   data = glob.glob(f"{wd}/checkpoints/12/arrays/*/[0-9]*")  # the zarr chunks of each packed array
-  assert len(data) >= 3
+  assert len(data) >= 2
   for path in data:
     with open(path, "r+b") as f:
       f.truncate(os.path.getsize(path) // 2)
