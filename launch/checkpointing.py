@@ -320,9 +320,7 @@ class RunCheckpoints:
     self._test_hold_at = int(hold) if hold else None
     self._in_flight = collections.deque()  # test hook only: updates of the saves started, popped as each finalizes
     self._packer = None  # (signature of the parts it was built for, jitted pack + fingerprint, their layout)
-    # Saves leave the loop's thread only with one process: with several, orbax's synchronous part meets the other
-    # processes at barriers that are device collectives, which must not race the loop's own device programs.
-    self._writer = _Writer() if jax.process_count() == 1 else None
+    self._writer: _Writer | None = None  # started by the first save, with one process only (see maybe_save)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(config.keep_checkpoints),
         enable_async_checkpointing=True, cleanup_tmp_directories=True,
@@ -422,8 +420,8 @@ class RunCheckpoints:
     Packs the arrays into new ones on the devices (one dispatch under `lock`, which serialises our device work with
     the pipeline's learner stage: pipeline.dataflow.PipelineFns.learner_lock) and returns; the caller may then donate
     or overwrite the snapshot. The rest (pulling metrics and fingerprints, the finite check, orbax's save) runs in
-    the writer thread, or here with several processes or an unpacked runner. An error of a queued save is raised by
-    the next call or by `close`.
+    the writer thread (see below for when it runs here instead); an error of a queued save is raised by the next call
+    or by `close`.
     """
     if update % self._config.checkpoint_every and not force:
       return False
@@ -451,11 +449,16 @@ class RunCheckpoints:
       self._manager.save(update, force=True, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
                                                                       host=ocp.args.JsonSave(host)))
 
-    if self._writer is None or raw_runner is not None:  # the raw runner must be copied before the caller goes on
+    # The job runs here (after the queued ones) with several processes: orbax's synchronous part meets the other
+    # processes at barriers that are device collectives, which must not race the loop's own device programs. Also
+    # for an unpacked runner, the snapshot's own arrays, which must be copied before the caller goes on; and for a
+    # forced save (the last one, or on a stop), so that its errors reach the caller from this call.
+    if force or jax.process_count() > 1 or raw_runner is not None:
       if self._writer is not None:
         self._writer.drain()
       job()
     else:
+      self._writer = self._writer or _Writer()
       self._writer.submit(job)
     return True
 

@@ -383,11 +383,15 @@ def _sharding_at(shardings, path):
 
 
 def test_a_non_finite_queued_save_is_never_written_and_is_raised(tmp_path):
-  config = _debug_config()
+  config = _debug_config(checkpoint_every=1)
   init, _ = _state_target(config, 1)
   ckpts = checkpointing.RunCheckpoints(str(tmp_path), config)
   fine = iteration_lib.UpdateMetrics(*(jnp.float32(1.0),) * 8)
-  assert ckpts.maybe_save(init(), 3, [fine, fine.replace(value_loss=jnp.float32(np.nan))], [0, 0], 0.0, force=True)
+  assert ckpts.maybe_save(init(), 3, [fine, fine.replace(value_loss=jnp.float32(np.nan))], [0, 0], 0.0)
   with pytest.raises(checkpointing.NonFiniteError, match="non-finite loss or params at update 3"):
-    ckpts.close()  # or the next maybe_save: the save's checks run in the writer thread
+    ckpts.close()  # or the next maybe_save: a due save's checks run in the writer thread
   assert not os.path.exists(ckpts.step_path(3))
+  ckpts = checkpointing.RunCheckpoints(str(tmp_path), config)
+  with pytest.raises(checkpointing.NonFiniteError, match="at update 4"):  # a forced save checks before returning
+    ckpts.maybe_save(init(), 4, [fine.replace(param_norm=jnp.inf)], [0], 0.0, force=True)
+  ckpts.close()
