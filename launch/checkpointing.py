@@ -4,7 +4,7 @@ newest readable step onto whatever mesh is current, fall back past corrupt steps
 A step is a pipeline.dataflow.Snapshot plus host state, in two items written together and renamed into place only
 once complete (orbax's atomic rename, so a kill -9 mid-save leaves only a temporary directory, removed on the next
 start):
-  arrays  params: the network params (all that `config.restore_from` reads); learner: the rest of the TrainState but
+  arrays  learner: the network params (first, all that `config.restore_from` reads), the rest of the TrainState but
           the runner — optimizer state (with the anneal's step count), PRNG key, update counter, PPO-EWMA's params —
           and (pipeline.mode=overlap) the params versions the in-flight batches are collected with; runner: env
           states, last observations, episode-return accumulators, and the observation statistics and reset pool
@@ -12,10 +12,12 @@ start):
           policy lags of the unfinished log interval (so the next metrics.jsonl row equals the uninterrupted run's),
           the wall time so far, the layout of the packed arrays, and their fingerprints (catch corrupted bytes that
           still decode)
-Each part is stored packed (launch/packed_arrays.py: a few arrays instead of ~50; orbax's per-save work grows with
-the number of arrays and items, not with their bytes) and restored onto the current shardings, whatever mesh wrote it.
-The runner is packed only when it shares the learner's devices: the pipeline's act stage may be dispatching on
-separate actor devices, and only the learner's lock is ours to take, so there it is saved array by array.
+Each part is stored packed (launch/packed_arrays.py: a few arrays instead of ~45; orbax's per-save work grows with
+the number of arrays and items, hardly with their bytes), without OCDBT (for so few arrays a plain zarr file each is
+cheaper), and restored onto the current shardings, whatever mesh wrote it. The runner is packed only when it shares
+the learner's devices: the pipeline's act stage may be dispatching on separate actor devices, and only the learner's
+lock is ours to take, so there it is saved array by array. The loop only dispatches the packing; a writer thread does
+the rest of a save (see `RunCheckpoints.maybe_save`).
 Saves may fall on any update; metrics rows are written before the save of the same update.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A pytree of arrays as a few flat arrays (one per placement and bit width), and back: the form checkpoints take.
 
 Orbax's work per save grows with the number of arrays (a tensorstore write, metadata and futures for each), hardly
-with their bytes, and the training state is ~50 small arrays; packed, a save writes ~4.
+with their bytes, and the training state is ~45 small arrays; packed, the default CartPole state is 2.
 
 A leaf is placed by its sharding's spec, which the mesh Layout derives from the state's structure and never from the
 device count, so the packing is the same on any mesh:
