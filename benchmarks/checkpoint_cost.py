@@ -1,13 +1,13 @@
 """The cost of checkpointing: training SPS with a full-state async save after every update vs. none during the run.
 
-  python benchmarks/checkpoint_cost.py [--updates=40] [--num_envs=32,512] [--repeats=3]
+  python benchmarks/checkpoint_cost.py [--updates=40] [--num_envs=32,128,512] [--repeats=3]
 
 For each env count, runs alternate (none, every, none, every, ...) in one process, so both kinds see the same machine
 load; each run is the default CartPole config with that many envs, trained for `--updates` updates. SPS is measured
 between the first and the last metrics row, so it excludes compilation and the first log interval (warm-up, the
 first save's one-off setup). "none" still saves once, after its last row. Prints one JSON line per run and, per
-env count, the medians and their ratio. A save's cost is mostly fixed (orbax's per-save work, ~0.1-0.3 s on 2
-busy CPU cores for this small state), so the ratio depends on how long an update takes.
+env count, the medians and their ratio. A save's cost is mostly fixed (orbax's per-save CPU work, ~20 ms of loop time
+on 2 CPU cores for this small state), so the ratio depends on how long an update takes.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from launch.configs import default
 from launch.sinks import read_jsonl
 
 flags.DEFINE_integer("updates", 40, "PPO updates per run.")
-flags.DEFINE_list("num_envs", ["32", "512"], "Parallel env counts to measure (rollout length is the default 128).")
+flags.DEFINE_list("num_envs", ["32", "128", "512"], "Parallel env counts to measure (rollout length is the default 128).")
 flags.DEFINE_integer("log_every", 10, "Updates per metrics row (SPS is measured from the first row to the last).")
 flags.DEFINE_integer("repeats", 3, "Runs of each kind; the medians are compared.")
 FLAGS = flags.FLAGS

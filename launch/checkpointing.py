@@ -1,17 +1,23 @@
 """Full-state checkpoints of a run under WORKDIR/checkpoints (an orbax CheckpointManager): async saves, resume from the
 newest readable step onto whatever mesh is current, fall back past corrupt steps, or start from another run's params.
 
-A step is a pipeline.dataflow.Snapshot plus host state, in items written together and renamed into place only once
-complete (orbax's atomic rename, so a kill -9 mid-save leaves only a temporary directory, removed on the next start):
-  params        the network params (all that `config.restore_from` reads)
-  state         the rest of the TrainState: optimizer state (with the anneal's step count), env states, last
-                observations, episode-return accumulators, PRNG key, update counter — saved from and restored to
-                shardings
-  stale_params  (pipeline.mode=overlap only) the params versions the in-flight batches are collected with
-  config        the run's config as JSON, checked for compatibility before any array is read
-  host          host-side loop state as JSON: the per-update metrics and policy lags of the unfinished log interval
-                (so the next metrics.jsonl row equals the uninterrupted run's), the wall time so far, and fingerprints
-                of the arrays (catch corrupted bytes that still decode)
+A step is a pipeline.dataflow.Snapshot plus host state, in two items written together and renamed into place only
+once complete (orbax's atomic rename, so a kill -9 mid-save leaves only a temporary directory, removed on the next
+start):
+  arrays  learner: the network params (first, all that `config.restore_from` reads), the rest of the TrainState but
+          the runner — optimizer state (with the anneal's step count), PRNG key, update counter, PPO-EWMA's params —
+          and (pipeline.mode=overlap) the params versions the in-flight batches are collected with; runner: env
+          states, last observations, episode-return accumulators, and the observation statistics and reset pool
+  host    JSON: the run's config (checked for compatibility before any array is read), the per-update metrics and
+          policy lags of the unfinished log interval (so the next metrics.jsonl row equals the uninterrupted run's),
+          the wall time so far, the layout of the packed arrays, and their fingerprints (catch corrupted bytes that
+          still decode)
+Each part is stored packed (launch/packed_arrays.py: a few arrays instead of ~45; orbax's per-save work grows with
+the number of arrays and items, hardly with their bytes), without OCDBT (for so few arrays a plain zarr file each is
+cheaper), and restored onto the current shardings, whatever mesh wrote it. The runner is packed only when it shares
+the learner's devices: the pipeline's act stage may be dispatching on separate actor devices, and only the learner's
+lock is ours to take, so there it is saved array by array. The loop only dispatches the packing; a writer thread does
+the rest of a save (see `RunCheckpoints.maybe_save`).
 Saves may fall on any update; metrics rows are written before the save of the same update.
 """
 from __future__ import annotations
@@ -21,7 +27,9 @@ import contextlib
 import dataclasses
 import json
 import os
+import queue
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +43,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from launch import config_lib
+from launch import packed_arrays
 from launch import workdir as workdir_lib
 from learner import diagnostics
 from pipeline.dataflow import Snapshot
@@ -134,6 +143,29 @@ def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], w
                     "; ".join(changed))
 
 
+def _layout_diff(saved: list[list[Any]], want: list[list[Any]]) -> list[str]:
+  """'path: <there> there, <here> here' per leaf that differs between two packed_arrays.layouts (its shape, else its
+  dtype, else its placement)."""
+  have = {path: (tuple(shape), dtype, group) for path, shape, dtype, group in saved}
+  need = {path: (tuple(shape), dtype, group) for path, shape, dtype, group in want}
+  out = []
+  for k in sorted(set(have) | set(need)):
+    a, b = have.get(k), need.get(k)
+    if a != b:
+      i = 0 if a is None or b is None or a[0] != b[0] else 1 if a[1] != b[1] else 2
+      out.append(f"{k}: {'absent' if a is None else a[i]} there, {'absent' if b is None else b[i]} here")
+  return out
+
+
+def check_layout(parts: dict[str, Any], saved: dict[str, Any], where: str) -> None:
+  """Raises ConfigError when the saved arrays are not the ones `parts` (the target) expect: a change of code (e.g. an
+  env's state) that the config check cannot see. Not a corrupt step, so it is not quarantined."""
+  diff = [f"{name}{d}" for name, tree in parts.items() for d in _layout_diff(saved[name], packed_arrays.layout(tree))]
+  if diff:
+    raise config_lib.ConfigError(f"cannot resume from {where}: its arrays do not fit this run's state:\n  " +
+                                 "\n  ".join(diff[:8]))
+
+
 def _leaf_fingerprint(x: jax.Array) -> jax.Array:
   if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
     x = jax.random.key_data(x)
@@ -155,15 +187,36 @@ def fingerprint(tree) -> jax.Array:
   return jnp.stack([_leaf_fingerprint(x) for x in jax.tree.leaves(tree)])
 
 
-def snapshot_fingerprints(snapshot: Snapshot, lock: Any = contextlib.nullcontext()) -> list[int | None]:
-  """Fingerprints of the learner-side arrays, then one of the runner. The runner's is None when it lives on separate
-  actor devices: the pipeline's act stage may be dispatching there, and only the learner's lock is ours to take."""
-  with lock:
-    out = np.asarray(fingerprint((snapshot.state.replace(runner=None), snapshot.stale_params))).tolist()
-    learner_devices = snapshot.state.key.sharding.device_set
-    shared = all(x.sharding.device_set == learner_devices for x in jax.tree.leaves(snapshot.state.runner))
-    out.append(int(jnp.sum(fingerprint(snapshot.state.runner), dtype=jnp.uint32)) if shared else None)
-  return out
+def _parts(snapshot: Snapshot) -> dict[str, Any]:
+  """The snapshot's arrays as the checkpoint's parts, each packed on its own: the learner's (params first, so that
+  `read_params` finds them at the start of the packed words; the rest of the TrainState; the in-flight params
+  versions) and the runner's, which may live on other devices."""
+  state = snapshot.state
+  return {"learner": (state.params, state.replace(params=None, runner=None), list(snapshot.stale_params)),
+          "runner": state.runner}
+
+
+def _runner_shares_learner(snapshot: Snapshot) -> bool:
+  learner_devices = snapshot.state.key.sharding.device_set
+  return all(x.sharding.device_set == learner_devices for x in jax.tree.leaves(snapshot.state.runner))
+
+
+def _pack_and_fingerprint(example: dict[str, Any]):
+  """jit: the parts packed, and a fingerprint per packed array, in one dispatch on the learner's devices."""
+  leaf_groups = {name: packed_arrays.groups(tree) for name, tree in example.items()}
+  out = {name: {k: v.sharding for k, v in packed_arrays.packed_shapes(tree).items()} for name, tree in example.items()}
+  key_sharding = example["learner"][1].key.sharding  # replicated on the learner's devices
+  replicated = (jax.sharding.NamedSharding(key_sharding.mesh, jax.sharding.PartitionSpec())
+                if isinstance(key_sharding, jax.sharding.NamedSharding) else key_sharding)
+
+  def fn(parts):
+    packed = {name: packed_arrays.pack(tree, leaf_groups[name]) for name, tree in parts.items()}
+    return packed, jax.tree.map(_leaf_fingerprint, packed)
+  return jax.jit(fn, out_shardings=(out, jax.tree.map(lambda _: replicated, out)))
+
+
+def _signature(tree: Any) -> tuple[Any, ...]:
+  return (jax.tree.structure(tree),) + tuple((x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(tree))
 
 
 def _metric_fields(m: UpdateMetrics) -> dict[str, Any]:
@@ -206,6 +259,56 @@ class _CheckpointManager(ocp.CheckpointManager):
     return False
 
 
+class _Writer:
+  """One thread that runs the loop's save jobs in order, so that the loop only waits for a job to be queued.
+
+  A job (see RunCheckpoints.maybe_save) pulls the update's metrics and fingerprints to the host, which waits for the
+  update to finish, and then runs orbax's synchronous part of the save: thread start-ups, directory creation and the
+  device-to-host copy, ~10-20 ms that would otherwise keep the loop from dispatching the next update. One job waits
+  in the queue at most, so the loop cannot run ahead of the saves. The first error is kept and re-raised to the loop;
+  later jobs are dropped."""
+
+  def __init__(self):
+    self._jobs: queue.Queue = queue.Queue(maxsize=1)
+    self._error: BaseException | None = None
+    self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
+    self._thread.start()
+
+  def _run(self) -> None:
+    while True:
+      job = self._jobs.get()
+      try:
+        if job is None:
+          return
+        if self._error is None:
+          job()
+      except BaseException as e:  # pylint: disable=broad-except  (re-raised in the loop's thread)
+        self._error = e
+      finally:
+        self._jobs.task_done()
+
+  def _raise(self) -> None:
+    if self._error is not None:
+      error, self._error = self._error, None
+      raise error
+
+  def is_current_thread(self) -> bool:
+    return threading.current_thread() is self._thread
+
+  def submit(self, job: Callable[[], None]) -> None:
+    self._raise()
+    self._jobs.put(job)
+
+  def drain(self) -> None:
+    """Waits until every queued job has run; raises the first error."""
+    self._jobs.join()
+    self._raise()
+
+  def close(self) -> None:
+    self._jobs.put(None)
+    self._thread.join()
+
+
 class RunCheckpoints:
   """The run's checkpoints: `restore_or_init` once, `maybe_save` after every update, `close` at the end."""
 
@@ -218,11 +321,19 @@ class RunCheckpoints:
     hold = os.environ.get(TEST_HOLD_ENV)
     self._test_hold_at = int(hold) if hold else None
     self._in_flight = collections.deque()  # test hook only: updates of the saves started, popped as each finalizes
+    self._packer = None  # (signature of the parts it was built for, jitted pack + fingerprint, their layout)
+    self._writer: _Writer | None = None  # started by the first save, with one process only (see maybe_save)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(config.keep_checkpoints),
         enable_async_checkpointing=True, cleanup_tmp_directories=True,
         async_options=ocp.AsyncOptions(post_finalization_callback=self._test_hold if hold else None))
-    self._manager = _CheckpointManager(self.directory, options=options)
+    # Without OCDBT: for a few small arrays, its per-save database work costs more CPU than a plain zarr file each.
+    handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    arrays, host = ocp.StandardCheckpointHandler(use_ocdbt=False), ocp.JsonCheckpointHandler()
+    for args, handler in ((ocp.args.StandardSave, arrays), (ocp.args.StandardRestore, arrays),
+                          (ocp.args.JsonSave, host), (ocp.args.JsonRestore, host)):
+      handlers.add("arrays" if handler is arrays else "host", args, handler)
+    self._manager = _CheckpointManager(self.directory, options=options, handler_registry=handlers)
 
   def step_path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -266,21 +377,29 @@ class RunCheckpoints:
 
   def _restore_step(self, step: int, target: Snapshot) -> tuple[Snapshot, dict[str, Any]]:
     where = self.step_path(step)
-    saved_config = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    check_compatible(self._config, saved_config, where)
-    items = {"params": ocp.args.StandardRestore(target.state.params),
-             "state": ocp.args.StandardRestore(target.state.replace(params=None)), "host": ocp.args.JsonRestore()}
-    if target.stale_params:
-      items["stale_params"] = ocp.args.StandardRestore(list(target.stale_params))
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    state, host = restored["state"].replace(params=restored["params"]), restored["host"]
-    snapshot = Snapshot(state=state, stale_params=tuple(restored["stale_params"]) if target.stale_params else ())
+    host = self._manager.restore(step, args=ocp.args.Composite(host=ocp.args.JsonRestore()))["host"]
+    if "layout" not in host:
+      raise config_lib.ConfigError(f"cannot resume from {where}: it was written by an earlier version of this code "
+                                   "(arrays not packed); resume it with that version, or use a new --workdir")
+    check_compatible(self._config, host["config"], where)
+    parts = _parts(target)
+    packed_runner = host["layout"]["runner"] is not None
+    check_layout({k: v for k, v in parts.items() if k != "runner" or packed_runner}, host["layout"], where)
+    shapes = {name: packed_arrays.packed_shapes(tree) for name, tree in parts.items()}
+    arrays = dict(shapes, **({} if packed_runner else {"runner": parts["runner"]}))
+    packed = self._manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(arrays)))["arrays"]
+    got = {name: None if name == "runner" and not packed_runner else
+           jax.tree.map(int, jax.device_get(jax.jit(lambda p: jax.tree.map(_leaf_fingerprint, p))(packed[name])))
+           for name in parts}
+    if got != host["fingerprint"] | ({} if packed_runner else {"runner": None}):
+      raise ValueError("the restored arrays do not match the fingerprint saved with them (corrupted bytes)")
+    unpacked = {name: packed_arrays.unpacker(tree)(packed[name]) if name != "runner" or packed_runner
+                else packed[name] for name, tree in parts.items()}
+    params, rest, stale = unpacked["learner"]
+    state = rest.replace(params=params, runner=unpacked["runner"])
     if int(state.update) != step or host["update"] != step:
       raise ValueError(f"holds update {int(state.update)}, not {step}")
-    got, want = snapshot_fingerprints(snapshot), host["fingerprint"]
-    if len(got) != len(want) or any(g != w for g, w in zip(got, want) if g is not None and w is not None):
-      raise ValueError("the restored arrays do not match the fingerprint saved with them (corrupted bytes)")
-    return snapshot, host
+    return Snapshot(state=state, stale_params=tuple(stale)), host
 
   def _quarantine(self, step: int, error: BaseException) -> None:
     """Moves an unreadable step out of the way (not deleted: it may still be of use to a person)."""
@@ -300,23 +419,49 @@ class RunCheckpoints:
                  wall_time: float, force: bool = False, lock: Any = contextlib.nullcontext()) -> bool:
     """Starts an async save every `checkpoint_every` updates (or when forced); never saves a non-finite state.
 
-    Returns once the arrays are copied off the devices, so the caller may then donate or overwrite them. `lock`
-    serialises our own device work with the pipeline's learner stage (pipeline.dataflow.PipelineFns.learner_lock).
+    Packs the arrays into new ones on the devices (one dispatch under `lock`, which serialises our device work with
+    the pipeline's learner stage: pipeline.dataflow.PipelineFns.learner_lock) and returns; the caller may then donate
+    or overwrite the snapshot. The rest (pulling metrics and fingerprints, the finite check, orbax's save) runs in
+    the writer thread (see below for when it runs here instead); an error of a queued save is raised by the next call
+    or by `close`.
     """
     if update % self._config.checkpoint_every and not force:
       return False
-    host_pending = jax.device_get(pending)
-    self.check_finite(host_pending, update - len(pending) + 1)
-    host = {"update": update, "wall_time": wall_time, "pending_metrics": _metrics_to_json(host_pending),
-            "pending_lags": [int(x) for x in lags], "fingerprint": snapshot_fingerprints(snapshot, lock)}
-    state = snapshot.state
-    items = {"params": ocp.args.StandardSave(state.params), "state": ocp.args.StandardSave(state.replace(params=None)),
-             "config": ocp.args.JsonSave(self._config_json), "host": ocp.args.JsonSave(host)}
-    if snapshot.stale_params:
-      items["stale_params"] = ocp.args.StandardSave(list(snapshot.stale_params))
-    if self._test_hold_at is not None:
-      self._in_flight.append(update)
-    self._manager.save(update, force=True, args=ocp.args.Composite(**items))
+    parts = _parts(snapshot)
+    raw_runner = None if _runner_shares_learner(snapshot) else parts.pop("runner")
+    signature = _signature(parts)
+    if self._packer is None or self._packer[0] != signature:
+      layout = {name: packed_arrays.layout(tree) for name, tree in parts.items()}
+      layout["runner"] = layout.get("runner")  # None: saved array by array
+      self._packer = signature, _pack_and_fingerprint(parts), layout
+    _, pack, layout = self._packer
+    with lock:
+      packed, fingerprints = pack(parts)  # new arrays: the caller may donate the snapshot's once this is dispatched
+    arrays = dict(packed, **({} if raw_runner is None else {"runner": raw_runner}))
+    pending, lags = list(pending), [int(x) for x in lags]  # the caller appends to its lists
+
+    def job():
+      host_pending = jax.device_get(pending)
+      self.check_finite(host_pending, update - len(pending) + 1)
+      host = {"update": update, "config": self._config_json, "wall_time": wall_time,
+              "pending_metrics": _metrics_to_json(host_pending), "pending_lags": lags, "layout": layout,
+              "fingerprint": jax.tree.map(int, jax.device_get(fingerprints))}
+      if self._test_hold_at is not None:
+        self._in_flight.append(update)
+      self._manager.save(update, force=True, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),
+                                                                      host=ocp.args.JsonSave(host)))
+
+    # The job runs here (after the queued ones) with several processes: orbax's synchronous part meets the other
+    # processes at barriers that are device collectives, which must not race the loop's own device programs. Also
+    # for an unpacked runner, the snapshot's own arrays, which must be copied before the caller goes on; and for a
+    # forced save (the last one, or on a stop), so that its errors reach the caller from this call.
+    if force or jax.process_count() > 1 or raw_runner is not None:
+      if self._writer is not None:
+        self._writer.drain()
+      job()
+    else:
+      self._writer = self._writer or _Writer()
+      self._writer.submit(job)
     return True
 
   def check_finite(self, host_metrics: list[UpdateMetrics], first_update: int) -> None:
@@ -325,6 +470,8 @@ class RunCheckpoints:
       values = {k: float(getattr(m, k)) for k in CHECKED_METRICS}
       if all(np.isfinite(v) for v in values.values()):
         continue
+      if self._writer is not None and not self._writer.is_current_thread():
+        self._writer.drain()  # queued saves hold earlier, checked states
       self._manager.wait_until_finished()  # a save in flight holds an earlier, checked state: let it complete
       last = self._manager.latest_step()
       good = (f"the last good checkpoint is {self.step_path(last)} (update {last}); rerunning resumes from it, so "
@@ -344,9 +491,15 @@ class RunCheckpoints:
       self._stop.requested.wait(TEST_WAIT_S)
 
   def close(self) -> None:
-    """Waits for the save in flight (raising its error, if any) and releases the manager."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the saves queued and in flight (raising the first error, if any) and releases the manager."""
+    try:
+      if self._writer is not None:
+        self._writer.drain()
+      self._manager.wait_until_finished()
+    finally:
+      if self._writer is not None:
+        self._writer.close()
+      self._manager.close()
 
 
 def read_params(path: str, target: Any) -> Any:
@@ -367,17 +520,22 @@ def read_params(path: str, target: Any) -> Any:
   if step is None:
     raise config_lib.ConfigError(f"{prefix}: holds no checkpoint")
   try:
-    params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
+    host = manager.restore(step, args=ocp.args.Composite(host=ocp.args.JsonRestore()))["host"]
+    if "layout" not in host:
+      raise ValueError("written by an earlier version of this code (arrays not packed)")
+    saved = [[leaf[len("[0]"):], *rest] for leaf, *rest in host["layout"]["learner"] if leaf.startswith("[0]")]
+    diff = _layout_diff(saved, packed_arrays.layout(target))
+    if diff:
+      raise config_lib.ConfigError(f"{prefix}: its params do not fit this network:\n  " + "\n  ".join(diff[:8]))
+    # The learner's packed words as they are (params come first in each), onto the devices of `target`.
+    replicated = next(iter(packed_arrays.packed_shapes(target).values())).sharding
+    placed = {name: ocp.ArrayRestoreArgs(sharding=replicated) for name in host["fingerprint"]["learner"]}
+    packed = manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(
+        {"learner": placed}, restore_args={"learner": placed}, partial_restore=True)))["arrays"]["learner"]
+  except config_lib.ConfigError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     raise config_lib.ConfigError(f"{prefix}: could not read params of step {step}: {_first_line(e)}") from e
   finally:
     manager.close()
-  have = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
-  want = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(target)}
-  if have != want:
-    diff = [f"{k}: {have.get(k)} there, {want.get(k)} here" for k in sorted(set(have) | set(want))
-            if have.get(k) != want.get(k)]
-    raise config_lib.ConfigError(f"{prefix}: its params do not fit this network:\n  " + "\n  ".join(diff[:8]))
-  params = jax.tree.map(lambda x, t: np.asarray(x, t.dtype), params, target)
-  return jax.device_put(params, jax.tree.map(lambda t: t.sharding, target))
-
+  return packed_arrays.unpacker(target)(packed)

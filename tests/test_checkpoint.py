@@ -8,6 +8,7 @@ the loop after an update, or hold an async save before its atomic rename, so tha
 import functools
 import glob
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -19,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
-from launch import checkpointing, config_lib, sinks, trainer
+from launch import checkpointing, config_lib, packed_arrays, sinks, trainer
 from launch.configs import debug
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
@@ -87,6 +89,18 @@ def _steps(workdir):
 def _rows(workdir):
   return [{k: v for k, v in r.items() if k not in TIMING}
           for r in sinks.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def _host_file(workdir, step):
+  """The path of a step's host JSON item (orbax names the file)."""
+  paths = [p for p in glob.glob(f"{workdir}/checkpoints/{step}/host/*") if not p.endswith(".txt")]
+  assert len(paths) == 1, paths
+  return paths[0]
+
+
+def _host(workdir, step):
+  with open(_host_file(workdir, step), encoding="utf-8") as f:
+    return json.load(f)
 
 
 def _files(directory):
@@ -170,7 +184,9 @@ def test_overlap_pipeline_resume_is_bit_exact(jax_cache, tmp_path):
   _wait_for(proc, f"{wd}/test_paused_at_5")
   err = _interrupt(proc, signal.SIGTERM)
   assert proc.returncode == 3, err[-3000:]
-  assert os.path.isdir(f"{wd}/checkpoints/5/stale_params")
+  paths = [path for path, *_ in _host(wd, 5)["layout"]["learner"]]  # (params, rest of the state, stale params)
+  params, stale = [p for p in paths if p.startswith("[0]")], [p for p in paths if p.startswith("[2]")]
+  assert [p.replace("[2][0]", "[0]", 1) for p in stale] == params  # one in-flight version
   proc = _run(jax_cache, wd, *overlap)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _rows(wd) == _rows(whole) and _rows(whole)[-1]["policy_lag_max"] == 1
@@ -195,16 +211,15 @@ def test_corrupted_checkpoints_fall_back_to_the_previous_complete_one(jax_cache,
   shutil.copytree(baseline, wd)
   # Step 12 half-written (its array data files cut short); step 9 whose arrays no longer match the fingerprint
   # saved with them (what changed bytes that still decode look like; orbax's own checksums catch most others first).
-  for data in glob.glob(f"{wd}/checkpoints/12/state/**/d/*", recursive=True):
-    with open(data, "r+b") as f:
-      f.truncate(os.path.getsize(data) // 2)
-  host = glob.glob(f"{wd}/checkpoints/9/host/*")
-  for path in host:
-    with open(path, encoding="utf-8") as f:
-      text = f.read()
-    if '"fingerprint": [' in text:
-      with open(path, "w", encoding="utf-8") as f:
-        f.write(text.replace('"fingerprint": [', '"fingerprint": [1, ', 1))
+  data = glob.glob(f"{wd}/checkpoints/12/arrays/*/[0-9]*")  # the zarr chunks of each packed array
+  assert len(data) >= 2
+  for path in data:
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  host = _host(wd, 9)
+  host["fingerprint"]["runner"]["env_uint32"] ^= 1
+  with open(_host_file(wd, 9), "w", encoding="utf-8") as f:
+    json.dump(host, f)
   proc = _run(jax_cache, wd)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"checkpoint {wd}/checkpoints/12 is unreadable" in proc.stderr
@@ -319,3 +334,64 @@ def test_truncate_jsonl_drops_rows_past_the_checkpoint_and_a_cut_line(tmp_path):
   assert sinks.truncate_jsonl(path, 8) == {"update": 8, "a": 2}
   assert sinks.read_jsonl(path) == [{"update": 4, "a": 1}, {"update": 8, "a": 2}]
   assert sinks.truncate_jsonl(path, 0) is None and sinks.read_jsonl(path) == []
+
+
+def test_packing_round_trips_every_bit_and_restores_onto_other_device_counts():
+  layout8 = Layout(make_mesh(8))
+  special = np.array([np.nan, -0.0, np.inf, 1e-45, -3.5, 0.0, 7.0, -np.inf], np.float32)
+  nan_payload = np.array([0x7FC00001], np.uint32).view(np.float32)  # a NaN with a payload: only bits compare it
+  tree = {
+      "params": jnp.asarray(np.concatenate([special, nan_payload]).reshape(3, 3)),
+      "key": jax.random.key(3), "raw_key": jax.random.PRNGKey(5), "count": jnp.int32(-7),
+      "envs": {"done": jnp.arange(16) % 3 == 0, "cell": jnp.arange(-24, 24, dtype=jnp.int8).reshape(16, 3),
+               "half": jnp.linspace(-2, 2, 64, dtype=jnp.bfloat16).reshape(16, 2, 2),
+               "step": jnp.asarray(np.arange(16, dtype=np.uint32) * np.uint32(2654435761))},
+  }
+  shardings = jax.tree.map(lambda _: layout8.replicated, tree)
+  shardings["envs"] = layout8.env_shardings(tree["envs"])
+  tree = jax.device_put(tree, shardings)
+  packed = packed_arrays.packer(tree)(tree)
+  # One array per placement and word size; the env-split ones stay split like their leaves (no data moved).
+  assert {k: (v.shape, v.sharding.spec) for k, v in packed.items()} == {
+      "flat_uint32": ((9 + 2 + 2 + 1,), P()), "env_uint8": ((16, 1 + 3), P("data", None)),
+      "env_uint16": ((16, 4), P("data", None)), "env_uint32": ((16, 1), P("data", None))}
+  on_host = jax.device_get(packed)  # what a checkpoint holds
+  for devices in (1, 2, 8):
+    layout = Layout(make_mesh(devices))
+    want = jax.tree.map(lambda _: layout.replicated, tree)
+    want["envs"] = layout.env_shardings(tree["envs"])
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, want)
+    shapes = packed_arrays.packed_shapes(target)
+    back = packed_arrays.unpacker(target)(jax.device_put(on_host, {k: v.sharding for k, v in shapes.items()}))
+    assert packed_arrays.layout(back) == packed_arrays.layout(tree)
+    for (path, got), original in zip(jax.tree_util.tree_leaves_with_path(back), jax.tree.leaves(tree)):
+      assert got.dtype == original.dtype and got.sharding == _sharding_at(want, path), path
+      if jnp.issubdtype(got.dtype, jax.dtypes.prng_key):
+        got, original = jax.random.key_data(got), jax.random.key_data(original)
+      np.testing.assert_array_equal(np.atleast_1d(got).view(np.uint8), np.atleast_1d(original).view(np.uint8))
+  with pytest.raises(config_lib.ConfigError) as e:  # another structure is refused by name, not read as garbage
+    checkpointing.check_layout({"params": {"w": jax.ShapeDtypeStruct((4, 8), jnp.float32, sharding=layout8.replicated)}},
+                               {"params": packed_arrays.layout({"w": tree["params"]})}, "X")
+  assert str(e.value).splitlines()[1] == "  params['w']: (3, 3) there, (4, 8) here"
+
+
+def _sharding_at(shardings, path):
+  node = shardings
+  for key in path:
+    node = node[key.key]
+  return node
+
+
+def test_a_non_finite_queued_save_is_never_written_and_is_raised(tmp_path):
+  config = _debug_config(checkpoint_every=1)
+  init, _ = _state_target(config, 1)
+  ckpts = checkpointing.RunCheckpoints(str(tmp_path), config)
+  fine = iteration_lib.UpdateMetrics(*(jnp.float32(1.0),) * 8)
+  assert ckpts.maybe_save(init(), 3, [fine, fine.replace(value_loss=jnp.float32(np.nan))], [0, 0], 0.0)
+  with pytest.raises(checkpointing.NonFiniteError, match="non-finite loss or params at update 3"):
+    ckpts.close()  # or the next maybe_save: a due save's checks run in the writer thread
+  assert not os.path.exists(ckpts.step_path(3))
+  ckpts = checkpointing.RunCheckpoints(str(tmp_path), config)
+  with pytest.raises(checkpointing.NonFiniteError, match="at update 4"):  # a forced save checks before returning
+    ckpts.maybe_save(init(), 4, [fine.replace(param_norm=jnp.inf)], [0], 0.0, force=True)
+  ckpts.close()
