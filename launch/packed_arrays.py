@@ -107,15 +107,18 @@ def packed_shapes(target: Any) -> dict[str, jax.ShapeDtypeStruct]:
   """The packed arrays of `target` (a pytree with shardings, all on one mesh), with their shardings."""
   sizes: dict[str, int] = {}
   rows, shardings = set(), {}
-  for x, group in zip(jax.tree.leaves(target), groups(target)):
+  leaves = jax.tree.leaves(target)
+  # Replicated words go wherever the mesh's leaves are: a stray single-device leaf (e.g. a counter made outside jit)
+  # must not pull the packed vector off the mesh.
+  meshes = [x.sharding.mesh for x in leaves if isinstance(x.sharding, NamedSharding)]
+  for x, group in zip(leaves, groups(target)):
     name, n = _size(x.shape, x.dtype, group)
     sizes[name] = sizes.get(name, 0) + n
     if group == "env":
       rows.add(x.shape[0])
       shardings[name] = NamedSharding(x.sharding.mesh, P(x.sharding.spec[0], None))
     else:
-      shardings[name] = (NamedSharding(x.sharding.mesh, P()) if isinstance(x.sharding, NamedSharding)
-                         else x.sharding)
+      shardings[name] = NamedSharding(meshes[0], P()) if meshes else x.sharding
   if len(rows) > 1:
     raise ValueError(f"the env-split leaves disagree on the env axis: {sorted(rows)}")
   return {k: jax.ShapeDtypeStruct((*rows, n) if k.startswith("env") else (n,), jnp.dtype(k.split("_", 1)[1]),

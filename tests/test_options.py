@@ -72,12 +72,14 @@ def test_sync_and_split_pipelines_equal_fused_with_every_option_on():
                                                                          state.runner.obs_norm))
 
 
-@pytest.mark.parametrize("mode", ["fused", "overlap"])
-def test_resume_with_every_option_on_is_exact(tmp_path, mode):
+@pytest.mark.parametrize("mode,devices,actor_devices", [("fused", 1, 0), ("overlap", 8, 4), ("sync", 5, 4)])
+def test_resume_with_every_option_on_is_exact(tmp_path, mode, devices, actor_devices):
   """A finished run, its last checkpoint removed, rerun: it resumes from the one before and ends identically."""
   overrides = {"checkpoint_every": 2, "log_every": 1, "eval_every": 2, "total_env_steps": 8 * 16 * 4}
-  if mode == "overlap":  # split sub-meshes, so the actors' statistics move to the learner for evaluation
-    overrides.update({"pipeline.mode": "overlap", "pipeline.actor_devices": 4, "mesh.data": 8})
+  if actor_devices:  # split sub-meshes, so the actors' statistics move to the learner for evaluation
+    overrides.update({"pipeline.mode": mode, "pipeline.actor_devices": actor_devices, "mesh.data": devices})
+  if mode == "sync":  # 5 devices, 4 actors: a one-device learner; no EWMA, so the update counter is the last leaf
+    overrides["ewma.enabled"] = False
   config = _config(**overrides)
   workdir = str(tmp_path)
   trainer.train_and_evaluate(config, workdir)
