@@ -67,9 +67,23 @@ def noise_scale(stats: GradNoiseStats) -> tuple[jax.Array, jax.Array, jax.Array]
   return g_sq, trace, trace / g_sq
 
 
+def _mean(x: jax.Array, ones: jax.Array) -> jax.Array:
+  return jnp.dot(x, ones) / x.size
+
+
 def explained_variance(value: Float[Array, "*B"], target: Float[Array, "*B"]) -> jax.Array:
-  var = jnp.var(target)
-  return jnp.where(var > 0, 1.0 - jnp.var(target - value) / jnp.maximum(var, 1e-12), jnp.nan)
+  """1 − Var(target − value) / Var(target). The sums are dot products: XLA:CPU runs a dot as a library call on
+  materialised operands, so their float order does not depend on how the surrounding ops are fused — which differs
+  when the update's stages are compiled as one program or apart (pipeline/dataflow.py's sync mode is ==)."""
+  target, residual = target.reshape(-1), (target - value).reshape(-1)
+  ones = jnp.ones_like(target)
+
+  def var(x):
+    centred = x - _mean(x, ones)
+    return _mean(centred * centred, ones)
+
+  var_target = var(target)
+  return jnp.where(var_target > 0, 1.0 - var(residual) / jnp.maximum(var_target, 1e-12), jnp.nan)
 
 
 def compute(old_params, new_params, obs: Float[Array, "T N obs"], behaviour_head: Float[Array, "T N P"],

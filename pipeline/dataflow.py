@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 
 from learner.state import TrainState
@@ -241,8 +242,9 @@ class Pipeline:
           runner = runners.pop(u)
           for k in [k for k in runners if k < u]:
             del runners[k]
-        state = TrainState(params=params, opt_state=opt_state, runner=runner, key=keys.key(u),
-                           update=jax.numpy.asarray(u, jax.numpy.int32), proximal=proximal)
+        key = keys.key(u)  # the counter is placed like the key: replicated on the learner's mesh
+        state = TrainState(params=params, opt_state=opt_state, runner=runner, key=key,
+                           update=jax.device_put(np.int32(u), key.sharding), proximal=proximal)
         stale = tuple(history[max(0, u - lag + i)] for i in range(lag))
         results.put(UpdateResult(update=u, metrics=fns.metrics(aux, params, stats), policy_lag=b - version,
                                  snapshot=Snapshot(state=state, stale_params=stale)))

@@ -102,8 +102,9 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
     truncation_value = jnp.where(out.truncated, value_fn(params, norm(obs_stats, out.final_obs)), 0.0)
     done = out.terminated | out.truncated
     episode_return = runner.episode_return + out.reward
-    stats = EpisodeStats(return_sum=stats.return_sum + jnp.sum(jnp.where(done, episode_return, 0.0)),
-                         count=stats.count + jnp.sum(done, dtype=jnp.int32))
+    # Per env, summed once after the scan: a sum over the env axis here would be a cross-device reduction per step.
+    stats = EpisodeStats(return_sum=stats.return_sum + jnp.where(done, episode_return, 0.0),
+                         count=stats.count + done.astype(jnp.int32))
     new_runner = constrain(RunnerState(env_state=out.state, obs=out.obs,
                                        episode_return=jnp.where(done, 0.0, episode_return)))
     if obs_stats is not None:
@@ -113,8 +114,10 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
                             truncation_value=truncation_value)
     return (new_runner, stats, obs_stats, pool), transition
 
-  stats0 = EpisodeStats(return_sum=jnp.zeros((), jnp.float32), count=jnp.zeros((), jnp.int32))
+  stats0 = constrain(EpisodeStats(return_sum=jnp.zeros((num_envs,), jnp.float32),
+                                  count=jnp.zeros((num_envs,), jnp.int32)))
   (runner, stats, obs_norm, reset_pool), traj = jax.lax.scan(
       step, (runner.per_env(), stats0, runner.obs_norm, runner.reset_pool), jax.random.split(key, num_steps))
+  stats = EpisodeStats(return_sum=jnp.sum(stats.return_sum), count=jnp.sum(stats.count))
   last_value = value_fn(params, norm(obs_norm, runner.obs))
   return runner.replace(obs_norm=obs_norm, reset_pool=reset_pool), traj, last_value, stats

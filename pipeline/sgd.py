@@ -1,7 +1,7 @@
 """The SGD stage: `update_epochs` passes over the batch, each split into `num_minibatches` random minibatches.
 
 Minibatches are gathered by index from the time-major batch rather than by materialising a shuffled copy, one
-chunk at a time (pipeline/sgd_chunks.py). The permutation is drawn over the global sample index
+chunk at a time (pipeline/sgd_chunks.py), from the batch packed as one row per sample (pipeline/batch_rows.py). The permutation is drawn over the global sample index
 (pipeline/permutation.py), so minibatch contents do not depend on the device layout. Optionally it also advances
 PPO-EWMA's proximal params after every optimizer step, and measures the first epoch's gradient noise
 (learner/diagnostics.py): each minibatch gradient is the mean of its chunks' gradients at the same params, so chunk
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from learner import diagnostics, ewma as ewma_lib, losses
-from pipeline import permutation, sgd_chunks
+from pipeline import batch_rows, permutation, sgd_chunks
 
 
 def sgd_epochs(params, opt_state, batch: losses.Minibatch, key: jax.Array, *, loss_fn: Callable,
@@ -34,12 +34,13 @@ def sgd_epochs(params, opt_state, batch: losses.Minibatch, key: jax.Array, *, lo
   batch_size = num_steps * num_envs
   minibatch_size = batch_size // num_minibatches
   chunk_size = chunk_size or minibatch_size
-  batch = batch.replace(behaviour_head=None)  # only the diagnostics read it; never gathered per minibatch
+  # One row per sample (the diagnostics' behaviour head is never gathered per minibatch).
+  rows = batch_rows.pack(batch.replace(behaviour_head=None))
 
   def minibatch_step(carry, idx):
     params, opt_state, proximal = carry
     fn = loss_fn if proximal is None else functools.partial(loss_fn, proximal_params=proximal.params)
-    out = sgd_chunks.minibatch_grad(params, batch, idx, loss_fn=fn, chunk_size=chunk_size, constrain=constrain,
+    out = sgd_chunks.minibatch_grad(params, rows, batch.advantage, idx, loss_fn=fn, chunk_size=chunk_size, constrain=constrain,
                                     chunk_sq_norms=track_grad_noise)
     grads, aux = out[:2]
     noise = (out[2], diagnostics.sq_norm(grads)) if track_grad_noise else ()

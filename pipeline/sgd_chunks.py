@@ -11,24 +11,27 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Int
+from jaxtyping import Array, Float, Int
 
-from learner import diagnostics, losses
+from learner import diagnostics
+from pipeline import batch_rows
 
 
-def minibatch_grad(params, batch: losses.Minibatch, idx: Int[Array, "M"], *, loss_fn: Callable, chunk_size: int,
-                   constrain: Callable = lambda x: x, chunk_sq_norms: bool = False):
-  """Returns (grads, LossAux) of `loss_fn` on the samples `idx` (flat (t, n) indices) of the [T, N] `batch`.
+def minibatch_grad(params, rows: batch_rows.Rows, advantage: Float[Array, "T N"], idx: Int[Array, "M"], *,
+                   loss_fn: Callable, chunk_size: int, constrain: Callable = lambda x: x,
+                   chunk_sq_norms: bool = False):
+  """Returns (grads, LossAux) of `loss_fn` on the samples `idx` (flat (t, n) indices) of the [T, N] batch packed in
+  `rows` (pipeline/batch_rows.py); `advantage` is the batch's advantage leaf, for the minibatch's statistics.
 
   `loss_fn(params, mb, advantage_stats=...)` must be a mean over the samples of `mb`. `chunk_size` divides M.
   With `chunk_sq_norms` it returns (grads, LossAux, mean over chunks of |chunk gradient|²): the chunks are disjoint
   random subsets of the minibatch at the same params, the small batch of the gradient noise scale.
   """
-  num_envs = batch.advantage.shape[1]
+  num_envs = advantage.shape[1]
   minibatch_size = idx.shape[0]
   num_chunks = minibatch_size // chunk_size
-  take = lambda i: constrain(jax.tree.map(lambda x: x[i // num_envs, i % num_envs], batch))
-  advantage = constrain(batch.advantage[idx // num_envs, idx % num_envs])
+  take = lambda i: batch_rows.unpack(rows, constrain(batch_rows.take(rows, i)))
+  advantage = constrain(advantage[idx // num_envs, idx % num_envs])
   stats = (advantage.mean(), advantage.std())
   grad_fn = jax.grad(lambda p, mb: loss_fn(p, mb, advantage_stats=stats), has_aux=True)
   if num_chunks == 1:

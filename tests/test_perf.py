@@ -14,7 +14,7 @@ from launch.configs import debug, default
 from launch.sinks import read_jsonl
 from learner import distributions, losses, networks
 from pipeline import iteration as iteration_lib
-from pipeline import permutation, sgd_chunks
+from pipeline import batch_rows, permutation, sgd_chunks
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1000, 4096])
@@ -54,6 +54,31 @@ def test_thin_dense_matches_flax_dense(features, inputs):
                per_example(ref))
 
 
+@pytest.mark.parametrize("devices", [1, 8])
+def test_batch_rows_round_trip_is_exact(devices):
+  # Every leaf type a batch can hold, incl. int32 values a float conversion would round (2**24 + 1) or that are
+  # denormals as float bits (small ints), on one device and split over 8 along the env axis (there XLA gathers
+  # by a masked sum across devices): gathered rows unpack to exactly the leaves' elements at those indices.
+  k = jax.random.split(jax.random.PRNGKey(0), 3)
+  batch = {"obs": jax.random.normal(k[0], (6, 8, 2, 3)),
+           "action": (jnp.arange(48, dtype=jnp.int32).reshape(6, 8) - 3) * (2**24 + 1),
+           "small": jnp.arange(48, dtype=jnp.int32).reshape(6, 8) % 3, "flag": jax.random.bernoulli(k[1], 0.5, (6, 8)),
+           "half": jax.random.normal(k[2], (6, 8, 4)).astype(jnp.bfloat16), "u": jnp.full((6, 8), 2**32 - 1, jnp.uint32)}
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:devices]), ("data",))
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+  batch = jax.device_put(batch, split)
+  idx = jnp.array([47, 0, 7, 7, 13, 30, 8, 41])
+  rows = jax.jit(batch_rows.pack)(batch)
+  assert rows.data.shape == (6, 8, 6 + 2 + 2 + 1 + 4 + 2) and rows.data.dtype == jnp.float32
+  got = jax.jit(lambda r, i: batch_rows.unpack(r, batch_rows.take(r, i)))(rows, idx)
+  for name, leaf in batch.items():
+    want = np.asarray(leaf).reshape((48,) + leaf.shape[2:])[np.asarray(idx)]
+    assert got[name].dtype == want.dtype and got[name].shape == want.shape
+    np.testing.assert_array_equal(got[name], want, err_msg=name)
+  with pytest.raises(TypeError, match="32-bit or narrower"):
+    batch_rows.pack({"x": np.zeros((2, 2), np.float64)})
+
+
 @pytest.fixture(scope="module")
 def cartpole_batch():
   """A real [T=16, N=32] CartPole batch and the agent that collected it."""
@@ -78,7 +103,8 @@ def test_chunked_gradient_equals_whole_minibatch_gradient(cartpole_batch):
   mb = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[idx], batch)
   (_, ref_aux), ref_grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)  # the pre-chunking computation
   for chunk in (256, 64, 16):
-    grads, aux = sgd_chunks.minibatch_grad(params, batch, idx, loss_fn=loss_fn, chunk_size=chunk)
+    grads, aux = sgd_chunks.minibatch_grad(params, batch_rows.pack(batch), batch.advantage, idx, loss_fn=loss_fn,
+                                           chunk_size=chunk)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), grads, ref_grads)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), aux, ref_aux)
   # Advantages are normalised over the whole minibatch: a per-chunk normalisation would give another gradient.
