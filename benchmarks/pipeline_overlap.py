@@ -7,8 +7,10 @@ For each env the two modes run alternately (sync, overlap, sync, ...) in one pro
 SPS is env steps per second of the whole train loop (compile excluded: each run compiles ahead of its clock), taken
 as the median over the run's log intervals except the first and the last (the last includes an evaluation).
 `cartpole_substeps:K` integrates each CartPole step in K substeps: an env whose rollout costs about as much as the
-SGD work (K = 768: alone, its rollout + GAE and its SGD phase each take 0.25-0.35 s on this machine; the script
-prints both), where overlapping can pay off. The default CartPole is reported as is.
+SGD work (K = 768: alone, its rollout + GAE and its SGD phase each take ~0.19 s on this machine; the script prints
+both), where overlapping can pay off. The default CartPole is reported as is. For each env it also prints how many
+cores each stage keeps busy alone (process CPU time / wall time) and the bound that puts on overlap / sync: running
+the stages at the same time cannot take less than their CPU time spread over all cores.
 
 Placement: 7 actor devices, 1 learner device. On 2 CPU cores the 8 virtual devices are threads of one process, and
 XLA:CPU's collectives between them are expensive when oversubscribed (a scan with one all-reduce per step over 4
@@ -23,6 +25,7 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
                            + " --xla_cpu_multi_thread_eigen=false").strip()
 
+import resource  # pylint: disable=wrong-import-position
 import statistics  # pylint: disable=wrong-import-position
 import tempfile  # pylint: disable=wrong-import-position
 
@@ -79,17 +82,25 @@ def stage_seconds(env_name: str) -> tuple[float, float]:
                                    compiler_options=xla_options.compiler_options(jax.default_backend()))
 
   def timed(fn):
-    times = []
+    jax.block_until_ready(fn())
+    times, cpu = [], []
     for _ in range(3):
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), _cpu_seconds()
       out = jax.block_until_ready(fn())
       times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+      cpu.append(_cpu_seconds() - c0)
+    return statistics.median(times), statistics.median(cpu), out
 
-  act_s, (batch, stats) = timed(lambda: fns.to_learner(*_act(fns, state)))
-  learn_s, _ = timed(lambda: fns.learn(state.params, state.opt_state, state.proximal, batch, state.key))
+  act_s, act_cpu, (batch, stats) = timed(lambda: fns.to_learner(*_act(fns, state)))
+  learn_s, learn_cpu, _ = timed(lambda: fns.learn(state.params, state.opt_state, state.proximal, batch, state.key))
   del stats
-  return act_s, learn_s
+  return act_s, learn_s, act_cpu, learn_cpu
+
+
+def _cpu_seconds() -> float:
+  """CPU time of all this process's threads so far (user + system)."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
 
 
 def _act(fns, state):
@@ -110,8 +121,12 @@ def main(_):
   print(f"{'env':24s} {'sync SPS':>12s} {'overlap SPS':>12s} {'ratio':>7s}   (medians of {FLAGS.repeats} runs; "
         f"8 devices: {FLAGS.actor_devices} actors, {8 - FLAGS.actor_devices} learner; load {os.getloadavg()[0]:.1f})")
   for env_name in FLAGS.envs:
-    act_s, learn_s = stage_seconds(env_name)
-    print(f"{env_name:24s} stages alone: rollout+GAE {act_s * 1e3:.0f} ms, SGD {learn_s * 1e3:.0f} ms", flush=True)
+    act_s, learn_s, act_cpu, learn_cpu = stage_seconds(env_name)
+    # Overlap cannot beat the CPU time both stages need, spread over all cores: the bound on overlap / sync.
+    bound = (act_s + learn_s) / max(act_s, learn_s, (act_cpu + learn_cpu) / os.cpu_count())
+    print(f"{env_name:24s} stages alone: rollout+GAE {act_s * 1e3:.0f} ms on {act_cpu / act_s:.2f} cores, SGD "
+          f"{learn_s * 1e3:.0f} ms on {learn_cpu / learn_s:.2f} cores -> overlap / sync <= {bound:.2f} on "
+          f"{os.cpu_count()} cores", flush=True)
     sps = {"sync": [], "overlap": []}
     for _ in range(FLAGS.repeats):
       for mode in ("sync", "overlap"):
