@@ -37,13 +37,10 @@ def pack(batch) -> Rows:
     if dtype.itemsize > 4:
       raise TypeError(f"batch_rows packs 32-bit or narrower leaves, got {dtype}")
     flat = x.reshape(x.shape[:2] + (-1,))
-    if dtype == np.float32:
-      pass
-    elif dtype.itemsize == 4:  # 32-bit integers: low and high 16 bits
+    if dtype != np.float32 and dtype.itemsize == 4:  # 32-bit integers: low and high 16 bits
       bits = jax.lax.bitcast_convert_type(flat, jnp.uint32)
-      flat = jnp.concatenate([bits & 0xFFFF, bits >> 16], axis=-1).astype(jnp.float32)
-    else:
-      flat = flat.astype(jnp.float32)
+      flat = jnp.concatenate([bits & 0xFFFF, bits >> 16], axis=-1)
+    flat = flat.astype(jnp.float32)
     parts.append(flat)
     columns.append((offset, x.shape[2:], dtype))  # 2 × the elements wide for 32-bit integers
     offset += flat.shape[-1]
@@ -64,7 +61,12 @@ def unpack(rows: Rows, data: Float[Array, "M F"]):
   return jax.tree.unflatten(rows.treedef, leaves)
 
 
+def at(x: Array, idx: Int[Array, "M"]) -> Array:
+  """x [T, N, ...] at the flat (t, n) sample indices `idx` (t * N + n) -> [M, ...]."""
+  num_envs = x.shape[1]
+  return x[idx // num_envs, idx % num_envs]
+
+
 def take(rows: Rows, idx: Int[Array, "M"]) -> Float[Array, "M F"]:
   """The rows of the flat (t, n) sample indices `idx`."""
-  num_envs = rows.data.shape[1]
-  return rows.data[idx // num_envs, idx % num_envs]
+  return at(rows.data, idx)

@@ -1,8 +1,8 @@
 """The SGD stage: `update_epochs` passes over the batch, each split into `num_minibatches` random minibatches.
 
 Minibatches are gathered by index from the time-major batch rather than by materialising a shuffled copy, one
-chunk at a time (pipeline/sgd_chunks.py), from the batch packed as one row per sample (pipeline/batch_rows.py). The permutation is drawn over the global sample index
-(pipeline/permutation.py), so minibatch contents do not depend on the device layout. Optionally it also advances
+chunk at a time (pipeline/sgd_chunks.py), from the batch packed as one row per sample (pipeline/batch_rows.py). The
+permutation is drawn over the global sample index (pipeline/permutation.py), so minibatch contents do not depend on the device layout. Optionally it also advances
 PPO-EWMA's proximal params after every optimizer step, and measures the first epoch's gradient noise
 (learner/diagnostics.py): each minibatch gradient is the mean of its chunks' gradients at the same params, so chunk
 and minibatch give the two batch sizes of B_simple for free.
@@ -40,8 +40,8 @@ def sgd_epochs(params, opt_state, batch: losses.Minibatch, key: jax.Array, *, lo
   def minibatch_step(carry, idx):
     params, opt_state, proximal = carry
     fn = loss_fn if proximal is None else functools.partial(loss_fn, proximal_params=proximal.params)
-    out = sgd_chunks.minibatch_grad(params, rows, batch.advantage, idx, loss_fn=fn, chunk_size=chunk_size, constrain=constrain,
-                                    chunk_sq_norms=track_grad_noise)
+    out = sgd_chunks.minibatch_grad(params, rows, batch.advantage, idx, loss_fn=fn, chunk_size=chunk_size,
+                                    constrain=constrain, chunk_sq_norms=track_grad_noise)
     grads, aux = out[:2]
     noise = (out[2], diagnostics.sq_norm(grads)) if track_grad_noise else ()
     updates, opt_state = optimizer.update(grads, opt_state, params)

@@ -27,11 +27,10 @@ def minibatch_grad(params, rows: batch_rows.Rows, advantage: Float[Array, "T N"]
   With `chunk_sq_norms` it returns (grads, LossAux, mean over chunks of |chunk gradient|²): the chunks are disjoint
   random subsets of the minibatch at the same params, the small batch of the gradient noise scale.
   """
-  num_envs = advantage.shape[1]
   minibatch_size = idx.shape[0]
   num_chunks = minibatch_size // chunk_size
   take = lambda i: batch_rows.unpack(rows, constrain(batch_rows.take(rows, i)))
-  advantage = constrain(advantage[idx // num_envs, idx % num_envs])
+  advantage = constrain(batch_rows.at(advantage, idx))
   stats = (advantage.mean(), advantage.std())
   grad_fn = jax.grad(lambda p, mb: loss_fn(p, mb, advantage_stats=stats), has_aux=True)
   if num_chunks == 1:
