@@ -62,7 +62,8 @@ def test_batch_rows_round_trip_is_exact(devices):
   k = jax.random.split(jax.random.PRNGKey(0), 3)
   batch = {"obs": jax.random.normal(k[0], (6, 8, 2, 3)),
            "action": (jnp.arange(48, dtype=jnp.int32).reshape(6, 8) - 3) * (2**24 + 1),
-           "small": jnp.arange(48, dtype=jnp.int32).reshape(6, 8) % 3, "flag": jax.random.bernoulli(k[1], 0.5, (6, 8)),
+           "small": jnp.arange(48, dtype=jnp.int32).reshape(6, 8) % 3,
+           "flag": jax.random.bernoulli(k[1], 0.5, (6, 8)),
            "half": jax.random.normal(k[2], (6, 8, 4)).astype(jnp.bfloat16), "u": jnp.full((6, 8), 2**32 - 1, jnp.uint32)}
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:devices]), ("data",))
   split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
