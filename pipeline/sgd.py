@@ -4,9 +4,8 @@ Minibatches are gathered by index from the time-major batch rather than by mater
 chunk at a time (pipeline/sgd_chunks.py), from the batch packed as one row per sample (pipeline/batch_rows.py). The
 permutation is drawn over the global sample index (pipeline/permutation.py), so minibatch contents do not depend on
 the device layout. Optionally it also advances PPO-EWMA's proximal params after every optimizer step, and measures
-the first epoch's gradient noise
-(learner/diagnostics.py): each minibatch gradient is the mean of its chunks' gradients at the same params, so chunk
-and minibatch give the two batch sizes of B_simple for free.
+the first epoch's gradient noise (learner/diagnostics.py): each minibatch gradient is the mean of its chunks'
+gradients at the same params, so chunk and minibatch give the two batch sizes of B_simple for free.
 """
 from __future__ import annotations
 
