@@ -17,10 +17,14 @@ from pipeline import iteration as iteration_lib
 from pipeline import batch_rows, permutation, sgd_chunks
 
 
-@pytest.mark.parametrize("n", [1, 2, 7, 1000, 4096])
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 1000, 4096, 100_003])
 def test_permutation_is_a_permutation(n):
   perm = np.asarray(permutation.random_permutation(jax.random.PRNGKey(n), n))
   assert perm.dtype == np.int32 and sorted(perm) == list(range(n))
+
+
+def _chi2_quantile_999(dof):  # Wilson-Hilferty: the 99.9% quantile of chi-square with `dof` degrees of freedom
+  return dof * (1 - 2 / (9 * dof) + 3.0902 * np.sqrt(2 / (9 * dof)))**3
 
 
 def test_permutation_is_uniform():
@@ -30,9 +34,37 @@ def test_permutation_is_uniform():
   counts = np.bincount([index[tuple(d)] for d in np.asarray(draws)], minlength=24)
   chi2 = ((counts - 500.0)**2 / 500.0).sum()
   assert chi2 < 49.7  # the 99.9% quantile of chi-square with 23 degrees of freedom
+  # Every element equally likely at every position, for sizes that are and are not powers of two.
+  for n, draws in [(3, 6000), (8, 8000), (100, 10000), (1024, 20000)]:
+    perms = np.asarray(jax.vmap(lambda k: permutation.random_permutation(k, n))(
+        jax.random.split(jax.random.PRNGKey(n), draws)))
+    counts = np.zeros((n, n))
+    np.add.at(counts, (perms, np.broadcast_to(np.arange(n), perms.shape)), 1)
+    chi2 = ((counts - draws / n)**2 / (draws / n)).sum()
+    assert chi2 < _chi2_quantile_999((n - 1)**2), n
   # Positions are uncorrelated with the index in a large permutation, and keys differ per call.
   a, b = (np.asarray(permutation.random_permutation(jax.random.PRNGKey(s), 100_000)) for s in (1, 2))
   assert abs(np.corrcoef(a, np.arange(100_000))[0, 1]) < 0.02 and (a != b).mean() > 0.99
+
+
+def test_permutation_minibatches_are_random_subsets():
+  # A [T=16, N=256] batch in 4 minibatches (the SGD's use): over 400 epochs' keys, the time steps in a minibatch are
+  # hypergeometric, and neighbours in time or across envs share a minibatch as often as any two samples (≈ 1/4):
+  # a Feistel network whose halves (time step, env) did not mix would fail both.
+  T, N, K, epochs = 16, 256, 4, 400
+  perms = jax.vmap(lambda k: permutation.random_permutation(k, T * N))(jax.random.split(jax.random.PRNGKey(5), epochs))
+  minibatch = np.empty((epochs, T * N), np.int64)
+  np.put_along_axis(minibatch, np.asarray(perms), np.repeat(np.arange(K), T * N // K)[None], axis=1)
+  minibatch = minibatch.reshape(epochs, T, N)
+  per_step = np.stack([(minibatch == k).sum(2) for k in range(K)], 1)  # [epochs, K, T]
+  expected = N / K
+  M = T * N // K  # hypergeometric: M draws from T * N samples, N of them from step t
+  var = M * N * (T * N - N) * (T * N - M) / ((T * N)**2 * (T * N - 1))
+  chi2 = ((per_step - expected)**2 / var).sum()
+  assert chi2 < _chi2_quantile_999(epochs * K * T), chi2
+  same = (M - 1) / (T * N - 1)
+  for shared in ((minibatch[:, 1:] == minibatch[:, :-1]).mean(), (minibatch[:, :, 1:] == minibatch[:, :, :-1]).mean()):
+    assert abs(shared - same) < 0.01, shared
 
 
 @pytest.mark.parametrize("features,inputs", [(64, 4), (2, 64), (1, 64), (64, 64)])
