@@ -40,6 +40,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from launch import config_lib
@@ -505,15 +506,16 @@ class RunCheckpoints:
 def read_params(path: str, target: Any) -> Any:
   """The params of the newest checkpoint under `path` (a run's workdir, its checkpoints/ or one step directory),
   placed with `target`'s shardings. Raises ConfigError if there are none or they do not fit `target`."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    directory, step = os.path.join(path, "checkpoints"), None
-  elif os.path.basename(path).isdigit():
-    directory, step = os.path.dirname(path), int(os.path.basename(path))
+  path = workdir_lib.absolute(path)  # local or gs://...: file checks through etils.epath, as orbax's
+  root = epath.Path(path)
+  if (root / "checkpoints").is_dir():
+    directory, step = root / "checkpoints", None
+  elif root.name.isdigit():
+    directory, step = root.parent, int(root.name)
   else:
-    directory, step = path, None
+    directory, step = root, None
   prefix = f"config.restore_from={path!r}"
-  if not os.path.isdir(directory):
+  if not directory.is_dir():
     raise config_lib.ConfigError(f"{prefix}: no such directory")
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
   step = manager.latest_step() if step is None else step

@@ -10,6 +10,7 @@ import glob
 import hashlib
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -309,6 +310,13 @@ def test_restore_from_starts_a_new_run_from_params_only(baseline, tmp_path):
   assert "['params']['actor']['Dense_0']['kernel']: (4, 16) there, (4, 8) here" in str(e.value)
   with pytest.raises(config_lib.ConfigError, match="holds no checkpoint"):
     checkpointing.read_params(str(tmp_path), other.state.params)
+  # One step's directory names that step; a path that is not there says so.
+  last = max(int(p.name) for p in (pathlib.Path(baseline) / "checkpoints").iterdir() if p.name.isdigit())
+  by_step = checkpointing.read_params(str(pathlib.Path(baseline) / "checkpoints" / str(last)), target.params)
+  for got, want in zip(jax.tree.leaves(by_step), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(got, want)
+  with pytest.raises(config_lib.ConfigError, match="no such directory"):
+    checkpointing.read_params(str(tmp_path / "missing"), target.params)
 
 
 def test_fingerprint_catches_any_bit_flip_and_ignores_the_layout():
