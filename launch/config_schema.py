@@ -1,8 +1,8 @@
 """Every config key, described once: default, type, one-line doc, validation rule and resume policy.
 
 launch/configs/default.py builds its ConfigDict from `SCHEMA`, launch/config_lib.py checks each key against its
-rule (rules that relate several keys or the devices stay there), and the resume check (launch/checkpointing.py) takes
-its must-match keys and free keys from here. List everything: `python -m launch.train --describe_config` (with
+rule (rules that relate several keys, the devices or the processes stay there), and the resume check takes its
+MUST_MATCH (key → reason) and FREE_KEYS from here. List everything: `python -m launch.train --describe_config` (with
 `--config=...` it shows that config's values), or `python -m launch.config_schema`.
 
 Resume policies — how a key may change when a run resumes from its own checkpoint:
