@@ -44,6 +44,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from launch import config_lib
+from launch import config_schema
 from launch import packed_arrays
 from launch import workdir as workdir_lib
 from learner import diagnostics
@@ -52,22 +53,10 @@ from pipeline.iteration import UpdateMetrics
 
 # Keys a resumed run must share with its checkpoint, and why. Other changed keys only log a warning (the run goes on,
 # but is no longer the uninterrupted run); those in FREE_KEYS do not change the trajectory at all.
-MUST_MATCH = {
-    "env_name": "the saved env states and observations belong to that env",
-    "num_envs": "there is one saved env state per env",
-    "network.hidden_sizes": "the saved params have these shapes",
-    "network.activation": "the saved params were trained for it",
-    "network.shared_trunk": "the saved params have this structure",
-    "anneal_lr": "the saved optimizer state has the schedule's step count only when annealing",
-    "seed": "the saved PRNG key continues that seed's run",
-    "ewma.enabled": "the saved state holds PPO-EWMA's proximal params only when it is on",
-    "obs_norm": "the saved runner holds observation statistics only when it is on",
-    "reset_pool.size": "the saved runner holds a reset pool of this size",
-}
+MUST_MATCH = config_schema.SCHEMA.must_match()  # key → reason; each key's resume policy is in launch/config_schema.py
 # pipeline.mode / max_policy_lag: fused and sync give identical results; only the overlap lag shapes the saved state
 # (stale params versions) and the run, so that is what must match (see `_policy_lag`).
-FREE_KEYS = ("log_every", "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints", "restore_from",
-             "mesh.data", "pipeline.actor_devices", "pipeline.mode", "pipeline.max_policy_lag")
+FREE_KEYS = config_schema.SCHEMA.free_keys()
 CHECKED_METRICS = ("policy_loss", "value_loss", "param_norm")
 
 # Test-only hook (tests/test_checkpoint.py): hold the async save of this update just before its atomic rename until

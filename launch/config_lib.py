@@ -1,6 +1,7 @@
 """Config validation and derived values, in one place.
 
-`resolve(config, num_devices)` checks every key before anything compiles and returns the derived settings
+`resolve(config, num_devices)` checks every key (its own rule from launch/config_schema.py, then the rules that
+relate keys, devices and processes) before anything compiles and returns the derived settings
 (batch and minibatch sizes, number of updates, the learning rate after the scaling rule). A bad value raises one
 ConfigError that names each offending key and the rule it breaks; the launcher prints it without a traceback.
 """
@@ -13,13 +14,8 @@ from typing import Any
 import ml_collections
 
 from envs import registry
-from launch.configs import default as default_config
-from learner import networks
+from launch.config_schema import SCHEMA
 from pipeline.iteration import PPOSettings
-
-
-PIPELINE_MODES = ("fused", "sync", "overlap")
-SCALING_RULES = ("none", "recipe", "fixed_minibatches", "sqrt_lr")
 
 
 class ConfigError(ValueError):
@@ -50,33 +46,28 @@ class Resolved:
     return self.num_updates * self.batch_size
 
 
-def _flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+def flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
   out = {}
   for k, v in cfg.items():
     if isinstance(v, ml_collections.ConfigDict):
-      out.update(_flat_keys(v, f"{prefix}{k}."))
+      out.update(flat_keys(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = v
   return out
 
 
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = False) -> list[str]:
+def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = False,
+          num_processes: int = 1) -> list[str]:
   """Returns one message per broken rule (empty if the config is valid).
 
-  `planning` (--dry_run) waives the rule that the run is at least one batch long, so sizes can be looked up for a
-  num_envs without also raising total_env_steps (`describe` reports it as a warning instead).
+  Each key's own rule comes from launch/config_schema.py; the rules relating several keys, the devices
+  (`num_devices` visible) or the processes (`num_processes`) are here. `planning` (--dry_run) waives the rule that
+  the run is at least one batch long, so sizes can be looked up for a num_envs without also raising total_env_steps
+  (`describe` reports it as a warning instead).
   """
   errors: list[str] = []
-  flat = _flat_keys(config)
-  schema = _flat_keys(default_config.get_config())
+  flat = flat_keys(config)
+  schema = SCHEMA.names()
   for key in sorted(set(flat) - set(schema)):
     errors.append(f"config.{key}: unknown key (known keys are those of launch/configs/default.py)")
   for key in sorted(set(schema) - set(flat)):
@@ -87,75 +78,40 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
   def err(key, rule):
     errors.append(f"config.{key}={flat[key]!r}: {rule}")
 
-  for key in ("num_envs", "num_steps", "total_env_steps", "update_epochs", "sgd_chunk_size", "log_every",
-              "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints", "scaling.base_num_envs"):
-    if not _is_int(flat[key]) or flat[key] <= 0:
-      err(key, "must be a positive integer")
+  invalid = set()
+  for key in SCHEMA:  # each key's own rule (launch/config_schema.py)
+    message = key.rule(flat[key.name])
+    if message:
+      err(key.name, message)
+      invalid.add(key.name)
+
+  def valid(*keys):  # the rules below relate several keys (or the devices); each needs its keys' own rules to hold
+    return not invalid.intersection(keys)
+
   # Exactly one of num_minibatches / minibatch_size is set (> 0); the other is derived.
-  if not _is_int(flat["minibatch_size"]) or flat["minibatch_size"] < 0:
-    err("minibatch_size", "must be a non-negative integer (0 = derive it from num_minibatches)")
-  elif not _is_int(flat["num_minibatches"]) or flat["num_minibatches"] < 0 or (
-      flat["num_minibatches"] == 0 and flat["minibatch_size"] == 0):
-    err("num_minibatches", "must be a positive integer")
-  elif flat["num_minibatches"] > 0 and flat["minibatch_size"] > 0:
-    err("minibatch_size", "exactly one of num_minibatches / minibatch_size may be set (the other is derived); "
-        "set the other to 0")
-  if flat["scaling.rule"] not in SCALING_RULES:
-    err("scaling.rule", f"must be one of {list(SCALING_RULES)}")
-  for key in ("diagnostics.enabled", "ewma.enabled"):
-    if not isinstance(flat[key], bool):
-      err(key, "must be True or False")
-  if not _is_number(flat["diagnostics.kl_quantile"]) or not 0 < flat["diagnostics.kl_quantile"] < 1:
-    err("diagnostics.kl_quantile", "must be in (0, 1)")
-  if not _is_number(flat["ewma.center_of_mass"]) or flat["ewma.center_of_mass"] < 0:
-    err("ewma.center_of_mass", "must be a non-negative number (0 = the current params)")
-  for key in ("learning_rate", "clip_eps", "max_grad_norm"):
-    if not _is_number(flat[key]) or flat[key] <= 0:
-      err(key, "must be a positive number")
-  for key in ("ent_coef", "vf_coef"):
-    if not _is_number(flat[key]) or flat[key] < 0:
-      err(key, "must be a non-negative number")
-  for key in ("gamma", "gae_lambda"):
-    if not _is_number(flat[key]) or not 0 <= flat[key] <= 1:
-      err(key, "must be in [0, 1]")
-  if not _is_int(flat["seed"]):
-    err("seed", "must be an integer")
-  if not isinstance(flat["restore_from"], str):
-    err("restore_from", "must be a path (a run's workdir, its checkpoints/ dir or one step dir), or '' for none")
-  if not isinstance(flat["anneal_lr"], bool):
-    err("anneal_lr", "must be True or False")
-  if not isinstance(flat["obs_norm"], bool):
-    err("obs_norm", "must be True or False")
-  if not _is_int(flat["reset_pool.size"]) or flat["reset_pool.size"] < 0:
-    err("reset_pool.size", "must be a non-negative integer (0 turns the pool off)")
-  if not _is_int(flat["reset_pool.refresh"]) or flat["reset_pool.refresh"] <= 0:
-    err("reset_pool.refresh", "must be a positive integer")
-  elif _is_int(flat["reset_pool.size"]) and flat["reset_pool.size"] > 0 and (
-      flat["reset_pool.size"] % flat["reset_pool.refresh"]):
+  if valid("num_minibatches", "minibatch_size"):
+    if flat["num_minibatches"] == 0 and flat["minibatch_size"] == 0:
+      err("num_minibatches", SCHEMA["num_minibatches"].rule.message)
+    elif flat["num_minibatches"] > 0 and flat["minibatch_size"] > 0:
+      err("minibatch_size", "exactly one of num_minibatches / minibatch_size may be set (the other is derived); "
+          "set the other to 0")
+  if valid("reset_pool.size", "reset_pool.refresh") and flat["reset_pool.size"] % flat["reset_pool.refresh"]:
     err("reset_pool.refresh", f"must divide reset_pool.size={flat['reset_pool.size']}")
-  if not isinstance(flat["network.shared_trunk"], bool):
-    err("network.shared_trunk", "must be True or False")
-  sizes = flat["network.hidden_sizes"]
-  if not isinstance(sizes, (tuple, list)) or not sizes or not all(_is_int(s) and s > 0 for s in sizes):
-    err("network.hidden_sizes", "must be a non-empty sequence of positive integers, e.g. (64, 64)")
-  if flat["network.activation"] not in networks.ACTIVATIONS:
-    err("network.activation", f"must be one of {sorted(networks.ACTIVATIONS)}")
-  data = flat["mesh.data"]
-  if not _is_int(data) or not (data == -1 or 1 <= data <= num_devices):
+  if valid("mesh.data") and flat["mesh.data"] > num_devices:
     err("mesh.data", f"must be -1 (all devices) or between 1 and the {num_devices} visible devices")
-  mode, lag, actor_devices = flat["pipeline.mode"], flat["pipeline.max_policy_lag"], flat["pipeline.actor_devices"]
-  if mode not in PIPELINE_MODES:
-    err("pipeline.mode", f"must be one of {list(PIPELINE_MODES)}")
-  if not _is_int(lag) or lag < (1 if mode == "overlap" else 0):
-    err("pipeline.max_policy_lag", "must be an integer >= 1 in overlap mode (>= 0 otherwise)")
-  if not _is_int(actor_devices) or actor_devices < 0:
-    err("pipeline.actor_devices", "must be a non-negative integer (0: actors and learner share the devices)")
-  elif actor_devices and mode == "fused":
+  mode, actor_devices = flat["pipeline.mode"], flat["pipeline.actor_devices"]
+  if valid("pipeline.max_policy_lag") and mode == "overlap" and flat["pipeline.max_policy_lag"] < 1:
+    err("pipeline.max_policy_lag", SCHEMA["pipeline.max_policy_lag"].rule.message)
+  if valid("pipeline.actor_devices") and actor_devices and mode == "fused":
     err("pipeline.actor_devices", "separate actor devices need pipeline.mode sync or overlap")
-  try:
-    registry.make(flat["env_name"])
-  except (registry.UnknownEnvError, ImportError) as e:
-    err("env_name", str(e))
+  if valid("pipeline.mode") and num_processes > 1 and mode != "fused":
+    err("pipeline.mode", f"the staged pipeline (sync / overlap) runs in one process only, this run has "
+        f"{num_processes}; use pipeline.mode='fused' with several processes")
+  if valid("env_name"):
+    try:
+      registry.make(flat["env_name"])
+    except (registry.UnknownEnvError, ImportError) as e:
+      err("env_name", str(e))
   if errors:  # the divisibility rules below assume the basic types are right
     return errors
 
@@ -243,12 +199,14 @@ def _shards(flat: dict[str, Any], num_devices: int) -> tuple[int, int, int]:
   return (shards, actor_devices, shards - actor_devices) if actor_devices else (shards, shards, shards)
 
 
-def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool = False) -> Resolved:
-  """Validates `config` for `num_devices` visible devices and derives the run's sizes. Raises ConfigError."""
-  errors = check(config, num_devices, planning)
+def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool = False,
+            num_processes: int = 1) -> Resolved:
+  """Validates `config` for `num_devices` visible devices (of `num_processes` processes, jax.process_count()) and
+  derives the run's sizes. Raises ConfigError."""
+  errors = check(config, num_devices, planning, num_processes)
   if errors:
     raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
-  flat = _flat_keys(config)
+  flat = flat_keys(config)
   scaled = _scale(flat, _shards(flat, num_devices)[2], [])
   batch_size = config.num_envs * config.num_steps
   num_updates = config.total_env_steps // batch_size
@@ -270,8 +228,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool 
 
 def unknown_override_keys(args: list[str]) -> list[str]:
   """The `--config.KEY=VALUE` command-line overrides whose KEY is not in the schema."""
-  schema = _flat_keys(default_config.get_config())
-  prefixes = {k.rsplit(".", i)[0] for k in schema for i in range(k.count(".") + 1)}
+  prefixes = {k.rsplit(".", i)[0] for k in SCHEMA.names() for i in range(k.count(".") + 1)}
   unknown = []
   for arg in args:
     if arg.startswith("--config."):
@@ -281,9 +238,9 @@ def unknown_override_keys(args: list[str]) -> list[str]:
   return unknown
 
 
-def describe(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, Any]:
+def describe(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> dict[str, Any]:
   """The fully resolved config as plain JSON-able data: every key plus the derived values."""
-  resolved = resolve(config, num_devices, planning=True)
+  resolved = resolve(config, num_devices, planning=True, num_processes=num_processes)
   out = config.to_dict()
   out["network"]["hidden_sizes"] = list(out["network"]["hidden_sizes"])
   out["derived"] = {
@@ -298,6 +255,7 @@ def describe(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, A
       "total_gradient_steps": resolved.total_gradient_steps,
       "max_policy_lag": resolved.max_policy_lag,
       "num_devices": num_devices,
+      "num_processes": num_processes,
   }
   if resolved.num_updates == 0:  # waived for planning; a real run rejects it
     out["warnings"] = [f"config.total_env_steps={config.total_env_steps} is less than one batch "

@@ -2,6 +2,7 @@
 
   python -m launch.train --workdir=DIR [--config=launch/configs/NAME.py[:ARG]] [--config.KEY=VALUE ...]
   python -m launch.train --workdir=DIR --dry_run ...   # print the resolved config as JSON and exit
+  python -m launch.train --describe_config [--config=...]   # every key: value, type, doc, rule, resume policy
 
 Exit codes: 0 done; 2 invalid config or flags, or a workdir whose checkpoints cannot be resumed with this config (one
 message naming each bad key, no traceback); 3 stopped by SIGTERM/SIGINT/preemption after saving a checkpoint (rerun
@@ -15,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from launch import config_lib
+from launch import config_lib, config_schema
 
 EXIT_CONFIG_ERROR = 2
 EXIT_PREEMPTED = 3
@@ -42,6 +43,8 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a 
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.DEFINE_bool("dry_run", False, "Validate the config, print it fully resolved as one JSON object, and exit.")
+flags.DEFINE_bool("describe_config", False, "Print every config key (this config's value, type, one-line doc, rule, "
+                  "resume policy; see launch/config_schema.py) and exit.")
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file, optionally FILE.py:ARG.", lock_config=True)
 
 
@@ -61,12 +64,15 @@ def main(argv):
     config.keys()  # config_flags defers a config file's load error to the first access
   except OSError as e:
     _fail(f"could not load --config: {e}")
+  if FLAGS.describe_config:
+    print(config_schema.SCHEMA.listing(config_lib.flat_keys(config)))
+    return
   from sharding import distributed  # pylint: disable=import-outside-toplevel
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   import jax  # pylint: disable=import-outside-toplevel
   try:
     if FLAGS.dry_run:
-      print(json.dumps(config_lib.describe(config, jax.device_count()), indent=2))
+      print(json.dumps(config_lib.describe(config, jax.device_count(), jax.process_count()), indent=2))
       return
     if not FLAGS.workdir:
       _fail("--workdir is required")

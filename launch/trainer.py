@@ -56,7 +56,7 @@ def summarize(metrics: list[iteration_lib.UpdateMetrics]) -> dict[str, Any]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config`, writing metrics, TensorBoard and plots under `workdir`. Returns the last metrics row."""
-  resolved = config_lib.resolve(config, num_devices=jax.device_count())
+  resolved = config_lib.resolve(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   agent = build_agent(config, resolved)
   lead = jax.process_index() == 0
 

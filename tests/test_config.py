@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from launch import config_lib
+from launch import config_lib, config_schema
 from launch.configs import debug, default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,3 +180,78 @@ def test_suite_configs_and_debug_variants_are_complete(name):
                             and "pip install" in errors[0]), errors
   with pytest.raises(ValueError, match="unknown variant"):
     module.get_config("nope")
+
+
+def test_the_staged_pipeline_is_refused_with_several_processes():
+  for mode in ("sync", "overlap"):
+    config = _config()
+    config.pipeline.mode = mode
+    config_lib.resolve(config, 8)  # one process: fine
+    with pytest.raises(config_lib.ConfigError) as e:
+      config_lib.resolve(config, 8, num_processes=2)
+    assert str(e.value).splitlines()[1:] == [
+        f"  config.pipeline.mode={mode!r}: the staged pipeline (sync / overlap) runs in one process only, this run "
+        "has 2; use pipeline.mode='fused' with several processes"]
+  config_lib.resolve(_config(), 8, num_processes=2)  # fused: fine
+
+
+def _config_modules():
+  import importlib  # pylint: disable=import-outside-toplevel
+  for name in ("default", "debug", "brax", "kinetix", "craftax"):
+    module = importlib.import_module(f"launch.configs.{name}")
+    for arg in (None, "debug") if name in ("brax", "kinetix", "craftax") else (None,):
+      yield module.get_config(arg)
+
+
+def test_every_config_key_is_in_the_schema_with_a_resume_policy():
+  must_match, free = config_schema.SCHEMA.must_match(), config_schema.SCHEMA.free_keys()
+  for config in _config_modules():
+    for name in config_lib.flat_keys(config):
+      assert name in config_schema.SCHEMA, name
+      resume = config_schema.SCHEMA[name].resume
+      assert resume.policy in ("must_match", "warn", "free"), name
+      assert (name in must_match) == (resume.policy == "must_match") and (name in free) == (resume.policy == "free")
+      assert resume.policy != "must_match" or must_match[name]  # with the reason
+  # The policies the resume check applies (hand-written: moving a key between them changes what a resume allows).
+  assert set(must_match) == {"env_name", "num_envs", "seed", "anneal_lr", "obs_norm", "reset_pool.size",
+                             "network.hidden_sizes", "network.activation", "network.shared_trunk", "ewma.enabled"}
+  assert set(free) == {"log_every", "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints",
+                       "restore_from", "mesh.data", "pipeline.actor_devices", "pipeline.mode",
+                       "pipeline.max_policy_lag"}
+
+
+def test_the_schema_refuses_a_key_without_a_resume_policy_rule_or_doc():
+  rule = config_schema.positive_int()
+  config_schema.Key("k", 1, int, "a doc", rule, config_schema.WARN)
+  with pytest.raises(TypeError):
+    config_schema.Key("k", 1, int, "a doc", rule)  # pylint: disable=no-value-for-parameter
+  with pytest.raises(TypeError, match="resume must be"):
+    config_schema.Key("k", 1, int, "a doc", rule, None)
+  with pytest.raises(ValueError, match="needs the reason"):
+    config_schema.must_match("")
+  with pytest.raises(ValueError, match="one-line doc"):
+    config_schema.Key("k", 1, int, "", rule, config_schema.FREE)
+  with pytest.raises(ValueError, match="not a valid int"):
+    config_schema.Key("k", 0, int, "a doc", rule, config_schema.FREE)  # the default breaks its own rule
+  with pytest.raises(ValueError, match="defined twice"):
+    config_schema.Schema(config_schema.Key("k", 1, int, "a doc", rule, config_schema.FREE),
+                         config_schema.Key("k", 2, int, "a doc", rule, config_schema.FREE))
+
+
+def test_default_config_is_the_schema_defaults():
+  assert config_lib.flat_keys(default.get_config()) == {k.name: k.default for k in config_schema.SCHEMA}
+
+
+@pytest.mark.parametrize("name", config_schema.SCHEMA.names())
+def test_every_key_is_checked_by_its_own_rule(name):
+  """None breaks every key's rule; check reports exactly that key, with the schema's message."""
+  assert _errors(**{name: None}) == [f"config.{name}=None: {config_schema.SCHEMA[name].rule.message}"]
+
+
+def test_describe_config_lists_every_key_with_this_configs_values():
+  proc = _launch("--describe_config", "--config=launch/configs/debug.py")
+  assert proc.returncode == 0, proc.stderr
+  for key in config_schema.SCHEMA:
+    assert f"\n{key.name}: {key.type.__name__} = " in proc.stdout
+  assert "\nnum_envs: int = 8 (default 32)\n    parallel envs, split over the mesh's data axis\n" in proc.stdout
+  assert "resume: must_match (there is one saved env state per env)" in proc.stdout
