@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.experimental import multihost_utils
 
-from launch import checkpointing, config_lib, local, preemption, trainer
+from launch import checkpoint, config_lib, local, preemption, trainer
 from launch.configs import debug
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
@@ -259,7 +259,7 @@ def test_orbax_never_asks_the_preemption_sync_point(sync_point, tmp_path):
   config = debug.get_config()
   agent = trainer.build_agent(config, config_lib.resolve(config, jax.device_count()))
   state = jax.jit(lambda k: iteration_lib.init_train_state(agent, k, num_envs=config.num_envs))(jax.random.PRNGKey(0))
-  ckpts = checkpointing.RunCheckpoints(str(tmp_path), config)
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path), config)
   assert ckpts.maybe_save(dataflow.Snapshot(state=state), 3, [], [], 0.0, force=True)
   ckpts.close()
   assert os.path.isdir(ckpts.step_path(3)) and sync_point.calls == []
