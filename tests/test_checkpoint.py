@@ -440,6 +440,13 @@ def test_unfinished_interval_metrics_of_another_version_resume(tmp_path):
   row = trainer.summarize(list(resume.pending))
   assert np.isnan(row["entropy"]) and np.isnan(row["kl_mean"]) and "retired_metric" not in row
   assert row["policy_loss"] == 1.5 and row["update_norm"] == 2.0 and row["episodes"] == 6
+  del saved["policy_loss"]  # one the non-finite guard checks: the interval's start is not carried on
+  with open(_host_file(str(tmp_path), 0), "w", encoding="utf-8") as f:
+    json.dump(host, f)
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path), config)
+  _, resume = ckpts.restore_or_init(init, target)
+  ckpts.close()
+  assert resume.update == 0 and resume.pending == () and resume.lags == ()
 
 
 def test_a_corrupt_step_on_a_gs_workdir_is_moved_aside(tmp_path, monkeypatch):

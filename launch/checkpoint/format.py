@@ -141,10 +141,14 @@ def metrics_to_json(metrics: list[UpdateMetrics]) -> dict[str, Any]:
           for name, value in (rows[0].items() if rows else ())}
 
 
-def metrics_from_json(data: dict[str, Any], with_diagnostics: bool) -> tuple[UpdateMetrics, ...]:
+def metrics_from_json(data: dict[str, Any], with_diagnostics: bool,
+                      required: tuple[str, ...] = ()) -> tuple[UpdateMetrics, ...] | None:
   """The saved metrics as this version's UpdateMetrics (with diagnostics when this run has them on), whatever
-  version saved them: a metric saved but no longer computed is dropped; one not saved is NaN, or 0 for COUNTS."""
+  version saved them: a metric saved but no longer computed is dropped; one not saved is NaN, or 0 for COUNTS.
+  None if one of `required` was not saved."""
   count = len(next(iter(data.values()))["values"]) if data else 0
+  if count and any(k not in data for k in required):
+    return None
   names = [f.name for f in dataclasses.fields(UpdateMetrics) if f.name != "diagnostics"]
   diag_names = [f.name for f in dataclasses.fields(diagnostics.Diagnostics)] if with_diagnostics else []
 

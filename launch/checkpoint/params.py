@@ -4,12 +4,14 @@ from __future__ import annotations
 from typing import Any
 
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 from launch import config_lib
 from launch import packed_arrays
 from launch import workdir as workdir_lib
 from launch.checkpoint import compat, format as format_lib
+from pipeline.dataflow import Snapshot
 
 PART = "params"  # the learner item's part that is read
 
@@ -56,3 +58,14 @@ def read_params(path: str, target: Any) -> Any:
   finally:
     manager.close()
   return packed_arrays.unpacker(target)(format_lib.part_words(packed, spans))
+
+
+def start_from(path: str, snapshot: Snapshot, target: Snapshot) -> Snapshot:
+  """A new run's `snapshot` with the params of the run at `path` (PPO-EWMA's average and the in-flight versions
+  start at them too)."""
+  params = read_params(path, target.state.params)
+  proximal = snapshot.state.proximal
+  proximal = None if proximal is None else proximal.replace(params=params)  # a fresh average: weight 1
+  logging.info("new run from the params of %s", path)
+  return Snapshot(state=snapshot.state.replace(params=params, proximal=proximal),
+                  stale_params=(params,) * len(target.stale_params))

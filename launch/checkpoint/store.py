@@ -25,15 +25,12 @@ from jax.experimental import multihost_utils
 from launch import config_lib
 from launch import packed_arrays
 from launch import workdir as workdir_lib
-from launch.checkpoint import compat, format as format_lib
-from launch.checkpoint.params import read_params
+from launch.checkpoint import agree, compat, format as format_lib, params as params_lib
 from launch.checkpoint.writer import Writer
 from pipeline.dataflow import Snapshot
 from pipeline.iteration import UpdateMetrics
 
 CHECKED_METRICS = ("policy_loss", "value_loss", "param_norm")  # the non-finite guard's
-# A step's outcome on one process, agreed on by all before any of them uses the step.
-_READABLE, _UNREADABLE, _INCOMPATIBLE = 0, 1, 2
 
 # Test-only hook (tests/test_checkpoint.py): hold the async save of this update just before its atomic rename until
 # a stop is requested, writing WORKDIR/test_holding_save_<update> first, so a test can signal or kill -9 the run
@@ -78,31 +75,6 @@ def _signature(tree: Any) -> tuple[Any, ...]:
 def _runner_shares_learner(snapshot: Snapshot) -> bool:
   learner_devices = snapshot.state.key.sharding.device_set
   return all(x.sharding.device_set == learner_devices for x in jax.tree.leaves(snapshot.state.runner))
-
-
-def move_tree(src: epath.Path, dst: epath.Path) -> None:
-  """Moves directory `src` to `dst` through etils.epath (local or gs://...): a rename where the file system has one
-  for directories, else copy and delete (object stores)."""
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  try:
-    src.rename(dst)
-    return
-  except Exception:  # pylint: disable=broad-except  (no directory rename here: copy, then delete)
-    if dst.exists():
-      dst.rmtree()
-  for root, _, files in src.walk():
-    here = dst / root.relative_to(src)
-    here.mkdir(parents=True, exist_ok=True)
-    for name in files:
-      (root / name).copy(here / name)
-  src.rmtree()
-
-
-def _agree(status: int) -> np.ndarray:
-  """Every process's status for one step (a collective: all processes call it, once per step tried)."""
-  if jax.process_count() == 1:
-    return np.array([status])
-  return np.asarray(multihost_utils.process_allgather(np.int32(status))).reshape(-1)
 
 
 class _CheckpointManager(ocp.CheckpointManager):
@@ -153,20 +125,20 @@ class RunCheckpoints:
     and used only if all could read it, so they resume from the same step.
     """
     failed = []
-    for step in self._steps():
-      status, error, read = _READABLE, None, None
+    for step in agree.steps(self._manager.all_steps()):
+      status, error, read = agree.READABLE, None, None
       try:
         read = self._read_step(step, target)  # this process's files only: no collective inside
       except config_lib.ConfigError as e:
-        status, error = _INCOMPATIBLE, e
+        status, error = agree.INCOMPATIBLE, e
       except Exception as e:  # pylint: disable=broad-except  (an unreadable step is skipped, never trusted)
-        status, error = _UNREADABLE, e
-      statuses = _agree(status)
-      others = [i for i, s in enumerate(statuses) if s != _READABLE and i != jax.process_index()]
-      if _INCOMPATIBLE in statuses:
-        raise error if status == _INCOMPATIBLE else config_lib.ConfigError(
+        status, error = agree.UNREADABLE, e
+      statuses = agree.statuses(status)
+      others = [i for i, s in enumerate(statuses) if s != agree.READABLE and i != jax.process_index()]
+      if agree.INCOMPATIBLE in statuses:
+        raise error if status == agree.INCOMPATIBLE else config_lib.ConfigError(
             f"cannot resume from {self.step_path(step)}: process {others[0]} refused it (see its log)")
-      if _UNREADABLE not in statuses:
+      if agree.UNREADABLE not in statuses:
         try:
           snapshot, resume = self._use_step(step, *read)  # the same collectives and outcome on every process
         except Exception as e:  # pylint: disable=broad-except
@@ -184,23 +156,8 @@ class RunCheckpoints:
           f"\n  move {self.directory} aside to start the run over")
     snapshot = init()
     if self._config.restore_from:
-      params = read_params(self._config.restore_from, target.state.params)
-      proximal = snapshot.state.proximal  # PPO-EWMA's average starts at them too (fresh weight 1)
-      proximal = None if proximal is None else proximal.replace(params=params)
-      snapshot = Snapshot(state=snapshot.state.replace(params=params, proximal=proximal),
-                          stale_params=(params,) * len(target.stale_params))
-      logging.info("new run from the params of %s", self._config.restore_from)
+      snapshot = params_lib.start_from(self._config.restore_from, snapshot, target)
     return snapshot, Resume()
-
-  def _steps(self) -> list[int]:
-    """The steps newest first; with several processes process 0's list, so that all try the same steps."""
-    steps = sorted(self._manager.all_steps(), reverse=True)
-    if jax.process_count() == 1:
-      return steps
-    count = int(multihost_utils.broadcast_one_to_all(np.int32(len(steps))))
-    mine = np.zeros(count, np.int32)
-    mine[:min(count, len(steps))] = steps[:count]
-    return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)] if count else []
 
   def _read_step(self, step: int, target: Snapshot):
     """The step's host record (checked: format, config, layout) and its arrays as this process reads them."""
@@ -230,26 +187,21 @@ class RunCheckpoints:
     snapshot = format_lib.snapshot(unpacked)
     if int(snapshot.state.update) != step or host["update"] != step:
       raise ValueError(f"holds update {int(snapshot.state.update)}, not {step}")
-    saved = host["pending_metrics"]
-    pending = format_lib.metrics_from_json(saved, with_diagnostics=self._config.diagnostics.enabled)
+    pending = format_lib.metrics_from_json(host["pending_metrics"], self._config.diagnostics.enabled, CHECKED_METRICS)
     lags = tuple(int(x) for x in host["pending_lags"])
-    missing = [k for k in CHECKED_METRICS if saved and k not in saved]
-    if missing:  # the non-finite guard needs them: the next row covers the updates from here on only
-      logging.warning("%s holds the unfinished log interval's metrics without %s; they are not carried on",
-                      self.step_path(step), ", ".join(missing))
+    if pending is None:  # the non-finite guard needs them: the next row covers the updates from here on only
+      logging.warning("%s: the unfinished log interval's metrics lack %s; not carried on", self.step_path(step),
+                      "/".join(CHECKED_METRICS))
       pending, lags = (), ()
-    if len(lags) != len(pending):
-      raise ValueError(f"{len(pending)} pending metrics but {len(lags)} policy lags")
     return snapshot, Resume(update=step, pending=pending, lags=lags, wall_time=float(host["wall_time"]))
 
   def _quarantine(self, step: int, error: BaseException) -> None:
     """Moves an unreadable step out of the way (not deleted: it may still be of use to a person)."""
-    stamp = int(time.time())
-    if jax.process_count() > 1:  # one name on every process, for the message
-      stamp = int(multihost_utils.broadcast_one_to_all(np.int32(stamp)))
+    stamp = int(time.time())  # on every process process 0's, for one name in the messages
+    stamp = int(multihost_utils.broadcast_one_to_all(np.int32(stamp))) if jax.process_count() > 1 else stamp
     dst = os.path.join(os.path.dirname(self.directory), "checkpoints_corrupt", f"{step}-{stamp}")
     if jax.process_index() == 0:
-      move_tree(epath.Path(self.step_path(step)), epath.Path(dst))
+      workdir_lib.move_tree(epath.Path(self.step_path(step)), epath.Path(dst))
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"quarantine_{step}")
     logging.warning("checkpoint %s is unreadable (%s); moved it to %s and fell back to the previous checkpoint",
