@@ -125,13 +125,6 @@ def packed_shapes(target: Any) -> dict[str, jax.ShapeDtypeStruct]:
                                   sharding=shardings[k]) for k, n in sizes.items()}
 
 
-def packer(example: Any):
-  """jit(pack) for pytrees placed like `example`: the packed arrays come out placed like their leaves."""
-  leaf_groups = groups(example)
-  out = {k: v.sharding for k, v in packed_shapes(example).items()}
-  return jax.jit(lambda tree: pack(tree, leaf_groups), out_shardings=out)
-
-
 def unpacker(target: Any):
   """jit(unpack) onto `target`'s shapes, dtypes and shardings."""
   leaf_groups = groups(target)

@@ -9,7 +9,7 @@ Several processes (jax.distributed initialised): JAX's preemption service owns S
 SIGTERM), and `reached_preemption_sync_point` makes every host stop after the same update — a local flag could differ
 between hosts and leave them saving different steps. The protocol: the signalled host posts a notice to the
 coordination service; every host reports the step id of its last `reached_preemption_sync_point` call; all stop at
-max + 1. So the loop must be its only caller (launch/checkpointing.py keeps orbax from calling it), with consecutive
+max + 1. So the loop must be its only caller (launch/checkpoint/store.py keeps orbax from calling it), with consecutive
 step ids that start from the same value on every host: the count of updates done by this process, 1, 2, ..., not the
 update number. A notice that arrives before the first call (during start-up or compilation) finds every counter at 0,
 and the stop is then after this process's first update, whatever update the run resumed from.

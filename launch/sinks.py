@@ -113,16 +113,5 @@ def _replace_contents(path: epath.Path, lines: list[str]) -> None:
   tmp.replace(path)
 
 
-def truncate_jsonl(path: str | epath.PathLike, max_update: int) -> dict[str, Any] | None:
-  """Keeps the complete rows of `path` with update <= max_update (dropping a half-written last line); returns the
-  last row kept."""
-  path = epath.Path(path)
-  if not path.exists():
-    return None
-  kept = _kept_lines(path, max_update)
-  _replace_contents(path, kept)
-  return json.loads(kept[-1]) if kept else None
-
-
 def read_jsonl(path: str | epath.PathLike) -> list[dict[str, Any]]:
   return [json.loads(line) for line in epath.Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

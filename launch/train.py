@@ -76,13 +76,13 @@ def main(argv):
       return
     if not FLAGS.workdir:
       _fail("--workdir is required")
-    from launch import checkpointing, trainer  # pylint: disable=import-outside-toplevel
+    from launch import checkpoint, trainer  # pylint: disable=import-outside-toplevel
     try:
       row = trainer.train_and_evaluate(config, FLAGS.workdir)
-    except checkpointing.Preempted as e:
+    except checkpoint.Preempted as e:
       print(str(e), file=sys.stderr)
       sys.exit(EXIT_PREEMPTED)
-    except checkpointing.NonFiniteError as e:
+    except checkpoint.NonFiniteError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(EXIT_NONFINITE)
   except config_lib.ConfigError as e:

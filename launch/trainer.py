@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 import envs
-from launch import checkpointing, config_lib, plot, preemption, sinks, xla_options
+from launch import checkpoint, config_lib, plot, preemption, sinks, xla_options
 from learner import distributions, networks, optimizer as optimizer_lib
 from pipeline import evaluate as evaluate_lib
 from pipeline import dataflow
@@ -83,7 +83,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return dataflow.Snapshot(state=state, stale_params=(state.params,) * resolved.max_policy_lag)
 
   stop = preemption.StopRequest(workdir)
-  ckpts = checkpointing.RunCheckpoints(workdir, config, stop)
+  ckpts = checkpoint.RunCheckpoints(workdir, config, stop)
   target = jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d), state_shapes,
                         state_shardings)
   try:
@@ -182,7 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     stop.close()
     out.close()
   if stopped:
-    raise checkpointing.Preempted(update, ckpts.step_path(update))
+    raise checkpoint.Preempted(update, ckpts.step_path(update))
   if lead:
     plot.plot_runs([workdir], f"{workdir}/learning_curve.png")
   return row

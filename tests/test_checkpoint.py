@@ -2,9 +2,10 @@
 counts, corrupted checkpoints, incompatible configs, non-finite training, and `restore_from`.
 
 Runs are `python -m launch.train` subprocesses of one 12-update debug config; a persistent compilation cache shared
-by the module keeps each to a few seconds. Test-only env hooks (launch/preemption.py, launch/checkpointing.py) pause
+by the module keeps each to a few seconds. Test-only env hooks (launch/preemption.py, launch/checkpoint/store.py) pause
 the loop after an update, or hold an async save before its atomic rename, so that signals land at exact points.
 """
+import dataclasses
 import functools
 import glob
 import hashlib
@@ -21,10 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from etils.epath import testing as epath_testing
 from jax.sharding import PartitionSpec as P
 
-from launch import checkpointing, config_lib, packed_arrays, sinks, trainer
+from launch import checkpoint, config_lib, packed_arrays, sinks, trainer
+from launch.checkpoint import compat, format as format_lib
 from launch.configs import debug
+from learner import diagnostics as diagnostics_lib
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
 from sharding import Layout, make_mesh
@@ -185,20 +189,21 @@ def test_overlap_pipeline_resume_is_bit_exact(jax_cache, tmp_path):
   _wait_for(proc, f"{wd}/test_paused_at_5")
   err = _interrupt(proc, signal.SIGTERM)
   assert proc.returncode == 3, err[-3000:]
-  paths = [path for path, *_ in _host(wd, 5)["layout"]["learner"]]  # (params, rest of the state, stale params)
-  params, stale = [p for p in paths if p.startswith("[0]")], [p for p in paths if p.startswith("[2]")]
-  assert [p.replace("[2][0]", "[0]", 1) for p in stale] == params  # one in-flight version
+  paths = [path for path, *_ in _host(wd, 5)["layout"]["learner"]]  # the learner's parts, by name
+  params = [p for p in paths if p.startswith("['params']")]
+  stale = [p for p in paths if p.startswith("['stale_params']")]
+  assert params and [p.replace("['stale_params'][0]", "['params']", 1) for p in stale] == params  # one version
   proc = _run(jax_cache, wd, *overlap)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _rows(wd) == _rows(whole) and _rows(whole)[-1]["policy_lag_max"] == 1
 
 
 def test_compatibility_rules():
-  saved = checkpointing.config_json(_debug_config())
-  checkpointing.check_compatible(_debug_config(**{"mesh.data": 8, "log_every": 2, "pipeline.mode": "sync"}), saved,
+  saved = compat.config_json(_debug_config())
+  compat.check_compatible(_debug_config(**{"mesh.data": 8, "log_every": 2, "pipeline.mode": "sync"}), saved,
                                  "here")  # placement, logging and fused <-> sync (identical results) may change
   with pytest.raises(config_lib.ConfigError) as e:
-    checkpointing.check_compatible(_debug_config(num_envs=16, seed=1, **{"pipeline.mode": "overlap"}), saved, "X")
+    compat.check_compatible(_debug_config(num_envs=16, seed=1, **{"pipeline.mode": "overlap"}), saved, "X")
   assert str(e.value).splitlines()[:4] == [
       "cannot resume from X:",
       "  config.num_envs=16 does not match 8 in the checkpoint (there is one saved env state per env)",
@@ -291,7 +296,7 @@ def _state_target(config, mesh_devices):
 def test_restore_from_starts_a_new_run_from_params_only(baseline, tmp_path):
   config = _debug_config(restore_from=baseline)
   init, target = _state_target(config, 8)
-  ckpts = checkpointing.RunCheckpoints(str(tmp_path / "new"), config)
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path / "new"), config)
   snapshot, resume = ckpts.restore_or_init(init, target)
   ckpts.close()
   state, fresh, target = snapshot.state, init().state, target.state
@@ -305,43 +310,50 @@ def test_restore_from_starts_a_new_run_from_params_only(baseline, tmp_path):
       "Dense_0"]["kernel"].sharding
   _, other = _state_target(_debug_config(**{"network.hidden_sizes": (8,)}), 1)
   with pytest.raises(config_lib.ConfigError) as e:
-    checkpointing.read_params(baseline, other.state.params)
+    checkpoint.read_params(baseline, other.state.params)
   assert "its params do not fit this network" in str(e.value)
   assert "['params']['actor']['Dense_0']['kernel']: (4, 16) there, (4, 8) here" in str(e.value)
   with pytest.raises(config_lib.ConfigError, match="holds no checkpoint"):
-    checkpointing.read_params(str(tmp_path), other.state.params)
+    checkpoint.read_params(str(tmp_path), other.state.params)
   # One step's directory names that step; a path that is not there says so.
   last = max(int(p.name) for p in (pathlib.Path(baseline) / "checkpoints").iterdir() if p.name.isdigit())
-  by_step = checkpointing.read_params(str(pathlib.Path(baseline) / "checkpoints" / str(last)), target.params)
+  by_step = checkpoint.read_params(str(pathlib.Path(baseline) / "checkpoints" / str(last)), target.params)
   for got, want in zip(jax.tree.leaves(by_step), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(got, want)
   with pytest.raises(config_lib.ConfigError, match="no such directory"):
-    checkpointing.read_params(str(tmp_path / "missing"), target.params)
+    checkpoint.read_params(str(tmp_path / "missing"), target.params)
 
 
-def test_fingerprint_catches_any_bit_flip_and_ignores_the_layout():
+def _fingerprints(tree, devices):
+  """The fingerprints a save stores for `tree` split over `devices` (the production packer's)."""
+  placed = jax.device_put(tree, Layout(make_mesh(devices)).env_shardings(tree))
+  _, prints = format_lib.make_packer({"t": placed})({"t": placed})
+  return jax.tree.map(int, jax.device_get(prints))["t"]
+
+
+def test_fingerprint_catches_any_bit_flip_and_ignores_the_sharding():
   x = jnp.arange(64, dtype=jnp.float32).reshape(8, 8) / 7
-  tree = {"x": x, "i": jnp.arange(8, dtype=jnp.int32), "b": jnp.arange(16) % 3 == 0}
-  base = np.asarray(checkpointing.fingerprint(tree))
-  sharded = jax.device_put(tree, Layout(make_mesh(8)).env_shardings(tree))
-  np.testing.assert_array_equal(np.asarray(checkpointing.fingerprint(sharded)), base)
+  tree = {"x": x, "i": jnp.arange(8, dtype=jnp.int32), "b": jnp.arange(8) % 3 == 0}
+  base = _fingerprints(tree, 1)
+  assert set(base) == {"env_uint32", "env_uint8"} and _fingerprints(tree, 8) == base
   bits = np.asarray(x).view(np.uint32).copy()
   for index, bit in [(0, 0), (13, 31), (63, 7)]:
     flipped = bits.copy()
     flipped.flat[index] ^= np.uint32(1 << bit)
-    changed = dict(tree, x=jnp.asarray(flipped.view(np.float32)))
-    assert np.asarray(checkpointing.fingerprint(changed))[2] != base[2]  # leaves in key order: b, i, x
-  swapped = dict(tree, i=tree["i"][::-1])
-  assert not np.array_equal(np.asarray(checkpointing.fingerprint(swapped)), base)
+    changed = _fingerprints(dict(tree, x=jnp.asarray(flipped.view(np.float32))), 8)
+    assert changed["env_uint32"] != base["env_uint32"] and changed["env_uint8"] == base["env_uint8"]
+  assert _fingerprints(dict(tree, i=tree["i"][::-1]), 8)["env_uint32"] != base["env_uint32"]  # order counts
 
 
-def test_truncate_jsonl_drops_rows_past_the_checkpoint_and_a_cut_line(tmp_path):
+def test_metrics_rows_drop_rows_past_the_checkpoint_and_a_cut_line(tmp_path):
   path = str(tmp_path / "metrics.jsonl")
   with open(path, "w", encoding="utf-8") as f:
     f.write('{"update": 4, "a": 1}\n{"update": 8, "a": 2}\n{"update": 12, "a": 3}\n{"update": 16, "a"')
-  assert sinks.truncate_jsonl(path, 8) == {"update": 8, "a": 2}
+  jsonl = sinks.JsonlFile(path, resume_update=8)  # what MetricsSinks keeps on resume
+  jsonl.close()
   assert sinks.read_jsonl(path) == [{"update": 4, "a": 1}, {"update": 8, "a": 2}]
-  assert sinks.truncate_jsonl(path, 0) is None and sinks.read_jsonl(path) == []
+  sinks.JsonlFile(path, resume_update=0).close()
+  assert sinks.read_jsonl(path) == []
 
 
 def test_packing_round_trips_every_bit_and_restores_onto_other_device_counts():
@@ -358,7 +370,7 @@ def test_packing_round_trips_every_bit_and_restores_onto_other_device_counts():
   shardings = jax.tree.map(lambda _: layout8.replicated, tree)
   shardings["envs"] = layout8.env_shardings(tree["envs"])
   tree = jax.device_put(tree, shardings)
-  packed = packed_arrays.packer(tree)(tree)
+  packed = format_lib.make_packer({"tree": tree})({"tree": tree})[0]["tree"]  # what a save packs
   # One array per placement and word size; the env-split ones stay split like their leaves (no data moved).
   assert {k: (v.shape, v.sharding.spec) for k, v in packed.items()} == {
       "flat_uint32": ((9 + 2 + 2 + 1,), P()), "env_uint8": ((16, 1 + 3), P("data", None)),
@@ -378,7 +390,7 @@ def test_packing_round_trips_every_bit_and_restores_onto_other_device_counts():
         got, original = jax.random.key_data(got), jax.random.key_data(original)
       np.testing.assert_array_equal(np.atleast_1d(got).view(np.uint8), np.atleast_1d(original).view(np.uint8))
   with pytest.raises(config_lib.ConfigError) as e:  # another structure is refused by name, not read as garbage
-    checkpointing.check_layout({"params": {"w": jax.ShapeDtypeStruct((4, 8), jnp.float32, sharding=layout8.replicated)}},
+    compat.check_layout({"params": {"w": jax.ShapeDtypeStruct((4, 8), jnp.float32, sharding=layout8.replicated)}},
                                {"params": packed_arrays.layout({"w": tree["params"]})}, "X")
   assert str(e.value).splitlines()[1] == "  params['w']: (3, 3) there, (4, 8) here"
 
@@ -393,13 +405,84 @@ def _sharding_at(shardings, path):
 def test_a_non_finite_queued_save_is_never_written_and_is_raised(tmp_path):
   config = _debug_config(checkpoint_every=1)
   init, _ = _state_target(config, 1)
-  ckpts = checkpointing.RunCheckpoints(str(tmp_path), config)
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path), config)
   fine = iteration_lib.UpdateMetrics(*(jnp.float32(1.0),) * 8)
   assert ckpts.maybe_save(init(), 3, [fine, fine.replace(value_loss=jnp.float32(np.nan))], [0, 0], 0.0)
-  with pytest.raises(checkpointing.NonFiniteError, match="non-finite loss or params at update 3"):
+  with pytest.raises(checkpoint.NonFiniteError, match="non-finite loss or params at update 3"):
     ckpts.close()  # or the next maybe_save: a due save's checks run in the writer thread
   assert not os.path.exists(ckpts.step_path(3))
-  ckpts = checkpointing.RunCheckpoints(str(tmp_path), config)
-  with pytest.raises(checkpointing.NonFiniteError, match="at update 4"):  # a forced save checks before returning
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path), config)
+  with pytest.raises(checkpoint.NonFiniteError, match="at update 4"):  # a forced save checks before returning
     ckpts.maybe_save(init(), 4, [fine.replace(param_norm=jnp.inf)], [0], 0.0, force=True)
   ckpts.close()
+
+
+def test_unfinished_interval_metrics_of_another_version_resume(tmp_path):
+  """A step saved by a version with other metrics (one since retired, two not yet computed) resumes: the retired one
+  is dropped, the missing ones are NaN in the restored updates (so in the next row), the rest exact."""
+  config = _debug_config(checkpoint_every=1)
+  init, target = _state_target(config, 1)
+  diag = diagnostics_lib.Diagnostics(*(jnp.float32(2.0),) * len(dataclasses.fields(diagnostics_lib.Diagnostics)))
+  metrics = iteration_lib.UpdateMetrics(*(jnp.float32(1.5),) * 7, episode_count=jnp.int32(3), diagnostics=diag)
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path), config)
+  ckpts.maybe_save(init(), 0, [metrics, metrics], [0, 0], 1.0, force=True)
+  ckpts.close()
+  host = _host(str(tmp_path), 0)
+  saved = host["pending_metrics"]
+  saved["retired_metric"] = saved.pop("entropy")
+  del saved["diagnostics.kl_mean"]
+  with open(_host_file(str(tmp_path), 0), "w", encoding="utf-8") as f:
+    json.dump(host, f)
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path), config)
+  _, resume = ckpts.restore_or_init(init, target)
+  ckpts.close()
+  assert resume.update == 0 and resume.lags == (0, 0) and len(resume.pending) == 2
+  row = trainer.summarize(list(resume.pending))
+  assert np.isnan(row["entropy"]) and np.isnan(row["kl_mean"]) and "retired_metric" not in row
+  assert row["policy_loss"] == 1.5 and row["update_norm"] == 2.0 and row["episodes"] == 6
+  del saved["policy_loss"]  # one the non-finite guard checks: the interval's start is not carried on
+  with open(_host_file(str(tmp_path), 0), "w", encoding="utf-8") as f:
+    json.dump(host, f)
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path), config)
+  _, resume = ckpts.restore_or_init(init, target)
+  ckpts.close()
+  assert resume.update == 0 and resume.pending == () and resume.lags == ()
+
+
+def test_a_corrupt_step_on_a_gs_workdir_is_moved_aside(tmp_path, monkeypatch):
+  """Quarantine through etils.epath: a fake gs://bucket (a local folder behind epath, with no directory rename, as
+  on object stores) holds the step; nothing may go through os/shutil on the URI."""
+  bucket, uri = tmp_path / "bucket", "gs://bucket/"
+  (tmp_path / "cwd").mkdir()
+  monkeypatch.chdir(tmp_path / "cwd")  # where os calls on "gs://..." would land
+  local = lambda p: str(bucket / os.fspath(p)[len(uri):]) if os.fspath(p).startswith(uri) else os.fspath(p)
+  remote = lambda p: uri + os.path.relpath(p, bucket) if str(p).startswith(str(bucket)) else p
+
+  def on(fn, path, *args, **kwargs):
+    return fn(local(path), *args, **kwargs)
+
+  def rename(fn, path, dst):
+    if os.path.isdir(local(path)) and os.fspath(path).startswith(uri):
+      raise OSError("this object store has no directory rename")
+    return fn(local(path), local(dst))
+
+  def walk(fn, top, **kwargs):
+    for root, dirs, files in fn(local(top), **kwargs):
+      yield remote(root), dirs, files
+
+  mocked = {k: on for k in ("exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove", "rmtree",
+                            "stat")}
+  step = bucket / "run" / "checkpoints" / "12"
+  (step / "arrays").mkdir(parents=True)
+  (step / "arrays" / "0.0").write_bytes(b"cut sho")
+  (step / "host.json").write_text("{}")
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path / "local"), _debug_config())
+  ckpts.directory = uri + "run/checkpoints"  # as for --workdir=gs://bucket/run
+  with epath_testing.mock_epath(**mocked, rename=rename, walk=walk,
+                                copy=lambda fn, p, dst, overwrite: fn(local(p), local(dst), overwrite=overwrite)):
+    ckpts._quarantine(12, ValueError("corrupted bytes"))  # pylint: disable=protected-access
+  ckpts.close()
+  assert not step.exists()
+  (moved,) = (bucket / "run" / "checkpoints_corrupt").iterdir()
+  assert moved.name.startswith("12-") and (moved / "arrays" / "0.0").read_bytes() == b"cut sho"
+  assert (moved / "host.json").read_text() == "{}" and not (tmp_path / "cwd" / "gs:").exists()

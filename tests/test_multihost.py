@@ -4,6 +4,7 @@ them at one update with an exact resume. A persistent compilation cache shared b
 """
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from jax.experimental import multihost_utils
 
-from launch import checkpointing, config_lib, local, preemption, trainer
+from launch import checkpoint, config_lib, local, preemption, trainer
 from launch.configs import debug
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
@@ -194,6 +195,25 @@ def test_sigterm_to_one_process_stops_both_at_one_update_and_resumes_exactly(two
   assert os.path.exists(f"{workdir}/learning_curve.png")
 
 
+def test_processes_agree_on_the_step_they_restore(two_processes, jax_cache, tmp_path):
+  """Step 10 is unreadable by process 1 only (a chunk of its env rows cut short): both skip it, resume from step 9 and
+  finish with the uninterrupted run's rows."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(two_processes, workdir)
+  chunk = f"{workdir}/checkpoints/10/arrays/runner.env_uint32/3.0"  # rows 6-7 of 8: process 1's second device
+  with open(chunk, "r+b") as f:
+    f.truncate(os.path.getsize(chunk) // 2)
+  logs = [str(tmp_path / f"p{i}.log") for i in (0, 1)]
+  codes, errs = _finish(_start_two(workdir, jax_cache, logs), logs, timeout=120)
+  assert codes == [0, 0], f"{errs[0][-3000:]}\n{errs[1][-3000:]}"
+  for err in errs:
+    assert f"checkpoint {workdir}/checkpoints/10 is unreadable" in err, err[-3000:]
+    assert f"resuming from {workdir}/checkpoints/9" in err, err[-3000:]
+  assert "unreadable by process [1]" in errs[0]
+  assert [d.split("-")[0] for d in os.listdir(f"{workdir}/checkpoints_corrupt")] == ["10"]
+  assert _rows(workdir) == _rows(two_processes) and _steps(workdir) == [9, 10]
+
+
 class _SyncPoint:
   """JAX's preemption protocol as one host sees it (xla/tsl/.../preemption_sync_manager.cc): each call records its step
   id; a notice sets the sync point to the last recorded id + 1 (the max over hosts; one host here)."""
@@ -259,7 +279,7 @@ def test_orbax_never_asks_the_preemption_sync_point(sync_point, tmp_path):
   config = debug.get_config()
   agent = trainer.build_agent(config, config_lib.resolve(config, jax.device_count()))
   state = jax.jit(lambda k: iteration_lib.init_train_state(agent, k, num_envs=config.num_envs))(jax.random.PRNGKey(0))
-  ckpts = checkpointing.RunCheckpoints(str(tmp_path), config)
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path), config)
   assert ckpts.maybe_save(dataflow.Snapshot(state=state), 3, [], [], 0.0, force=True)
   ckpts.close()
   assert os.path.isdir(ckpts.step_path(3)) and sync_point.calls == []
