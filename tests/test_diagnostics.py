@@ -1,6 +1,8 @@
 """Each outer-loop diagnostic against a brute-force computation on a small batch; PPO-EWMA's weights and loss."""
+import dataclasses
 import itertools
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,8 @@ from launch import trainer
 from launch.configs import debug
 from launch.sinks import read_jsonl
 from learner import diagnostics, distributions, ewma, losses
-from pipeline import permutation, sgd
+from learner.state import TrainState
+from pipeline import batch_rows, iteration, permutation, rollout, sgd, sgd_chunks
 
 
 
@@ -56,7 +59,7 @@ def test_update_diagnostics_against_brute_force():
   behaviour_head, value = _linear(old, obs)
   noise = diagnostics.GradNoiseStats(mean_small_sq=jnp.array(3.0), big_sq=jnp.array(1.0), b_small=4, b_big=12)
   d = diagnostics.compute(old, new, obs, behaviour_head, value, target, noise, apply_fn=_linear,
-                          dist=distributions.Categorical(A), kl_quantile=0.9)
+                          dist=distributions.Categorical(A), kl_quantile=0.9, key=jax.random.PRNGKey(0))
 
   o, W0, W1 = np.asarray(obs, np.float64), np.asarray(old["W"], np.float64), np.asarray(new["W"], np.float64)
   kls = []
@@ -95,10 +98,10 @@ def _mean_loss(w, mb, **_):
 def _grad_noise(batch, key, num_minibatches, chunk_size):
   """The SGD stage's B_simple inputs with the params held fixed (a zero optimizer)."""
   w = jnp.array([0.5, -1.0, 0.25], jnp.float32)
-  *_, noise = sgd.sgd_epochs(w, optax.set_to_zero().init(w), batch, key, loss_fn=_mean_loss,
-                             optimizer=optax.set_to_zero(), update_epochs=2, num_minibatches=num_minibatches,
-                             chunk_size=chunk_size, track_grad_noise=True)
-  return w, noise
+  result = sgd.sgd_epochs(w, optax.set_to_zero().init(w), batch, key, loss_fn=_mean_loss,
+                          optimizer=optax.set_to_zero(), update_epochs=2, num_minibatches=num_minibatches,
+                          chunk_size=chunk_size, track_grad_noise=True)
+  return w, result.grad_noise
 
 
 def test_grad_noise_scale_from_explicit_per_example_gradients():
@@ -125,6 +128,29 @@ def test_grad_noise_scale_from_explicit_per_example_gradients():
   np.testing.assert_allclose(np.mean(traces), cov_trace, rtol=0.03)
   full = np.sum(per_example.mean(0)**2)
   np.testing.assert_allclose(np.mean(sqs), full - cov_trace / (T * N), rtol=0.03)
+
+
+def test_sgd_results_are_named_whatever_the_options():
+  """The SGD stage and a minibatch's gradient return one named pytree each, the same type whether or not the
+  gradient noise is measured (not positional tuples whose length depends on a flag)."""
+  w, batch = jnp.array([0.5, -1.0, 0.25], jnp.float32), _regression_batch()
+  for track in (False, True):
+    result = sgd.sgd_epochs(w, optax.set_to_zero().init(w), batch, jax.random.PRNGKey(0), loss_fn=_mean_loss,
+                            optimizer=optax.set_to_zero(), update_epochs=1, num_minibatches=2, chunk_size=8,
+                            track_grad_noise=track)
+    assert type(result) is sgd.SGDResult
+    assert [f.name for f in dataclasses.fields(result)] == ["params", "opt_state", "loss", "proximal", "grad_noise"]
+    assert result.proximal is None and (type(result.grad_noise) is diagnostics.GradNoiseStats) == track
+    out = sgd_chunks.minibatch_grad(w, batch_rows.pack(batch), batch.advantage, jnp.arange(16), loss_fn=_mean_loss,
+                                    chunk_size=8, chunk_sq_norms=track)
+    assert type(out) is sgd_chunks.MinibatchGrad and (out.chunk_sq_norm is None) != track
+  # The state's and the metrics' optional parts are typed as what they hold (resolvable annotations, no Any).
+  hint = lambda cls, name, **names: eval(cls.__annotations__[name], vars(sys.modules[cls.__module__]), names)  # pylint: disable=eval-used
+  assert hint(TrainState, "runner", RunnerState=rollout.RunnerState) is rollout.RunnerState
+  assert hint(TrainState, "proximal") == hint(sgd.SGDResult, "proximal") == ewma.EWMAState | None
+  for cls in (iteration.UpdateMetrics, iteration.LearnAux):
+    assert hint(cls, "diagnostics") == diagnostics.Diagnostics | None
+  assert hint(sgd.SGDResult, "grad_noise") == diagnostics.GradNoiseStats | None
 
 
 def test_grad_noise_undefined_with_one_chunk():
@@ -227,9 +253,11 @@ def test_sgd_advances_ewma_after_every_optimizer_step():
                                           lambda g, s, p=None: (jax.tree.map(jnp.ones_like, g), s))
   w0, decay, K = jnp.array([0.5, -1.0, 0.25], jnp.float32), 0.6, 2 * 4
   loss = lambda w, mb, proximal_params=None, **_: _mean_loss(w, mb)
-  params, _, _, proximal, _ = sgd.sgd_epochs(w0, optax.EmptyState(), _regression_batch(), jax.random.PRNGKey(0),
-                                             loss_fn=loss, optimizer=plus_one, update_epochs=2, num_minibatches=4,
-                                             proximal=ewma.init(w0), ewma_decay=decay)
+  result = sgd.sgd_epochs(w0, optax.EmptyState(), _regression_batch(), jax.random.PRNGKey(0), loss_fn=loss,
+                          optimizer=plus_one, update_epochs=2, num_minibatches=4, proximal=ewma.init(w0),
+                          ewma_decay=decay)
+  assert isinstance(result, sgd.SGDResult) and result.grad_noise is None  # not tracked
+  params, proximal = result.params, result.proximal
   np.testing.assert_allclose(params, w0 + K)
   weights = decay**(K - np.arange(K + 1))
   np.testing.assert_allclose(proximal.params, w0 + weights @ np.arange(K + 1) / weights.sum(), rtol=1e-5)
