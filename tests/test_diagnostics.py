@@ -195,9 +195,15 @@ def test_grad_noise_undefined_with_one_chunk():
   assert np.all(np.isnan(diagnostics.noise_scale(noise)))
 
 
-def test_ewma_weights_by_hand():
+def test_ewma_weights_by_hand(monkeypatch):
+  from launch import config_lib  # pylint: disable=import-outside-toplevel
   decay = ewma.decay_from_center_of_mass(3.0)
   assert decay == 0.75
+  config = debug.get_config()
+  config.ewma.enabled, config.ewma.center_of_mass = True, 3.0
+  assert config_lib.resolve(config, 1).ppo.ewma_decay == decay
+  monkeypatch.setattr(ewma, "decay_from_center_of_mass", lambda com: 0.5)  # the run's decay comes from this function
+  assert config_lib.resolve(config, 1).ppo.ewma_decay == 0.5
   ages = np.arange(10000)
   np.testing.assert_allclose(np.sum(ages * (1 - decay) * decay**ages), 3.0)  # the mean age is the centre of mass
   history = [{"a": jnp.array([float(i), -float(i)]), "b": jnp.array(float(i)**2)} for i in (1, 2, 5, 7)]
