@@ -92,10 +92,12 @@ def sampled_quantile(x: Float[Array, "*B"], q: float, key: jax.Array,
   """The q-quantile of `x`, exact when x.size <= num_samples, else of `num_samples` entries drawn uniformly with
   replacement by `key`: a sort of at most `num_samples` values, whatever the batch size.
 
-  The draw is over the global flat index, so it does not depend on how `x` is placed on devices. Error: the
-  estimate is an entry of x whose rank (fraction of x below it) is q ± sqrt(q(1 − q) / num_samples) (one standard
-  deviation; 0.0012 for q = 0.9 and 65,536 samples), and by the Dvoretzky–Kiefer–Wolfowitz inequality every
-  quantile's rank is within ε of its target with probability ≥ 1 − 2 exp(−2 num_samples ε²) (ε = 0.01: 1 − 4e-6).
+  The draw is over the global flat index, so it does not depend on how `x` is placed on devices. Error, in rank
+  (the fraction of x below the estimate): q ± sqrt(q(1 − q) / num_samples) (one standard deviation; 0.0012 for
+  q = 0.9 and 65,536 samples), and by the Dvoretzky–Kiefer–Wolfowitz inequality the sample's distribution function
+  is within ε of x's everywhere with probability ≥ 1 − 2 exp(−2 num_samples ε²) (ε = 0.01: 1 − 4e-6). In value the
+  error is that rank error times the spread of x around its q-quantile (tests/test_diagnostics.py: 2^20 lognormal
+  values, 0.9 quantile within 2%).
   """
   flat = x.reshape(-1)
   if flat.size > num_samples:

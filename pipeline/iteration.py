@@ -164,7 +164,8 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
     if ppo.diagnostics:
       diagnostics = diagnostics_lib.compute(params, sgd.params, batch.obs, batch.behaviour_head, batch.value,
                                             batch.target, sgd.grad_noise, apply_fn=agent.apply, dist=agent.dist,
-                                            kl_quantile=ppo.kl_quantile, key=jax.random.fold_in(key, 1))
+                                            kl_quantile=ppo.kl_quantile,
+                                            key=jax.random.fold_in(key, 1))  # apart from the epochs' split(key)
     return sgd.params, sgd.opt_state, sgd.proximal, LearnAux(loss=sgd.loss, diagnostics=diagnostics)
 
   def metrics(aux: LearnAux, params, stats: rollout_lib.EpisodeStats) -> UpdateMetrics:
