@@ -15,6 +15,7 @@ import ml_collections
 
 from envs import registry
 from launch.config_schema import SCHEMA
+from learner import ewma
 from pipeline.iteration import PPOSettings
 
 
@@ -219,7 +220,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool 
                     sgd_chunk_size=chunk_size(config.sgd_chunk_size, scaled.minibatch_size, config.diagnostics.enabled,
                                               _shards(flat, num_devices)[2]),
                     diagnostics=config.diagnostics.enabled, kl_quantile=float(config.diagnostics.kl_quantile),
-                    ewma_decay=com / (1.0 + com) if config.ewma.enabled else None)
+                    ewma_decay=ewma.decay_from_center_of_mass(com) if config.ewma.enabled else None)
   return Resolved(ppo=ppo, batch_size=batch_size, minibatch_size=scaled.minibatch_size,
                   learning_rate=scaled.learning_rate, num_updates=num_updates,
                   total_gradient_steps=num_updates * config.update_epochs * scaled.num_minibatches,

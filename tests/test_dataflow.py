@@ -79,12 +79,19 @@ def test_overlap_lag_is_bounded_and_resume_is_exact(lag):
   _assert_trees_equal(resumed[-1].snapshot.state, results[-1].snapshot.state)
 
 
+def _assert_trees_close(a, b):
+  """Equal up to float order: integers (env state, counters, keys) exactly, floats at rtol 1e-4."""
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6), a, b)
+
+
 def test_split_submeshes_give_the_fused_result():
-  state, _ = _fused(NUM_UPDATES)
+  state, metrics = _fused(NUM_UPDATES)
   results = _pipeline(0, NUM_UPDATES, actor_devices=4)
-  got = results[-1].snapshot.state
-  np.testing.assert_allclose(float(trainer.iteration_lib._global_norm(got.params)),  # pylint: disable=protected-access
-                             float(trainer.iteration_lib._global_norm(state.params)), rtol=1e-5)  # pylint: disable=protected-access
+  # 4 actor and 4 learner devices: placement changes only float order, in every leaf and every update's metrics.
+  _assert_trees_close(results[-1].snapshot.state, state)
+  for r, m in zip(results, metrics):
+    _assert_trees_close(r.metrics, m)
 
 
 class Injected(RuntimeError):

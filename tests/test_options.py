@@ -60,16 +60,20 @@ def test_sync_and_split_pipelines_equal_fused_with_every_option_on():
   state = _init(layout)
   assert state.proximal is not None and state.runner.obs_norm is not None and state.runner.reset_pool is not None
   step = jax.jit(iteration_lib.make_iteration(agent, ppo, layout.constrain_envs))
+  metrics = []
   for _ in range(NUM_UPDATES):
-    state, _ = step(state)
-  sync = _pipeline(0)[-1].snapshot.state
-  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), sync, state)
-  split = _pipeline(4)[-1].snapshot.state  # 4 actor devices, 4 learner devices: placement changes only float order
+    state, m = step(state)
+    metrics.append(m)
+  sync_results = _pipeline(0)
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
+               (sync_results[-1].snapshot.state, [r.metrics for r in sync_results]), (state, metrics))
+  split_results = _pipeline(4)  # 4 actor devices, 4 learner devices: placement changes only float order
+  split = split_results[-1].snapshot.state
   assert split.runner.obs_norm.mean.sharding.is_fully_replicated
   assert split.runner.obs.sharding.spec[0] == "data"
+  assert jax.tree.structure(split) == jax.tree.structure(state)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5),
-               (split.params, split.proximal, split.runner.obs_norm), (state.params, state.proximal,
-                                                                         state.runner.obs_norm))
+               (split, [r.metrics for r in split_results]), (state, metrics))  # every leaf of state and metrics
 
 
 @pytest.mark.parametrize("mode,devices,actor_devices", [("fused", 1, 0), ("overlap", 8, 4), ("sync", 5, 4)])
