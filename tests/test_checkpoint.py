@@ -5,7 +5,6 @@ Runs are `python -m launch.train` subprocesses of one 12-update debug config; a 
 by the module keeps each to a few seconds. Test-only env hooks (launch/preemption.py, launch/checkpointing.py) pause
 the loop after an update, or hold an async save before its atomic rename, so that signals land at exact points.
 """
-import functools
 import glob
 import hashlib
 import json
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from launch import checkpointing, config_lib, packed_arrays, sinks, trainer
+from launch import checkpointing, config_lib, packed_arrays, programs, sinks
 from launch.configs import debug
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
@@ -278,14 +277,9 @@ def _debug_config(**overrides):
 
 
 def _state_target(config, mesh_devices):
-  agent = trainer.build_agent(config, config_lib.resolve(config, jax.device_count()))
-  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs)
+  progs = programs.build(config, make_mesh(mesh_devices), compile_update=False)
   key = jax.random.PRNGKey(config.seed)
-  shapes = jax.eval_shape(init_fn, key)
-  shardings = Layout(make_mesh(mesh_devices)).train_state_shardings(shapes)
-  target = jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d), shapes, shardings)
-  return (lambda: dataflow.Snapshot(state=jax.jit(init_fn, out_shardings=shardings)(key))), dataflow.Snapshot(
-      state=target)
+  return (lambda: dataflow.Snapshot(state=progs.init(key))), dataflow.Snapshot(state=progs.abstract_state)
 
 
 def test_restore_from_starts_a_new_run_from_params_only(baseline, tmp_path):
