@@ -67,9 +67,10 @@ def build_agent(config: ml_collections.ConfigDict, resolved: config_lib.Resolved
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
           resolved: config_lib.Resolved | None = None, agent: iteration_lib.Agent | None = None,
-          mode: str | None = None, **kwargs) -> Programs:
+          mode: str | None = None, eval_episodes: int | None = None, **kwargs) -> Programs:
   """The programs `config` runs: its agent, on `mesh` (default make_mesh(config.mesh.data)) split into actor and
-  learner sub-meshes per config.pipeline.actor_devices, in config.pipeline.mode (or `mode`).
+  learner sub-meshes per config.pipeline.actor_devices, in config.pipeline.mode (or `mode`), evaluating
+  config.eval_episodes episodes (or `eval_episodes`; 0: no evaluate program).
 
   `resolved` defaults to config_lib.resolve(config, jax.device_count()); other arguments go to `make_programs`.
   """
@@ -77,9 +78,8 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
   agent = agent or build_agent(config, resolved)
   actor_mesh, learner_mesh = split_mesh(mesh if mesh is not None else make_mesh(config.mesh.data),
                                         config.pipeline.actor_devices)
-  return make_programs(agent, resolved, Layout(learner_mesh), Layout(actor_mesh),
-                       mode=mode or config.pipeline.mode, eval_episodes=kwargs.pop("eval_episodes",
-                                                                                   config.eval_episodes), **kwargs)
+  return make_programs(agent, resolved, Layout(learner_mesh), Layout(actor_mesh), mode=mode or config.pipeline.mode,
+                       eval_episodes=config.eval_episodes if eval_episodes is None else eval_episodes, **kwargs)
 
 
 def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, layout: Layout,
