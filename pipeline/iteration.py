@@ -1,6 +1,6 @@
 """One PPO update (rollout → GAE → SGD) as a single pure function, and the train state's initialisation.
 
-`make_iteration` returns `TrainState -> (TrainState, UpdateMetrics)`; the trainer jits it with explicit shardings
+`make_iteration` returns `TrainState -> (TrainState, UpdateMetrics)`; launch/programs.py jits it with explicit shardings
 and donates the state. Nothing inside syncs with the host.
 """
 from __future__ import annotations

@@ -316,16 +316,16 @@ def test_diagnostics_of_real_updates_by_brute_force_and_in_metrics_jsonl(runs):
 
 
 def test_ewma_state_lives_in_train_state():
-  from launch import config_lib  # pylint: disable=import-outside-toplevel
+  from launch import config_lib, programs  # pylint: disable=import-outside-toplevel
   from pipeline import iteration  # pylint: disable=import-outside-toplevel
   config = debug.get_config()
   config.ewma.enabled, config.ewma.center_of_mass = True, 0.0  # decay 0: the proximal params are the params
-  resolved = config_lib.resolve(config, 1)
-  agent = trainer.build_agent(config, resolved)
-  state = iteration.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs, resolved.ppo)
-  assert iteration.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs).proximal is None
-  new_state, _ = jax.jit(iteration.make_iteration(agent, resolved.ppo))(state)
-  assert not np.allclose(jax.tree.leaves(new_state.params)[0], jax.tree.leaves(state.params)[0])
+  progs = programs.build(config, resolved=config_lib.resolve(config, 1), eval_episodes=0)
+  state = progs.init(jax.random.PRNGKey(0))
+  assert iteration.init_train_state(progs.agent, jax.random.PRNGKey(0), config.num_envs).proximal is None
+  initial = jax.device_get(state.params)  # the update donates its input
+  new_state, _ = progs.update(state)
+  assert not np.allclose(jax.tree.leaves(new_state.params)[0], jax.tree.leaves(initial)[0])
   for a, b in zip(jax.tree.leaves(new_state.proximal.params), jax.tree.leaves(new_state.params)):
     np.testing.assert_allclose(a, b, rtol=1e-6)
 

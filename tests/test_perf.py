@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from launch import config_lib, trainer, xla_options
+from launch import config_lib, programs, trainer, xla_options
 from launch.configs import debug, default
 from launch.sinks import read_jsonl
 from learner import distributions, losses, networks
@@ -162,10 +162,8 @@ def test_chunked_gradient_equals_whole_minibatch_gradient(cartpole_batch):
 def _one_update(chunk):
   config = debug.get_config()
   config.num_envs, config.num_steps, config.num_minibatches, config.sgd_chunk_size = 16, 16, 2, chunk
-  resolved = config_lib.resolve(config, 1)
-  agent = trainer.build_agent(config, resolved)
-  state = iteration_lib.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs)
-  return jax.jit(iteration_lib.make_iteration(agent, resolved.ppo))(state)
+  progs = programs.build(config, resolved=config_lib.resolve(config, 1), eval_episodes=0)
+  return progs.update(progs.init(jax.random.PRNGKey(0)))
 
 
 def test_chunked_update_equals_unchunked_update():

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import envs
-from launch import config_lib, trainer
+from launch import config_lib, programs
 from launch.configs import brax as brax_config
 from launch.configs import craftax as craftax_config
 from launch.configs import default
 from learner import distributions
-from pipeline import iteration as iteration_lib
+from sharding import make_mesh
 
 
 @pytest.mark.parametrize("env_name, module, extra", [
@@ -45,17 +45,15 @@ def test_unknown_names_within_a_suite_list_the_alternatives():
 
 
 def _train_a_few_updates(config, updates):
-  """Builds the agent from `config` and runs `updates` PPO updates; returns (agent, state, per-update metrics)."""
-  resolved = config_lib.resolve(config, jax.device_count())
-  agent = trainer.build_agent(config, resolved)
-  init = jax.jit(lambda key: iteration_lib.init_train_state(agent, key, config.num_envs, resolved.ppo))
-  state = init(jax.random.PRNGKey(0))
-  step = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo))
+  """Builds the trainer's programs for `config` (on one device) and runs `updates` PPO updates; returns (agent,
+  state, per-update metrics)."""
+  progs = programs.build(config, make_mesh(1), eval_episodes=0)
+  state = progs.init(jax.random.PRNGKey(0))
   metrics = []
   for _ in range(updates):
-    state, m = step(state)
+    state, m = progs.update(state)
     metrics.append(jax.device_get(m))
-  return agent, state, metrics
+  return progs.agent, state, metrics
 
 
 def _assert_finite(metrics):
