@@ -1,10 +1,11 @@
 """Entry point: parses flags and the ml_collections config, then trains.
 
   python -m launch.train --workdir=DIR [--config=launch/configs/NAME.py[:ARG]] [--config.KEY=VALUE ...]
-  python -m launch.train --workdir=DIR --dry_run ...   # print the resolved config as JSON and exit
+  python -m launch.train --workdir=DIR --dry_run ...   # print the resolved config, code path and compiled
+                                                       # programs' memory per device as JSON, and exit
   python -m launch.train --describe_config [--config=...]   # every key: value, type, doc, rule, resume policy
 
-Exit codes: 0 done; 2 invalid config or flags, or a workdir whose checkpoints cannot be resumed with this config (one
+Exit codes: 0 done; 2 invalid config or flags, a run whose programs do not fit in device memory, or a workdir whose checkpoints cannot be resumed with this config (one
 message naming each bad key, no traceback); 3 stopped by SIGTERM/SIGINT/preemption after saving a checkpoint (rerun
 the same command to resume); 4 a loss or the params became non-finite (the message names the update and the last
 good checkpoint; that state was not saved).
@@ -43,6 +44,8 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a 
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.DEFINE_bool("dry_run", False, "Validate the config, print it fully resolved as one JSON object, and exit.")
+flags.DEFINE_bool("dry_run_memory", True, "With --dry_run: also compile the programs from abstract shapes (no state "
+                  "is allocated) and print their memory per device (launch/memory.py).")
 flags.DEFINE_bool("describe_config", False, "Print every config key (this config's value, type, one-line doc, rule, "
                   "resume policy; see launch/config_schema.py) and exit.")
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file, optionally FILE.py:ARG.", lock_config=True)
@@ -72,7 +75,16 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   try:
     if FLAGS.dry_run:
-      print(json.dumps(config_lib.describe(config, jax.device_count(), jax.process_count()), indent=2))
+      described = config_lib.describe(config, jax.device_count(), jax.process_count())
+      from launch import memory  # pylint: disable=import-outside-toplevel
+      from learner import code_path  # pylint: disable=import-outside-toplevel
+      described["code_path"] = code_path.describe()  # "portable" with PPO_PORTABLE=1 or on an accelerator
+      if FLAGS.dry_run_memory:
+        report = memory.plan(config)
+        described["memory"] = report.as_dict()
+        if not report.fits:
+          described.setdefault("warnings", []).append(f"does not fit in device memory: {report.summary()}")
+      print(json.dumps(described, indent=2))
       return
     if not FLAGS.workdir:
       _fail("--workdir is required")

@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from launch import checkpoint, config_lib, plot, preemption, programs, sinks
+from launch import checkpoint, config_lib, memory, plot, preemption, programs, sinks
+from learner import code_path
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
 from pipeline import updates as updates_lib
@@ -48,9 +49,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Mesh, shardings and programs: the init, the fused update or the pipeline's stages, evaluation; compiled ahead
   # of the clock (launch/programs.py). The runner lives with the actors, the rest with the learner.
   progs = programs.build(config, resolved=resolved)
-  logging.info("mesh: actors %s, learner %s; %d env steps per update, %d updates, pipeline %s; compiled in %.1fs",
-               dict(progs.actor_layout.mesh.shape), dict(progs.layout.mesh.shape), resolved.batch_size,
-               resolved.num_updates, config.pipeline.mode, progs.compile_time)
+  logging.info("mesh: actors %s, learner %s; %d env steps per update, %d updates, pipeline %s; compiled in %.1fs; "
+               "code path %s", dict(progs.actor_layout.mesh.shape), dict(progs.layout.mesh.shape),
+               resolved.batch_size, resolved.num_updates, config.pipeline.mode, progs.compile_time,
+               code_path.describe())
+  # Before anything is allocated: a program that cannot fit stops here (exit 2) with what to change.
+  logging.info("%s", memory.check_fits(progs, config).summary())
 
   # Train state: own checkpoint, restored onto these shardings whatever mesh wrote it → else created already
   # sharded, with config.restore_from's params if set.
