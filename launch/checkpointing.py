@@ -67,7 +67,8 @@ MUST_MATCH = {
 # pipeline.mode / max_policy_lag: fused and sync give identical results; only the overlap lag shapes the saved state
 # (stale params versions) and the run, so that is what must match (see `_policy_lag`).
 FREE_KEYS = ("log_every", "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints", "restore_from",
-             "mesh.data", "pipeline.actor_devices", "pipeline.mode", "pipeline.max_policy_lag")
+             "mesh.data", "pipeline.actor_devices", "pipeline.mode", "pipeline.max_policy_lag", "log_checkpoints",
+             "wandb.project", "wandb.entity", "wandb.name", "wandb.mode")
 CHECKED_METRICS = ("policy_loss", "value_loss", "param_norm")
 
 # Test-only hook (tests/test_checkpoint.py): hold the async save of this update just before its atomic rename until

@@ -13,6 +13,7 @@ from typing import Any
 import ml_collections
 
 from envs import registry
+from launch import wandb_sink
 from launch.configs import default as default_config
 from learner import networks
 from pipeline.iteration import PPOSettings
@@ -126,6 +127,15 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
     err("anneal_lr", "must be True or False")
   if not isinstance(flat["obs_norm"], bool):
     err("obs_norm", "must be True or False")
+  if not isinstance(flat["log_checkpoints"], bool):
+    err("log_checkpoints", "must be True or False")
+  for key in ("wandb.project", "wandb.entity", "wandb.name"):
+    if not isinstance(flat[key], str):
+      err(key, "must be a string")
+  if flat["wandb.mode"] not in wandb_sink.MODES:
+    err("wandb.mode", f"must be one of {list(wandb_sink.MODES)}")
+  if flat["wandb.project"] and not wandb_sink.installed():
+    err("wandb.project", wandb_sink.missing_message())
   if not _is_int(flat["reset_pool.size"]) or flat["reset_pool.size"] < 0:
     err("reset_pool.size", "must be a non-negative integer (0 turns the pool off)")
   if not _is_int(flat["reset_pool.refresh"]) or flat["reset_pool.refresh"] <= 0:

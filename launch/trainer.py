@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 import envs
-from launch import checkpointing, config_lib, plot, preemption, sinks, xla_options
+from launch import checkpointing, config_lib, console, preemption, sinks, wandb_sink, xla_options
 from learner import distributions, networks, optimizer as optimizer_lib
 from pipeline import evaluate as evaluate_lib
 from pipeline import dataflow
@@ -94,6 +94,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     stop.close()
     raise
   state = snapshot.state
+  wandb = wandb_sink.WandbSink(config, workdir) if lead and config.wandb.project else None
+  if lead:
+    console.say(console.start_line(config, resolved, jax.devices(), actor_mesh, learner_mesh, workdir,
+                                   ckpts.step_path(resume.update) if resume.update else None, resume.update,
+                                   extra=f" | {wandb.description}" if wandb else ""))
 
   # Update step(s) and evaluation, compiled ahead of the clock.
   t0 = time.time()
@@ -124,13 +129,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Train loop (the host sinks). Metrics rows after the restored update are dropped, then appended to.
   out = sinks.MetricsSinks(workdir, resolved.env_steps, start * resolved.batch_size, enabled=lead,
-                           resume_update=start)
+                           resume_update=start, extra=(wandb,) if wandb else ())
   pending: list[iteration_lib.UpdateMetrics] = list(resume.pending)
   lags: list[int] = list(resume.lags)
   run_start = PROCESS_START - resume.wall_time  # wall_time counts the run time of earlier processes too
   last_time, last_steps, first_update_time = time.time(), start * resolved.batch_size, None
   row: dict[str, Any] = out.last_row or {}
-  stopped = False
+  stopped = completed = False
   try:
     for result in results:
       update = result.update
@@ -171,18 +176,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         out.write(row)
       # The snapshot is valid until the next result is requested: saves copy it to the host before that.
       stopped = stop.should_stop(update) and not is_last
-      ckpts.maybe_save(result.snapshot, update, pending, lags, time.time() - run_start, force=stopped or is_last,
-                       lock=learner_lock)
+      saved = ckpts.maybe_save(result.snapshot, update, pending, lags, time.time() - run_start,
+                               force=stopped or is_last, lock=learner_lock)
+      if saved and lead and config.log_checkpoints:
+        console.say(console.checkpoint_line(update, ckpts.step_path(update)))
       if stopped:
         break
+    completed = not stopped
   finally:
     if hasattr(results, "close"):
       results.close()  # stops the pipeline's stages
     ckpts.close()  # waits for the save in flight
     stop.close()
-    out.close()
+    out.close(plot=completed)  # the learning curves of a completed run
   if stopped:
     raise checkpointing.Preempted(update, ckpts.step_path(update))
   if lead:
-    plot.plot_runs([workdir], f"{workdir}/learning_curve.png")
+    for line in console.summary_lines(sinks.read_jsonl(out.jsonl_path), start, resolved.batch_size, {
+        "checkpoint": ckpts.step_path(resolved.num_updates), "metrics": out.jsonl_path, "plots": out.plot_path,
+        "tensorboard": f"{workdir}/tensorboard"}):
+      console.say(line)
   return row

@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2  # newest complete checkpoints kept (older ones are deleted after each save)
   config.restore_from = ""  # a run's workdir (or its checkpoints/ or a step dir): start a new run from its params
   config.obs_norm = False  # normalise observations with running mean/var (kept in the TrainState, checkpointed)
+  config.log_checkpoints = False  # print a console line for each checkpoint saved
 
   config.reset_pool = ml_collections.ConfigDict()
   config.reset_pool.size = 0  # >0: finished episodes restart from a pool of this many pre-sampled states (0: reset)
@@ -62,4 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # devices on the `data` (env) axis; -1 = all visible devices
+
+  config.wandb = ml_collections.ConfigDict()
+  config.wandb.project = ""  # Weights & Biases project to log to; "" = off (needs pip install -e ".[wandb]")
+  config.wandb.entity = ""  # W&B team or user; "" = your default entity
+  config.wandb.name = ""  # W&B run name; "" = the workdir's name
+  config.wandb.mode = "online"  # online | offline (written under DIR/wandb; upload with `wandb sync`) | disabled
   return config
