@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import secrets
 from typing import Any
 
 import ml_collections
@@ -40,7 +41,7 @@ class WandbSink:
       raise ImportError(f"config.wandb.project {missing_message()} ({e})") from None
     self._wandb = wandb
     id_file = epath.Path(workdir) / RUN_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)  # W&B ids: [a-z0-9]
     local = None if workdir_lib.is_remote(workdir) else workdir_lib.absolute(workdir)
     cfg = config.wandb
     self.run = wandb.init(
@@ -48,6 +49,7 @@ class WandbSink:
         id=run_id, resume="allow", dir=local, mode=cfg.mode, config=config.to_dict(),
         # W&B must neither wrap the console (the progress bar) nor print its own banner lines.
         settings=wandb.Settings(console="off", silent=True))
+    id_file.parent.mkdir(parents=True, exist_ok=True)
     id_file.write_text(run_id)
     self.run.define_metric("env_steps")
     self.run.define_metric("*", step_metric="env_steps")
