@@ -13,7 +13,7 @@ wandb = pytest.importorskip("wandb")
 
 
 def _history_keys(run_file):
-  """Keys and env_steps of the history records in a .wandb file (W&B's record log: 7-byte header, 32 KiB blocks of
+  """Keys of the history records in a .wandb file and env_steps of its metrics rows (W&B's record log: 7-byte header, 32 KiB blocks of
   [crc32, length, type] chunks, each record a protobuf)."""
   from wandb.proto import wandb_internal_pb2  # pylint: disable=import-outside-toplevel
   with open(run_file, "rb") as f:
@@ -37,7 +37,7 @@ def _history_keys(run_file):
       if record.WhichOneof("record_type") == "history":
         items = {i.key or "/".join(i.nested_key): i.value_json for i in record.history.item}
         keys |= set(items)
-        if "env_steps" in items:
+        if "update" in items:  # a metrics row (the plot is a record of its own)
           steps.append(int(items["env_steps"]))
   return keys, steps
 
