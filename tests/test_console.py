@@ -48,7 +48,9 @@ def test_default_console_has_only_our_lines(tmp_path):
   lines = _train(workdir, "--config.total_env_steps=1536")
   start = next(l for l in lines if l.startswith("start: "))
   assert f"resumed from update 10 ({workdir}/checkpoints/10)" in start
-  assert not [l for l in lines if LIBRARY_LINE.match(l)]
+  logged = [l for l in lines if LIBRARY_LINE.match(l)]  # only our own warning about the changed key, before "start"
+  assert len(logged) == 1 and "checkpointing.py" in logged[0] and "total_env_steps: 1280 -> 1536" in logged[0]
+  assert lines.index(logged[0]) < lines.index(start)
 
 
 def test_verbosity_flag_brings_library_logs_back(tmp_path):
