@@ -12,7 +12,12 @@ limit. The default policy is deterministic (the distribution's mode), as the tra
 """
 from __future__ import annotations
 
+import os
 import sys
+
+# Brax renders through MuJoCo, whose default OpenGL platform (GLFW) needs a display; EGL renders without one.
+if not os.environ.get("DISPLAY"):
+  os.environ.setdefault("MUJOCO_GL", "egl")
 from typing import Any
 
 from absl import app, flags
