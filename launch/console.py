@@ -75,7 +75,8 @@ def summary_lines(rows: list[dict[str, Any]], first_update: int, batch_size: int
   last = rows[-1] if rows else {}
   evals = [(r["eval_return"], r["update"]) for r in rows if r.get("eval_return") is not None]
   if evals:
-    best, best_update = max(evals)
+    best, neg_update = max((value, -u) for value, u in evals)  # the first update that reached the best
+    best_update = -neg_update
     ev = f"eval return {evals[-1][0]:.1f} final, {best:.1f} best (update {best_update})"
   else:
     ev = "no evaluation"
