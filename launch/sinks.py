@@ -1,4 +1,5 @@
-"""Host-side metric sinks: metrics.jsonl, TensorBoard event files and the console progress bar with ETA.
+"""Host-side metric sinks: metrics.jsonl, TensorBoard event files, the console progress bar with ETA, optional extra
+sinks (launch/wandb_sink.py), and at the end of a completed run the learning-curve plot.
 
 Only the lead process writes (`enabled=False` elsewhere). Rows are plain dicts of JSON scalars; None marks a value
 with no data in its interval (e.g. no training episode finished).
