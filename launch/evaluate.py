@@ -25,12 +25,6 @@ from absl import app, flags
 from launch import config_lib, console
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The run's workdir (or its checkpoints/ or one step directory).")
-flags.DEFINE_integer("episodes", 32, "Evaluation episodes, run in parallel.")
-flags.DEFINE_string("env_name", None, "Evaluate on this env instead of the run's (same observation and action space).")
-flags.DEFINE_string("video", None, "Write one episode as an animation to this .gif or .mp4 file.")
-flags.DEFINE_bool("deterministic", True, "Act with the distribution's mode (else sample).")
-flags.DEFINE_integer("seed", 0, "Seed of the episodes' start states (and sampled actions).")
 
 
 def run_episodes(env: Any, act: Any, num_episodes: int, key: Any, deterministic: bool) -> dict[str, Any]:
@@ -99,6 +93,16 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _define_flags() -> None:
+  """The CLI's flags, defined only when run as a program (tests import this module beside others with a --workdir)."""
+  flags.DEFINE_string("workdir", None, "The run's workdir (or its checkpoints/ or one step directory).")
+  flags.DEFINE_integer("episodes", 32, "Evaluation episodes, run in parallel.")
+  flags.DEFINE_string("env_name", None, "Evaluate on this env instead of the run's (same observation and action space).")
+  flags.DEFINE_string("video", None, "Write one episode as an animation to this .gif or .mp4 file.")
+  flags.DEFINE_bool("deterministic", True, "Act with the distribution's mode (else sample).")
+  flags.DEFINE_integer("seed", 0, "Seed of the episodes' start states (and sampled actions).")
+
+
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {argv[1:]}")
@@ -156,4 +160,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -19,8 +19,6 @@ from absl import app, flags
 from launch import config_lib, console
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The run's workdir (or its checkpoints/ or one step directory).")
-flags.DEFINE_string("out", None, "Directory to write params.safetensors and policy.json into.")
 
 
 def export(workdir: str, out: str) -> str:
@@ -30,6 +28,12 @@ def export(workdir: str, out: str) -> str:
   run = saved_run.load(workdir)
   policy_lib.save_policy(out, run.policy.spec, run.policy.params)
   return run.step_dir
+
+
+def _define_flags() -> None:
+  """The CLI's flags, defined only when run as a program (tests import this module beside others with a --workdir)."""
+  flags.DEFINE_string("workdir", None, "The run's workdir (or its checkpoints/ or one step directory).")
+  flags.DEFINE_string("out", None, "Directory to write params.safetensors and policy.json into.")
 
 
 def main(argv):
@@ -51,4 +55,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
