@@ -6,6 +6,8 @@ Both variants are compiled first (compile time is reported apart), then timed al
 
   python -m benchmarks.diagnostics_overhead                                   # default config (CartPole, N=32)
   python -m benchmarks.diagnostics_overhead --config.env_name=gymnax:Breakout-MinAtar --config.num_envs=512
+  python -m benchmarks.diagnostics_overhead --config.num_envs=1048576 --config.total_env_steps=268435456 \
+      --config.learning_rate=2.5e-4 --updates=1 --repeats=1 --nowarmup   # the throughput reference config at 2^20
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ _DEFAULT = os.path.join(os.path.dirname(__file__), "..", "launch", "configs", "d
 config_flags.DEFINE_config_file("config", _DEFAULT, "Config file.", lock_config=True)
 flags.DEFINE_integer("updates", 10, "Updates per timed round.")
 flags.DEFINE_integer("repeats", 5, "Timed rounds per variant (alternating).")
+flags.DEFINE_bool("warmup", True, "Run one untimed update per variant first (its one-time costs, as the trainer's "
+                  "first_update_time). At 1,048,576 envs an update takes minutes and the first costs about the same "
+                  "as the next, so --nowarmup times it instead.")
 FLAGS = flags.FLAGS
 
 
@@ -34,7 +39,9 @@ def main(argv):
     config.diagnostics.enabled = enabled
     progs = programs.build(config, eval_episodes=0)  # the trainer's update: shardings, donation, XLA options
     compiled[enabled], compile_times[enabled] = progs.update, progs.compile_time
-    states[enabled], _ = compiled[enabled](progs.init(jax.random.PRNGKey(0)))  # warm-up
+    states[enabled] = progs.init(jax.random.PRNGKey(0))
+    if FLAGS.warmup:
+      states[enabled], _ = compiled[enabled](states[enabled])
     jax.block_until_ready(states[enabled])
   batch = FLAGS.config.num_envs * FLAGS.config.num_steps
   sps = {False: [], True: []}

@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 
 from envs import registry
+from launch import wandb_sink
 from launch.config_schema import SCHEMA
 from learner import ewma
 from pipeline.iteration import PPOSettings
@@ -108,6 +109,8 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
   if valid("pipeline.mode") and num_processes > 1 and mode != "fused":
     err("pipeline.mode", f"the staged pipeline (sync / overlap) runs in one process only, this run has "
         f"{num_processes}; use pipeline.mode='fused' with several processes")
+  if valid("wandb.project") and flat["wandb.project"] and not wandb_sink.installed():
+    err("wandb.project", wandb_sink.missing_message())
   if valid("env_name"):
     try:
       registry.make(flat["env_name"])

@@ -59,6 +59,10 @@ class MemoryReport:
             "needed_bytes": self.needed, "limit_bytes": self.limit, "limit_source": self.limit_source,
             "fits": self.fits}
 
+  def short(self) -> str:
+    """For the start line: "memory 1.23 GiB of 20.00 GiB"."""
+    return f"memory {_gib(self.needed)}" + (f" of {_gib(self.limit)}" if self.limit is not None else "")
+
   def summary(self) -> str:
     parts = ", ".join(f"{name} {_gib(p.needed)} (arguments {_gib(p.argument)}, outputs {_gib(p.output)} of which "
                       f"{_gib(p.alias)} donated, temporaries {_gib(p.temp)}, code {_gib(p.code)})"

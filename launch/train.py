@@ -9,6 +9,9 @@ Exit codes: 0 done; 2 invalid config or flags, a run whose programs do not fit i
 message naming each bad key, no traceback); 3 stopped by SIGTERM/SIGINT/preemption after saving a checkpoint (rerun
 the same command to resume); 4 a loss or the params became non-finite (the message names the update and the last
 good checkpoint; that state was not saved).
+
+The console shows one start line, the progress bar, one line per checkpoint with --config.log_checkpoints, and a
+summary; the libraries' INFO lines and warnings are shown with -v 0 (absl's --verbosity).
 """
 import json
 import os
@@ -17,7 +20,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from launch import config_lib, config_schema
+from launch import config_lib, config_schema, console
 
 EXIT_CONFIG_ERROR = 2
 EXIT_PREEMPTED = 3
@@ -62,6 +65,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {argv[1:]}")
+  console.configure_logging()  # quiet libraries unless --verbosity / -v is given
   try:
     config = FLAGS.config
     config.keys()  # config_flags defers a config file's load error to the first access

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from launch import checkpoint, config_lib, memory, plot, preemption, programs, sinks
+from launch import checkpoint, config_lib, console, memory, preemption, programs, sinks, wandb_sink
 from learner import code_path
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
@@ -54,7 +54,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                resolved.batch_size, resolved.num_updates, config.pipeline.mode, progs.compile_time,
                code_path.describe())
   # Before anything is allocated: a program that cannot fit stops here (exit 2) with what to change.
-  logging.info("%s", memory.check_fits(progs, config).summary())
+  fit = memory.check_fits(progs, config)
+  logging.info("%s", fit.summary())
 
   # Train state: own checkpoint, restored onto these shardings whatever mesh wrote it → else created already
   # sharded, with config.restore_from's params if set.
@@ -75,6 +76,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     stop.close()
     raise
   compile_time, evaluate = progs.compile_time, progs.evaluate_state
+  state = snapshot.state
+  wandb = wandb_sink.WandbSink(config, workdir) if lead and config.wandb.project else None
+  if lead:
+    console.say(console.start_line(config, resolved, jax.devices(), progs.actor_layout.mesh, progs.layout.mesh,
+                                   workdir, ckpts.step_path(resume.update) if resume.update else None, resume.update,
+                                   extra=f" | code path {code_path.describe()} | {fit.short()}"
+                                         + (f" | {wandb.description}" if wandb else "")))
 
   # Updates: the fused step, or the staged pipeline; both yield UpdateResults.
   start = resume.update
@@ -87,13 +95,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Train loop (the host sinks). Metrics rows after the restored update are dropped, then appended to.
   out = sinks.MetricsSinks(workdir, resolved.env_steps, start * resolved.batch_size, enabled=lead,
-                           resume_update=start)
+                           resume_update=start, extra=(wandb,) if wandb else ())
   pending: list[iteration_lib.UpdateMetrics] = list(resume.pending)
   lags: list[int] = list(resume.lags)
   run_start = PROCESS_START - resume.wall_time  # wall_time counts the run time of earlier processes too
   last_time, last_steps, first_update_time = time.time(), start * resolved.batch_size, None
   row: dict[str, Any] = out.last_row or {}
-  stopped = False
+  stopped = completed = False
   try:
     for result in results:
       update = result.update
@@ -133,18 +141,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         out.write(row)
       # The snapshot is valid until the next result is requested: saves copy it to the host before that.
       stopped = stop.should_stop(update) and not is_last
-      ckpts.maybe_save(result.snapshot, update, pending, lags, time.time() - run_start, force=stopped or is_last,
-                       lock=learner_lock)
+      saved = ckpts.maybe_save(result.snapshot, update, pending, lags, time.time() - run_start,
+                               force=stopped or is_last, lock=learner_lock)
+      if saved and lead and config.log_checkpoints:
+        console.say(console.checkpoint_line(update, ckpts.step_path(update)))
       if stopped:
         break
+    completed = not stopped
   finally:
     if hasattr(results, "close"):
       results.close()  # stops the pipeline's stages
     ckpts.close()  # waits for the save in flight
     stop.close()
-    out.close()
+    out.close(plot=completed)  # the learning curves of a completed run
   if stopped:
     raise checkpoint.Preempted(update, ckpts.step_path(update))
   if lead:
-    plot.plot_runs([workdir], f"{workdir}/learning_curve.png")
+    for line in console.summary_lines(sinks.read_jsonl(out.jsonl_path), start, resolved.batch_size, {
+        "checkpoint": ckpts.step_path(resolved.num_updates), "metrics": out.jsonl_path, "plots": out.plot_path,
+        "tensorboard": f"{workdir}/tensorboard"}):
+      console.say(line)
   return row

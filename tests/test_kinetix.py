@@ -51,3 +51,16 @@ def test_kinetix_named_level_starts_every_episode_from_it():
   assert res.obs.shape == (140,) and np.isfinite(float(res.reward)) and not bool(res.truncated)
   with pytest.raises(envs.UnknownEnvError, match="s/h0_weak_thrust"):
     envs.make("kinetix:s/no_such_level")
+
+
+def test_kinetix_renders_frames_and_reports_success():
+  """launch.evaluate's video and success measure on Kinetix: its pixel renderer, and `success` on a goal step."""
+  from envs import render  # pylint: disable=import-outside-toplevel
+  env = envs.make("kinetix:s/h0_weak_thrust")
+  state, _ = env.reset(jax.random.PRNGKey(0))
+  res = jax.jit(env.step)(jax.random.PRNGKey(1), state, jnp.zeros((len(NVEC),), jnp.int32))
+  images = render.frames(env, [state, res.state])
+  assert len(images) == 2 and images[0].ndim == 3 and images[0].shape[2] == 3 and images[0].dtype == np.uint8
+  assert images[0].std() > 0  # not a blank image
+  goal = res.replace(terminated=jnp.asarray(True), reward=jnp.asarray(1.0))
+  assert bool(env.success(goal)) and not bool(env.success(goal.replace(reward=jnp.asarray(-1.0))))

@@ -137,7 +137,8 @@ def _start_two(workdir, jax_cache, logs, pause=None):
   if pause is not None:
     env["PPO_TEST_PAUSE_AT_UPDATE"] = str(pause)
   args = [sys.executable, "-m", "launch.train", f"--workdir={workdir}", *DEBUG_ARGS,
-          f"--coordinator_address={address}", "--num_processes=2"]
+          f"--coordinator_address={address}", "--num_processes=2",
+          "--verbosity=0"]  # INFO logs: every process says where it resumed from (the console is process 0's)
   return [subprocess.Popen(args + [f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                            stderr=open(logs[i], "w", encoding="utf-8")) for i in (0, 1)]
 
