@@ -74,7 +74,7 @@ class MemoryReport:
 
 
 def _gib(n: int) -> str:
-  return f"{n / GIB:.2f} GiB"
+  return f"{n / GIB:.2f} GiB" if n >= GIB // 10 else f"{n / 2**20:.1f} MiB"
 
 
 def program_memory(compiled) -> ProgramMemory | None:
