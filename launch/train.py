@@ -5,8 +5,9 @@
                                                        # programs' memory per device as JSON, and exit
   python -m launch.train --describe_config [--config=...]   # every key: value, type, doc, rule, resume policy
 
-Exit codes: 0 done; 2 invalid config or flags, a run whose programs do not fit in device memory, or a workdir whose checkpoints cannot be resumed with this config (one
-message naming each bad key, no traceback); 3 stopped by SIGTERM/SIGINT/preemption after saving a checkpoint (rerun
+Exit codes: 0 done; 2 invalid config or flags, a run whose compiled programs do not fit in device memory
+(launch/memory.py), or a workdir whose checkpoints cannot be resumed with this config (one message naming each bad
+key, no traceback); 3 stopped by SIGTERM/SIGINT/preemption after saving a checkpoint (rerun
 the same command to resume); 4 a loss or the params became non-finite (the message names the update and the last
 good checkpoint; that state was not saved).
 
