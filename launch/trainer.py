@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import sys
 import time
 from typing import Any
 
@@ -17,7 +18,8 @@ import numpy as np
 from absl import logging
 
 import envs
-from launch import checkpoint, config_lib, plot, preemption, sinks, xla_options
+from launch import checkpoint, config_lib, plot, preemption, sinks, workdir_lock, xla_options
+from launch import workdir as workdir_lib
 from learner import distributions, networks, optimizer as optimizer_lib
 from pipeline import evaluate as evaluate_lib
 from pipeline import dataflow
@@ -54,8 +56,35 @@ def summarize(metrics: list[iteration_lib.UpdateMetrics]) -> dict[str, Any]:
   return row
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains per `config`, writing metrics, TensorBoard and plots under `workdir`. Returns the last metrics row."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> dict[str, Any]:
+  """Trains per `config`, writing metrics, TensorBoard and plots under `workdir`. Returns the last metrics row.
+
+  The config is checked before the workdir is touched; then the run takes the workdir's lock (launch/workdir_lock.py:
+  another run holding it → WorkdirBusy) and refuses metrics rows that no checkpoint resumes unless `fresh`, which
+  moves the old files aside (launch/workdir.py). A start that fails leaves the workdir as it found it.
+  """
+  config_lib.resolve(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  existed = jax.process_index() == 0 and workdir_lib.Tidy(workdir).existed[""]
+  lock = workdir_lock.acquire(workdir, then=lambda: workdir_lib.check_history(workdir, fresh))
+  tidy = workdir_lib.Tidy(workdir) if lock is not None else None
+  if tidy is not None:
+    tidy.existed[""] = existed  # the lock made the directory
+  cleanups = [c for c in (tidy and tidy.undo, lock and lock.release) if c]
+  preemption.AT_EXIT_NOW.extend(cleanups)
+  try:
+    return _train(config, workdir)
+  except BaseException:
+    if tidy is not None:
+      tidy.undo()
+    raise
+  finally:
+    for c in cleanups:
+      preemption.AT_EXIT_NOW.remove(c)
+    if lock is not None:
+      lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   resolved = config_lib.resolve(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   agent = build_agent(config, resolved)
   lead = jax.process_index() == 0
@@ -96,6 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = snapshot.state
 
   # Update step(s) and evaluation, compiled ahead of the clock.
+  stop.starting(True)  # a stop from here to the first update has nothing to save: exit without waiting for XLA
   t0 = time.time()
   options = xla_options.compiler_options(jax.default_backend())
   if config.pipeline.mode == "fused":
@@ -112,6 +142,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state.params, eval_key, eval_obs_norm(state)).compile(compiler_options=options)
   compile_time = time.time() - t0
   logging.info("compiled in %.1fs", compile_time)
+  stop.starting(False)
+  if stop.stopped_before_start():  # during compilation: no update to run or save
+    ckpts.close()
+    stop.close()
+    raise preemption.StoppedBeforeStart(workdir)
 
   # Updates: the fused step, or the staged pipeline; both yield UpdateResults.
   start = resume.update
@@ -180,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       results.close()  # stops the pipeline's stages
     ckpts.close()  # waits for the save in flight
     stop.close()
-    out.close()
+    out.close(failed=sys.exc_info()[1] is not None)
   if stopped:
     raise checkpoint.Preempted(update, ckpts.step_path(update))
   if lead:
