@@ -126,12 +126,19 @@ class StopRequest:
                     f"{_saved(self.workdir)}")
         with self._phase:
           if self._starting:
-            _exit_now(EXIT_PREEMPTED, f"received {name} during start-up: {StoppedBeforeStart(self.workdir)}")
+            self._exit_starting(name)
+
+  def _exit_starting(self, name: str) -> None:
+    _exit_now(EXIT_PREEMPTED, f"stopped by {name} during start-up, before the first update: nothing to save; "
+              f"{_saved(self.workdir)}")
 
   def starting(self, value: bool) -> None:
-    """Marks the start-up (compilation) before the first update, during which a stop has nothing to save."""
+    """Marks the start-up (compilation) before the first update, during which a stop has nothing to save: with
+    EXIT_AT_ONCE the process ends at once (also for a stop that came earlier, e.g. while restoring)."""
     with self._phase:
       self._starting = value
+      if value and self._watch is not None and self.requested.is_set():
+        self._exit_starting("a signal")
 
   def stopped_before_start(self) -> bool:
     """Was a stop requested before the first update (one process; several stop after their first update)?"""

@@ -211,11 +211,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if stopped:
         break
   finally:
-    if hasattr(results, "close"):
-      results.close()  # stops the pipeline's stages
-    ckpts.close()  # waits for the save in flight
-    stop.close()
-    out.close(failed=sys.exc_info()[1] is not None)
+    failed = sys.exc_info()[1] is not None
+    with contextlib.ExitStack() as closing:  # every one of them, even after an error of another (e.g. a disk full)
+      closing.push(lambda _, error, __: out.close(failed=failed or error is not None))  # the error is the last line
+      closing.callback(stop.close)
+      closing.callback(ckpts.close)  # waits for the save in flight
+      if hasattr(results, "close"):
+        closing.callback(results.close)  # stops the pipeline's stages
   if stopped:
     raise checkpoint.Preempted(update, ckpts.step_path(update))
   if lead:
