@@ -38,13 +38,14 @@ def _fail(message: str):
 
 
 def _config_file(args: list[str]) -> str | None:
-  """The FILE of `--config=FILE[:ARG]` (or `--config FILE[:ARG]`), if given."""
+  """The FILE of the last `--config=FILE[:ARG]` (or `--config FILE[:ARG]`), if any: the one absl uses."""
+  found = None
   for i, arg in enumerate(args):
     if arg.startswith("--config="):
-      return arg[len("--config="):].split(":", 1)[0]
-    if arg == "--config" and i + 1 < len(args):
-      return args[i + 1].split(":", 1)[0]
-  return None
+      found = arg[len("--config="):].split(":", 1)[0]
+    elif arg == "--config" and i + 1 < len(args):
+      found = args[i + 1].split(":", 1)[0]
+  return found
 
 
 if __name__ == "__main__":

@@ -69,13 +69,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, fresh: b
   tidy = workdir_lib.Tidy(workdir) if lock is not None else None
   if tidy is not None:
     tidy.existed[""] = existed  # the lock made the directory
-  cleanups = [c for c in (tidy and tidy.undo, lock and lock.release) if c]
+  cleanups = [c for c in (lock and lock.release, tidy and tidy.undo) if c]  # in this order: the lock is a file
   preemption.AT_EXIT_NOW.extend(cleanups)
   try:
     return _train(config, workdir)
   except BaseException:
-    if tidy is not None:
-      tidy.undo()
+    for c in cleanups:
+      c()
     raise
   finally:
     for c in cleanups:
