@@ -121,9 +121,10 @@ class StopRequest:
         self._signals += 1
         self.requested.set()
         if self._signals > 1:
-          self._phase.acquire()
-          _exit_now(128 + signum, f"stopped at once by a second {name}, without saving the current update; "
-                    f"{_saved(self.workdir)}")
+          with self._phase:
+            _exit_now(128 + signum, f"stopped at once by a second {name}, without saving the current update; "
+                      f"{_saved(self.workdir)}")
+          continue
         with self._phase:
           if self._starting:
             self._exit_starting(name)

@@ -112,6 +112,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return dataflow.Snapshot(state=state, stale_params=(state.params,) * resolved.max_policy_lag)
 
   stop = preemption.StopRequest(workdir)
+  stop.starting(True)  # until the first update a stop has nothing to save: exit without waiting for XLA or a restore
   ckpts = checkpoint.RunCheckpoints(workdir, config, stop)
   target = jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d), state_shapes,
                         state_shardings)
@@ -125,7 +126,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   state = snapshot.state
 
   # Update step(s) and evaluation, compiled ahead of the clock.
-  stop.starting(True)  # a stop from here to the first update has nothing to save: exit without waiting for XLA
   t0 = time.time()
   options = xla_options.compiler_options(jax.default_backend())
   if config.pipeline.mode == "fused":

@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 import pytest
 
-from launch import config_lib, errors, workdir as workdir_lib, workdir_lock
+from launch import config_lib, errors, preemption, workdir_lock
 from launch import trainer
 from launch.configs import debug
 from tests.test_checkpoint import ARGS, REPO, _env, _files, _rows, _start, _steps, _wait_for
@@ -281,18 +281,48 @@ def test_a_peer_that_never_joins_is_named(jax_cache, tmp_path):
   assert time.monotonic() - start < 60 and "another task died" not in proc.stderr
 
 
-def test_a_second_ctrl_c_stops_at_once_with_one_line(jax_cache, baseline, tmp_path):
+def _wait(condition, timeout=10.0):
+  deadline = time.monotonic() + timeout
+  while not condition() and time.monotonic() < deadline:
+    time.sleep(0.01)  # the main thread runs Python signal handlers between bytecodes
+  return condition()
+
+
+def test_a_second_signal_or_one_during_start_up_ends_the_process_at_once(baseline, tmp_path, monkeypatch):
+  """The watcher thread of launch/preemption.py (as launch.train runs it), with the exit itself recorded."""
   wd = str(tmp_path / "run")
-  proc = _start(jax_cache, wd, pause=4)
-  _wait_for(proc, f"{wd}/test_paused_at_4")
-  os.kill(proc.pid, signal.SIGINT)
-  os.kill(proc.pid, signal.SIGINT)
-  _, err = proc.communicate(timeout=120)
-  _one_clean_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), 130,
-                  "stopped at once by a second SIGINT", f"{wd}/checkpoints/3 (update 3)",
-                  "rerun the same command to resume")
-  assert not os.path.exists(os.path.join(wd, workdir_lock.LOCK_NAME))
-  assert _run(jax_cache, wd).returncode == 0 and _rows(wd) == _rows(baseline)
+  shutil.copytree(baseline, wd)
+  exits = []
+  monkeypatch.setattr(preemption, "EXIT_AT_ONCE", True)
+  monkeypatch.setattr(preemption, "_exit_now", lambda code, line: exits.append((code, line)))
+  stop = preemption.StopRequest(wd)
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert _wait(stop.requested.is_set) and not _wait(lambda: exits, 0.3)  # in the loop: finish the update, save
+    os.kill(os.getpid(), signal.SIGINT)
+    assert _wait(lambda: exits)
+    (code, line), = exits
+    assert code == 130 and line.startswith("stopped at once by a second SIGINT, without saving the current update")
+    assert f"the newest checkpoint, {wd}/checkpoints/12 (update 12), is unchanged: rerun the same command" in line
+  finally:
+    stop.close()
+  exits.clear()
+  stop = preemption.StopRequest(str(tmp_path / "new"))
+  try:
+    stop.starting(True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert _wait(lambda: exits)
+    assert exits == [(3, "stopped by SIGTERM during start-up, before the first update: nothing to save; no "
+                      "checkpoint yet: rerunning the same command starts the run")]
+  finally:
+    stop.close()
+  monkeypatch.setattr(preemption, "EXIT_AT_ONCE", False)  # as a library: the loop checks before its first update
+  stop = preemption.StopRequest(wd)
+  try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert _wait(stop.stopped_before_start)
+  finally:
+    stop.close()
 
 
 # 6. A stop during compilation.
