@@ -1,10 +1,13 @@
-"""The cost of the outer-loop diagnostics: SPS of the jitted update with diagnostics on vs off, in one process.
+"""The cost of the outer-loop diagnostics: SPS of the trainer's update (launch/programs.py) with diagnostics on vs
+off, in one process.
 
 Both variants are compiled first (compile time is reported apart), then timed alternately, `repeats` rounds of
 `updates` updates each, so background load hits both alike; the median SPS of each is reported.
 
   python -m benchmarks.diagnostics_overhead                                   # default config (CartPole, N=32)
   python -m benchmarks.diagnostics_overhead --config.env_name=gymnax:Breakout-MinAtar --config.num_envs=512
+  python -m benchmarks.diagnostics_overhead --config.num_envs=1048576 --config.total_env_steps=268435456 \
+      --config.learning_rate=2.5e-4 --updates=1 --repeats=1 --nowarmup   # the throughput reference config at 2^20
 """
 from __future__ import annotations
 
@@ -16,13 +19,15 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from launch import config_lib, trainer
-from pipeline import iteration as iteration_lib
+from launch import programs
 
 _DEFAULT = os.path.join(os.path.dirname(__file__), "..", "launch", "configs", "default.py")
 config_flags.DEFINE_config_file("config", _DEFAULT, "Config file.", lock_config=True)
 flags.DEFINE_integer("updates", 10, "Updates per timed round.")
 flags.DEFINE_integer("repeats", 5, "Timed rounds per variant (alternating).")
+flags.DEFINE_bool("warmup", True, "Run one untimed update per variant first (its one-time costs, as the trainer's "
+                  "first_update_time). At 1,048,576 envs an update takes minutes and the first costs about the same "
+                  "as the next, so --nowarmup times it instead.")
 FLAGS = flags.FLAGS
 
 
@@ -32,15 +37,11 @@ def main(argv):
   for enabled in (False, True):
     config = FLAGS.config.copy_and_resolve_references()
     config.diagnostics.enabled = enabled
-    resolved = config_lib.resolve(config, jax.device_count())
-    agent = trainer.build_agent(config, resolved)
-    init = jax.jit(lambda k: iteration_lib.init_train_state(agent, k, config.num_envs, resolved.ppo))
-    state = init(jax.random.PRNGKey(0))
-    t0 = time.time()
-    compiled[enabled] = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo), donate_argnums=0).lower(
-        state).compile()
-    compile_times[enabled] = time.time() - t0
-    states[enabled], _ = compiled[enabled](state)  # warm-up
+    progs = programs.build(config, eval_episodes=0)  # the trainer's update: shardings, donation, XLA options
+    compiled[enabled], compile_times[enabled] = progs.update, progs.compile_time
+    states[enabled] = progs.init(jax.random.PRNGKey(0))
+    if FLAGS.warmup:
+      states[enabled], _ = compiled[enabled](states[enabled])
     jax.block_until_ready(states[enabled])
   batch = FLAGS.config.num_envs * FLAGS.config.num_steps
   sps = {False: [], True: []}

@@ -32,16 +32,13 @@ import tempfile  # pylint: disable=wrong-import-position
 
 from absl import app, flags, logging  # pylint: disable=wrong-import-position
 
-import functools  # pylint: disable=wrong-import-position
 import time  # pylint: disable=wrong-import-position
 
 import jax  # pylint: disable=wrong-import-position
 
-from launch import config_lib, trainer, xla_options  # pylint: disable=wrong-import-position
+from launch import programs, trainer  # pylint: disable=wrong-import-position
 from launch.configs import default  # pylint: disable=wrong-import-position
 from launch.sinks import read_jsonl  # pylint: disable=wrong-import-position
-from pipeline import dataflow, iteration as iteration_lib  # pylint: disable=wrong-import-position
-from sharding import Layout, make_mesh, split_mesh  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("envs", ["cartpole_substeps:768", "CartPole-v1"], "env_name values to benchmark.")
@@ -69,18 +66,8 @@ def _config(env_name: str, mode: str):
 
 def stage_seconds(env_name: str) -> tuple[float, float]:
   """Median seconds of one rollout (act + advantage) and one SGD phase (learn), each run alone."""
-  config = _config(env_name, "sync")
-  resolved = config_lib.resolve(config, jax.device_count())
-  agent = trainer.build_agent(config, resolved)
-  actor_mesh, learner_mesh = split_mesh(make_mesh(-1), FLAGS.actor_devices)
-  init = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs,
-                           ppo=resolved.ppo)
-  learner = Layout(learner_mesh)
-  state = jax.jit(init, out_shardings=learner.train_state_shardings(jax.eval_shape(init, jax.random.PRNGKey(0))))(
-      jax.random.PRNGKey(0))
-  state = state.replace(runner=jax.device_put(state.runner, Layout(actor_mesh).runner_shardings(state.runner)))
-  fns = dataflow.make_pipeline_fns(agent, resolved.ppo, Layout(actor_mesh), learner, example=state,
-                                   compiler_options=xla_options.compiler_options(jax.default_backend()))
+  progs = programs.build(_config(env_name, "sync"), eval_episodes=0)  # the stages the trainer runs
+  state, fns = progs.init(jax.random.PRNGKey(0)), progs.pipeline
 
   def timed(fn):
     jax.block_until_ready(fn())

@@ -1,8 +1,9 @@
 """The stagnation experiment: sweep num_envs under each scaling rule at an equal env-step budget, and PPO-EWMA.
 
 Each (rule, num_envs) config is resolved by launch/config_lib.py (the same rules the trainer uses), compiled once,
-and run for every seed: by default with the trainer's one-jitted-update-per-call path, or (--vmap_seeds) with the
-update vmapped over seeds and `chunk` updates scanned per call. Per-update metrics and diagnostics are kept; the report step writes
+and run for every seed: by default with the trainer's one-update-per-call program, or (--vmap_seeds) with the
+update vmapped over seeds and `chunk` updates scanned per call; both built by launch/programs.py with the trainer's
+shardings and compiler options. Per-update metrics and diagnostics are kept; the report step writes
 docs/results.md tables and PNG plots.
 
   nice -n 10 python -m benchmarks.stagnation --out=docs/stagnation > /tmp/stagnation.log 2>&1   # the sweep
@@ -16,13 +17,11 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from launch import config_lib, trainer
+from launch import config_lib, programs
 from launch.configs import default
-from pipeline import iteration as iteration_lib
 
 flags.DEFINE_string("out", "docs/stagnation", "Directory for the per-run JSON results and the plots.")
 flags.DEFINE_string("env_name", "gymnax:Breakout-MinAtar", "Environment.")
@@ -62,26 +61,19 @@ def make_config(num_envs: int, rule: str, ewma: bool):
 def run_config(config) -> dict:
   """Trains `FLAGS.seeds` seeds of `config` together; returns per-update metrics averaged into log points."""
   resolved = config_lib.resolve(config, num_devices=1)
-  agent = trainer.build_agent(config, resolved)
   ewma = config.ewma.enabled
   keys = jax.random.split(jax.random.PRNGKey(config.seed), FLAGS.seeds)
-  init = jax.jit(jax.vmap(lambda k: iteration_lib.init_train_state(agent, k, config.num_envs, resolved.ppo)))
-  step = jax.vmap(iteration_lib.make_iteration(agent, resolved.ppo))
   chunk = resolved.num_updates // FLAGS.log_points
   assert chunk * FLAGS.log_points == resolved.num_updates, "budget must split into whole updates per log point"
 
-  if FLAGS.vmap_seeds:
-    def scan_chunk(state):
-      return jax.lax.scan(lambda s, _: step(s), state, None, length=chunk)
-
-    state = init(keys)
-    t0 = time.time()
-    run_chunk = jax.jit(scan_chunk, donate_argnums=0).lower(state).compile()
-  else:  # the trainer's path: one jitted update per call, seeds one after the other, one compile for all
-    single_init = jax.jit(lambda k: iteration_lib.init_train_state(agent, k, config.num_envs, resolved.ppo))
-    states = [single_init(k) for k in keys]
-    t0 = time.time()
-    update = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo), donate_argnums=0).lower(states[0]).compile()
+  # The trainer's programs (launch/programs.py: shardings, donation, XLA options), one compile per config.
+  if FLAGS.vmap_seeds:  # all seeds in one program, `chunk` updates scanned per call
+    progs = programs.build(config, resolved=resolved, eval_episodes=0, num_seeds=FLAGS.seeds,
+                           updates_per_call=chunk)
+    state, run_chunk = progs.init(keys), progs.update
+  else:  # the trainer's path: one update per call, seeds one after the other
+    progs = programs.build(config, resolved=resolved, eval_episodes=0)
+    states, update = [progs.init(k) for k in keys], progs.update
 
     def run_chunk(_):
       rows = []
@@ -93,7 +85,7 @@ def run_config(config) -> dict:
         rows.append(jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(per_update)))
       return None, jax.tree.map(lambda *xs: np.stack(xs, axis=1), *rows)  # leaves [chunk, seeds]
     state = None
-  compile_time = time.time() - t0
+  compile_time = progs.compile_time
   points, t0 = [], time.time()
   for _ in range(FLAGS.log_points):
     state, m = run_chunk(state)

@@ -5,8 +5,8 @@
 
 The reference config (issue 7): CartPole-v1, num_envs × 128 steps, 4 epochs × 4 minibatches, separate 64×64 tanh
 actor and critic, Adam 2.5e-4 annealed, clip 0.2, GAE(0.99, 0.95), entropy 0.01, value 0.5, grad-norm clip 0.5.
-"ours" is the update exactly as launch/trainer.py builds it (build_agent → make_iteration → jit with shardings and
-donated state → compile with launch/xla_options); "naive" is benchmarks/naive_ppo.py compiled with XLA's defaults.
+"ours" is the update the trainer runs, from launch/programs.py (sharded state, jit with in/out shardings and donated
+state, compiled with launch/xla_options); "naive" is benchmarks/naive_ppo.py compiled with XLA's defaults.
 Both are compiled before the clock starts; each runs one untimed-for-SPS first update (one-time costs, reported
 apart, as the trainer's metrics do); then their timed updates alternate (ours, naive, ours, ...) so that load from
 other processes falls on both. Printed per size: median SPS over the timed updates, compile time, the peak RSS of
@@ -16,20 +16,17 @@ the process while that implementation's updates ran, the ratio, and the fraction
 from __future__ import annotations
 
 import ctypes
-import functools
 import json
 import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 
+import envs
 from benchmarks import naive_ppo
-from launch import config_lib, trainer, xla_options
+from launch import programs
 from launch.configs import default
-from pipeline import iteration as iteration_lib
-from sharding import Layout, make_mesh
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("num_envs", ["2048", "65536"], "Env counts to measure (issue 7 also asks for 1048576).")
@@ -105,29 +102,16 @@ class PeakRSS:
 
 
 def build_ours(num_envs: int, num_updates: int):
-  """Mirrors launch/trainer.py: validated config → agent → sharded state → jitted, donated, compiled update."""
+  """The trainer's programs (launch/programs.py): sharded state, jitted, donated update compiled with its options."""
   config = reference_config(num_envs, num_updates)
-  resolved = config_lib.resolve(config, num_devices=jax.device_count())
-  agent = trainer.build_agent(config, resolved)
-  layout = Layout(make_mesh(config.mesh.data))
-  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs,
-                           ppo=resolved.ppo)
-  key = jax.random.PRNGKey(config.seed)
-  state_shardings = layout.train_state_shardings(jax.eval_shape(init_fn, key))
-  state = jax.jit(init_fn, out_shardings=state_shardings)(key)
-  t0 = time.perf_counter()
-  update = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo, layout.constrain_envs),
-                   in_shardings=(state_shardings,), out_shardings=(state_shardings, layout.replicated),
-                   donate_argnums=0).lower(state).compile(
-                       compiler_options=xla_options.compiler_options(jax.default_backend()))
-  compile_time = time.perf_counter() - t0
-  return update, state, compile_time
+  progs = programs.build(config, eval_episodes=0)
+  return progs.update, progs.init(jax.random.PRNGKey(config.seed)), progs.compile_time
 
 
 def build_naive(num_envs: int, num_updates: int):
   config = reference_config(num_envs, num_updates)
   init, update = naive_ppo.make_naive(
-      trainer.envs.make(config.env_name), num_envs=num_envs, num_steps=NUM_STEPS,
+      envs.make(config.env_name), num_envs=num_envs, num_steps=NUM_STEPS,
       update_epochs=config.update_epochs, num_minibatches=config.num_minibatches,
       learning_rate=config.learning_rate, total_updates=num_updates, gamma=config.gamma,
       gae_lambda=config.gae_lambda, clip_eps=config.clip_eps, ent_coef=config.ent_coef, vf_coef=config.vf_coef,

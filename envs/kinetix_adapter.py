@@ -113,6 +113,11 @@ class KinetixEnv(base.Environment):
     state = self._fixed_level if self._fixed_level is not None else self._random_level(key)
     return state, self._env.get_obs(state).astype(jnp.float32)
 
+  def success(self, result: base.StepResult) -> jax.Array:
+    """Kinetix's own success measure, for evaluation: this step ended the episode at the goal (the only episode end
+    with reward > 0.5, as in the level filter above)."""
+    return result.terminated & (result.reward > 0.5)
+
   def step(self, key, state, action):
     obs, new_state, reward, done, info = self._env.step_env(key, state, action, self._params)
     time_out = new_state.timestep >= self._params.max_timesteps

@@ -218,6 +218,7 @@ SCHEMA = Schema(
     Key("restore_from", "", str, "a run's workdir (or its checkpoints/ or a step dir): start a new run from its params",
         Rule(lambda v: isinstance(v, str), "must be a path (a run's workdir, its checkpoints/ dir or one step dir), "
              "or '' for none"), FREE),
+    Key("log_checkpoints", False, bool, "print a console line for each checkpoint saved", BOOL, FREE),
     # Observations and resets.
     Key("obs_norm", False, bool, "normalise observations with running mean/var (kept in the TrainState, checkpointed)",
         BOOL, must_match("the saved runner holds observation statistics only when it is on")),
@@ -265,6 +266,15 @@ SCHEMA = Schema(
         Rule(lambda v: _is_int(v) and (v == -1 or v >= 1),
              "must be -1 (all devices) or between 1 and the number of visible devices"),
         FREE),
+    # Weights & Biases (optional extra: pip install -e ".[wandb]"); logging only.
+    Key("wandb.project", "", str, 'Weights & Biases project to log to; "" = off (needs pip install -e ".[wandb]")',
+        Rule(lambda v: isinstance(v, str), "must be a string"), FREE),
+    Key("wandb.entity", "", str, 'W&B team or user; "" = your default entity',
+        Rule(lambda v: isinstance(v, str), "must be a string"), FREE),
+    Key("wandb.name", "", str, 'W&B run name; "" = the workdir\'s name',
+        Rule(lambda v: isinstance(v, str), "must be a string"), FREE),
+    Key("wandb.mode", "online", str, "online | offline (written under DIR/wandb; upload with `wandb sync`) | disabled",
+        one_of("online", "offline", "disabled"), FREE),
 )
 
 

@@ -1,7 +1,7 @@
 """Failures a user can act on, said in one line: a workdir or disk that cannot be written (found anywhere in an
 exception's chain, also inside orbax's and TensorStore's wrapped errors), an unreadable checkpoint file, and what is
 safe afterwards (the checkpoint a rerun resumes from). Also keeps the tracebacks that orbax and TensorStore print for
-such failures off the console at the default verbosity (--verbosity=1 shows them)."""
+such failures off the console at the default verbosity (any --verbosity / -v shows them)."""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +12,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-from absl import logging
+from absl import flags, logging
 from etils import epath
 
 # The causes a user can fix: space, permissions, a path that is not a directory, a read-only or failing disk.
@@ -111,7 +111,11 @@ def unreadable(error: BaseException, limit: int = 300) -> str:
 
 
 def _verbose() -> bool:
-  return logging.get_verbosity() >= logging.DEBUG
+  """Was --verbosity (-v) given? Then everything is shown, as launch/console.py does for the libraries' logs."""
+  try:
+    return flags.FLAGS["verbosity"].present > 0
+  except (KeyError, flags.Error):
+    return False
 
 
 def _drop_orbax_filesystem_errors(record) -> bool:

@@ -1,4 +1,5 @@
-"""Host-side metric sinks: metrics.jsonl, TensorBoard event files and the console progress bar with ETA.
+"""Host-side metric sinks: metrics.jsonl, TensorBoard event files, the console progress bar with ETA, optional extra
+sinks (launch/wandb_sink.py), and at the end of a completed run the learning-curve plot.
 
 Only the lead process writes (`enabled=False` elsewhere). Rows are plain dicts of JSON scalars; None marks a value
 with no data in its interval (e.g. no training episode finished).
@@ -51,15 +52,19 @@ class JsonlFile:
 
 
 class MetricsSinks:
-  """Appends rows to DIR/metrics.jsonl and DIR/tensorboard, and drives a progress bar over env steps."""
+  """Appends rows to DIR/metrics.jsonl, DIR/tensorboard and the `extra` sinks (e.g. launch.wandb_sink), drives a
+  progress bar over env steps, and on a completed run's close writes DIR/learning_curve.png (sent to the extras)."""
 
   def __init__(self, workdir: str, total_env_steps: int, initial_env_steps: int = 0, enabled: bool = True,
-               resume_update: int = 0):
+               resume_update: int = 0, extra: tuple[Any, ...] = ()):
     """Rows after `resume_update` (from a run that went further than its last checkpoint) are dropped first."""
     self.enabled = enabled
     self.last_row = None  # the last row kept, if any
+    self.plot_path = None  # set by close(plot=True)
+    self._extra = extra
     if not enabled:
       return
+    self._workdir = workdir
     directory = epath.Path(workdir)
     directory.mkdir(parents=True, exist_ok=True)
     self._jsonl = JsonlFile(directory / "metrics.jsonl", resume_update)
@@ -85,9 +90,12 @@ class MetricsSinks:
     self._bar.update(step - self._bar.n)
     postfix = {k: f"{row[k]:.1f}" for k in ("episode_return", "eval_return") if row.get(k) is not None}
     self._bar.set_postfix(postfix, refresh=False)
+    for sink in self._extra:
+      sink.write(row)
 
-  def close(self, failed: bool = False) -> None:
-    """`failed`: the run is ending with an error, whose message is the last line (not the bar drawn once more)."""
+  def close(self, plot: bool = False, failed: bool = False) -> None:
+    """`plot`: the run completed; draw its learning curves (all rows, earlier processes' too). `failed`: the run is
+    ending with an error, whose message is the last line (not the bar drawn once more)."""
     if not self.enabled:
       return
     if failed:
@@ -96,6 +104,15 @@ class MetricsSinks:
     self._tb.flush()
     self._tb.close()
     self._jsonl.close()
+    try:
+      if plot:
+        from launch import plot as plot_lib  # pylint: disable=import-outside-toplevel  (plot imports this module)
+        self.plot_path = plot_lib.plot_runs([self._workdir], f"{self._workdir}/learning_curve.png")
+        for sink in self._extra:
+          sink.log_image("learning_curve", self.plot_path)
+    finally:
+      for sink in self._extra:
+        sink.close(exit_code=0 if plot else 1)
 
 
 def _kept_lines(path: epath.Path, max_update: int) -> list[str]:

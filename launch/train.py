@@ -16,6 +16,9 @@ Exit codes (each non-zero exit ends with one line saying what happened and what 
        state was not saved).
   130  (143) a second SIGINT (SIGTERM) stopped the run at once without saving the current update (the message names
        the newest checkpoint, which a rerun resumes from).
+
+The console shows one start line, the progress bar, one line per checkpoint with --config.log_checkpoints, and a
+summary; the libraries' INFO lines and warnings are shown with -v 0 (absl's --verbosity).
 """
 import json
 import os
@@ -24,7 +27,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from launch import config_lib, config_schema
+from launch import config_lib, config_schema, console
 
 EXIT_CONFIG_ERROR = 2
 EXIT_PREEMPTED = 3
@@ -101,6 +104,7 @@ def _root(error: BaseException) -> str:
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {argv[1:]}")
+  console.configure_logging()  # quiet libraries unless --verbosity / -v is given
   try:
     config = FLAGS.config
     config.keys()  # config_flags defers a config file's load error to the first access

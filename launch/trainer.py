@@ -6,38 +6,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import sys
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-import envs
-from launch import checkpoint, config_lib, plot, preemption, sinks, workdir_lock, xla_options
+from launch import checkpoint, config_lib, console, preemption, programs, sinks, wandb_sink, workdir_lock
 from launch import workdir as workdir_lib
-from learner import distributions, networks, optimizer as optimizer_lib
-from pipeline import evaluate as evaluate_lib
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
 from pipeline import updates as updates_lib
-from sharding import Layout, make_mesh, split_mesh
 
 PROCESS_START = time.time()
 
-
-def build_agent(config: ml_collections.ConfigDict, resolved: config_lib.Resolved) -> iteration_lib.Agent:
-  env = envs.make(config.env_name)
-  dist = distributions.for_action_space(env.action_space)
-  model = networks.ActorCritic(dist=dist, hidden_sizes=tuple(config.network.hidden_sizes),
-                               activation=config.network.activation, shared_trunk=config.network.shared_trunk)
-  optimizer = optimizer_lib.make_optimizer(resolved.learning_rate, config.max_grad_norm, config.anneal_lr,
-                                           resolved.total_gradient_steps)
-  return iteration_lib.Agent(env=env, model=model, dist=dist, optimizer=optimizer)
+build_agent = programs.build_agent  # the agent of a config (kept here: tests and benchmarks import it)
 
 
 def summarize(metrics: list[iteration_lib.UpdateMetrics]) -> dict[str, Any]:
@@ -86,36 +72,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, fresh: b
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   resolved = config_lib.resolve(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-  agent = build_agent(config, resolved)
   lead = jax.process_index() == 0
 
-  # Mesh: one `data` mesh, or separate actor / learner sub-meshes for the staged pipeline.
-  actor_mesh, learner_mesh = split_mesh(make_mesh(config.mesh.data), config.pipeline.actor_devices)
-  layout, actor_layout = Layout(learner_mesh), Layout(actor_mesh)
-  logging.info("mesh: actors %s, learner %s; %d env steps per update, %d updates, pipeline %s",
-               dict(actor_mesh.shape), dict(learner_mesh.shape), resolved.batch_size, resolved.num_updates,
-               config.pipeline.mode)
+  stop = preemption.StopRequest(workdir)
+  stop.starting(True)  # until the first update a stop has nothing to save: exit at once, also during compilation
 
-  # Train state (the runner lives with the actors): own checkpoint, restored onto these shardings whatever mesh
-  # wrote it → else created already sharded, with config.restore_from's params if set.
+  # Mesh, shardings and programs: the init, the fused update or the pipeline's stages, evaluation; compiled ahead
+  # of the clock (launch/programs.py). The runner lives with the actors, the rest with the learner.
+  try:
+    progs = programs.build(config, resolved=resolved)
+  except BaseException:
+    stop.close()
+    raise
+  logging.info("mesh: actors %s, learner %s; %d env steps per update, %d updates, pipeline %s; compiled in %.1fs",
+               dict(progs.actor_layout.mesh.shape), dict(progs.layout.mesh.shape), resolved.batch_size,
+               resolved.num_updates, config.pipeline.mode, progs.compile_time)
+
+  # Train state: own checkpoint, restored onto these shardings whatever mesh wrote it → else created already
+  # sharded, with config.restore_from's params if set.
   train_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs,
-                              ppo=resolved.ppo)
-  state_shapes = jax.eval_shape(init_fn, train_key)
-  state_shardings = layout.train_state_shardings(state_shapes).replace(
-      runner=actor_layout.runner_shardings(state_shapes.runner))
 
   def init():
-    state = jax.jit(init_fn, out_shardings=layout.train_state_shardings(state_shapes))(train_key)
-    if actor_mesh is not learner_mesh:
-      state = state.replace(runner=jax.device_put(state.runner, state_shardings.runner))
+    state = progs.init(train_key)
     return dataflow.Snapshot(state=state, stale_params=(state.params,) * resolved.max_policy_lag)
 
-  stop = preemption.StopRequest(workdir)
-  stop.starting(True)  # until the first update a stop has nothing to save: exit without waiting for XLA or a restore
   ckpts = checkpoint.RunCheckpoints(workdir, config, stop)
-  target = jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d), state_shapes,
-                        state_shardings)
+  target = progs.abstract_state
   try:
     snapshot, resume = ckpts.restore_or_init(init, dataflow.Snapshot(
         state=target, stale_params=(target.params,) * resolved.max_policy_lag))
@@ -123,49 +105,37 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     ckpts.close()
     stop.close()
     raise
-  state = snapshot.state
-
-  # Update step(s) and evaluation, compiled ahead of the clock.
-  t0 = time.time()
-  options = xla_options.compiler_options(jax.default_backend())
-  if config.pipeline.mode == "fused":
-    iteration = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo, layout.constrain_envs),
-                        in_shardings=(state_shardings,), out_shardings=(state_shardings, layout.replicated),
-                        donate_argnums=0).lower(state).compile(compiler_options=options)
-  else:
-    fns = dataflow.make_pipeline_fns(agent, resolved.ppo, actor_layout, layout, example=state,
-                                     compiler_options=options)
-  def eval_obs_norm(state):  # the actors' observation statistics (None when off), next to the learner's params
-    return jax.device_put(state.runner.obs_norm, layout.replicated)
-
-  evaluate = jax.jit(evaluate_lib.make_evaluate(agent.env, agent.apply, agent.dist, config.eval_episodes)).lower(
-      state.params, eval_key, eval_obs_norm(state)).compile(compiler_options=options)
-  compile_time = time.time() - t0
-  logging.info("compiled in %.1fs", compile_time)
   stop.starting(False)
-  if stop.stopped_before_start():  # during compilation: no update to run or save
+  if stop.stopped_before_start():  # while compiling or restoring: no update to run or save
     ckpts.close()
     stop.close()
     raise preemption.StoppedBeforeStart(workdir)
+  compile_time, evaluate = progs.compile_time, progs.evaluate_state
+  state = snapshot.state
+  wandb = wandb_sink.WandbSink(config, workdir) if lead and config.wandb.project else None
+  if lead:
+    console.say(console.start_line(config, resolved, jax.devices(), progs.actor_layout.mesh, progs.layout.mesh,
+                                   workdir, ckpts.step_path(resume.update) if resume.update else None, resume.update,
+                                   extra=f" | {wandb.description}" if wandb else ""))
 
   # Updates: the fused step, or the staged pipeline; both yield UpdateResults.
   start = resume.update
   if config.pipeline.mode == "fused":
-    results = updates_lib.fused_updates(iteration, snapshot, start, resolved.num_updates)
+    results = updates_lib.fused_updates(progs.update, snapshot, start, resolved.num_updates)
     learner_lock = contextlib.nullcontext()
   else:
-    results = dataflow.Pipeline(fns, resolved.max_policy_lag).run(snapshot, resolved.num_updates)
-    learner_lock = fns.learner_lock  # evaluation runs on the learner's devices too
+    results = dataflow.Pipeline(progs.pipeline, resolved.max_policy_lag).run(snapshot, resolved.num_updates)
+    learner_lock = progs.pipeline.learner_lock  # evaluation runs on the learner's devices too
 
   # Train loop (the host sinks). Metrics rows after the restored update are dropped, then appended to.
   out = sinks.MetricsSinks(workdir, resolved.env_steps, start * resolved.batch_size, enabled=lead,
-                           resume_update=start)
+                           resume_update=start, extra=(wandb,) if wandb else ())
   pending: list[iteration_lib.UpdateMetrics] = list(resume.pending)
   lags: list[int] = list(resume.lags)
   run_start = PROCESS_START - resume.wall_time  # wall_time counts the run time of earlier processes too
   last_time, last_steps, first_update_time = time.time(), start * resolved.batch_size, None
   row: dict[str, Any] = out.last_row or {}
-  stopped = False
+  stopped = completed = False
   try:
     for result in results:
       update = result.update
@@ -189,8 +159,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         if update % config.eval_every == 0 or is_last:
           eval_start = time.time()
           with learner_lock:
-            eval_return = evaluate(result.snapshot.state.params, jax.random.fold_in(eval_key, update),
-                                   eval_obs_norm(result.snapshot.state))
+            eval_return = evaluate(result.snapshot.state, jax.random.fold_in(eval_key, update))
           row["eval_return"] = float(eval_return)
           eval_seconds = time.time() - eval_start
         now = time.time()
@@ -206,14 +175,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         out.write(row)
       # The snapshot is valid until the next result is requested: saves copy it to the host before that.
       stopped = stop.should_stop(update) and not is_last
-      ckpts.maybe_save(result.snapshot, update, pending, lags, time.time() - run_start, force=stopped or is_last,
-                       lock=learner_lock)
+      saved = ckpts.maybe_save(result.snapshot, update, pending, lags, time.time() - run_start,
+                               force=stopped or is_last, lock=learner_lock)
+      if saved and lead and config.log_checkpoints:
+        console.say(console.checkpoint_line(update, ckpts.step_path(update)))
       if stopped:
         break
+    completed = not stopped
   finally:
     failed = sys.exc_info()[1] is not None
     with contextlib.ExitStack() as closing:  # every one of them, even after an error of another (e.g. a disk full)
-      closing.push(lambda _, error, __: out.close(failed=failed or error is not None))  # the error is the last line
+      # The learning curves of a completed run; after an error, its message is the last line, not the bar.
+      closing.push(lambda _, error, __: out.close(plot=completed, failed=failed or error is not None))
       closing.callback(stop.close)
       closing.callback(ckpts.close)  # waits for the save in flight
       if hasattr(results, "close"):
@@ -221,5 +194,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if stopped:
     raise checkpoint.Preempted(update, ckpts.step_path(update))
   if lead:
-    plot.plot_runs([workdir], f"{workdir}/learning_curve.png")
+    for line in console.summary_lines(sinks.read_jsonl(out.jsonl_path), start, resolved.batch_size, {
+        "checkpoint": ckpts.step_path(resolved.num_updates), "metrics": out.jsonl_path, "plots": out.plot_path,
+        "tensorboard": f"{workdir}/tensorboard"}):
+      console.say(line)
   return row

@@ -18,6 +18,7 @@ from learner import distributions
 
 
 _BLOCK_SAMPLES = 32768  # samples per forward pass of the updated policy
+QUANTILE_SAMPLES = 65536  # per-state KLs the quantile is taken over (the whole batch when it is no larger)
 
 
 @struct.dataclass
@@ -86,10 +87,31 @@ def explained_variance(value: Float[Array, "*B"], target: Float[Array, "*B"]) ->
   return jnp.where(var_target > 0, 1.0 - var(residual) / jnp.maximum(var_target, 1e-12), jnp.nan)
 
 
+def sampled_quantile(x: Float[Array, "*B"], q: float, key: jax.Array,
+                     num_samples: int = QUANTILE_SAMPLES) -> jax.Array:
+  """The q-quantile of `x`, exact when x.size <= num_samples, else of `num_samples` entries drawn uniformly with
+  replacement by `key`: a sort of at most `num_samples` values, whatever the batch size.
+
+  The draw is over the global flat index, so it does not depend on how `x` is placed on devices. Error, in rank
+  (the fraction of x below the estimate): q ± sqrt(q(1 − q) / num_samples) (one standard deviation; 0.0012 for
+  q = 0.9 and 65,536 samples), and by the Dvoretzky–Kiefer–Wolfowitz inequality the sample's distribution function
+  is within ε of x's everywhere with probability ≥ 1 − 2 exp(−2 num_samples ε²) (ε = 0.01: 1 − 4e-6). In value the
+  error is that rank error times the spread of x around its q-quantile (tests/test_diagnostics.py: 2^20 lognormal
+  values, 0.9 quantile within 2%).
+  """
+  flat = x.reshape(-1)
+  if flat.size > num_samples:
+    flat = flat[jax.random.randint(key, (num_samples,), 0, flat.size)]
+  return jnp.quantile(flat, q)
+
+
 def compute(old_params, new_params, obs: Float[Array, "T N obs"], behaviour_head: Float[Array, "T N P"],
             value: Float[Array, "T N"], target: Float[Array, "T N"], grad_noise: GradNoiseStats, *,
-            apply_fn: Callable, dist: distributions.Distribution, kl_quantile: float) -> Diagnostics:
-  """All diagnostics of one update; `value` is the behaviour critic's, `behaviour_head` the rollout policy's."""
+            apply_fn: Callable, dist: distributions.Distribution, kl_quantile: float, key: jax.Array) -> Diagnostics:
+  """All diagnostics of one update; `value` is the behaviour critic's, `behaviour_head` the rollout policy's.
+
+  `key` draws the states the KL quantile is estimated from (`sampled_quantile`); everything else is exact.
+  """
   # The updated policy over the batch, a few time steps at a time: at a million envs the whole batch's activations
   # would not fit in memory, and small blocks stay in the CPU caches.
   steps_per_block = max(1, min(obs.shape[0], _BLOCK_SAMPLES // max(obs.shape[1], 1)))
@@ -98,7 +120,7 @@ def compute(old_params, new_params, obs: Float[Array, "T N obs"], behaviour_head
   kl_mean = kl.mean()
   g_sq, trace, b_simple = noise_scale(grad_noise)
   delta = jax.tree.map(lambda a, b: a - b, new_params, old_params)
-  return Diagnostics(kl_mean=kl_mean, kl_quantile=jnp.quantile(kl.reshape(-1), kl_quantile),
+  return Diagnostics(kl_mean=kl_mean, kl_quantile=sampled_quantile(kl, kl_quantile, key),
                      update_norm=jnp.sqrt(sq_norm(delta)), grad_noise_scale=b_simple, grad_sq_norm=g_sq,
                      grad_trace_cov=trace, samples_per_kl=kl.size / jnp.maximum(kl_mean, 1e-30),
                      explained_variance=explained_variance(value, target))

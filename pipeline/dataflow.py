@@ -65,7 +65,7 @@ class UpdateResult:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineFns:
-  """Jitted stage functions bound to their placement (built by the trainer, or by tests)."""
+  """Compiled stage functions bound to their placement (launch/programs.py builds them, `bind_stages` binds them)."""
   act: Callable  # (params on actor mesh, runner, key) -> ActorOutput
   advantage: Callable  # (traj, last_value) -> Minibatch on the actor mesh
   to_learner: Callable  # (Minibatch, EpisodeStats) on the actor mesh -> the same on the learner mesh
@@ -287,27 +287,12 @@ class Pipeline:
       raise error
 
 
-def make_pipeline_fns(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings, actor_layout, learner_layout,
-                      example: TrainState | None = None,
-                      compiler_options: dict[str, str] | None = None) -> PipelineFns:
-  """Jits the stages with explicit shardings: act and advantage on the actors' mesh, learn on the learner's.
-
-  With one shared mesh the transfers are no-ops; with split sub-meshes they are sharding-aware device_puts (the
-  batch keeps its env axis split over the destination's `data` axis). Given an `example` state (placed as the
-  learner holds it), every stage is compiled ahead of time, so no compilation happens inside the pipeline, with
-  `compiler_options` (the same per-backend XLA options as the fused update, see launch/xla_options.py).
-  """
-  stages = iteration_lib.make_stages(agent, ppo, actor_layout.constrain_envs, learner_layout.constrain_envs)
+def bind_stages(act: Callable, advantage: Callable, learn: Callable, metrics: Callable, split_key: Callable,
+                actor_layout, learner_layout) -> PipelineFns:
+  """The stage programs (compiled by launch/programs.py) bound to their meshes: each dispatch holds its mesh's lock,
+  and the transfers between the meshes are sharding-aware device_puts (the batch keeps its env axis split over the
+  destination's `data` axis; with one shared mesh they are no-ops)."""
   a_rep, l_rep = actor_layout.replicated, learner_layout.replicated
-
-  def shapes(fn, *args):
-    return jax.eval_shape(fn, *args)
-
-  def actor_out_shardings(out):
-    return iteration_lib.ActorOutput(runner=actor_layout.runner_shardings(out.runner),
-                                     traj=actor_layout.env_shardings(out.traj, axis=1),
-                                     last_value=actor_layout.env_sharding(1), stats=jax.tree.map(lambda _: a_rep,
-                                                                                                  out.stats))
 
   def to_learner(batch, stats):
     return (jax.device_put(batch, learner_layout.env_shardings(batch, axis=1)), jax.device_put(stats, l_rep))
@@ -317,41 +302,7 @@ def make_pipeline_fns(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings
 
   actor_lock = threading.Lock()
   learner_lock = actor_lock if actor_layout.mesh is learner_layout.mesh else threading.Lock()
-
-  def bind(act, advantage, learn, metrics, split_key):
-    return PipelineFns(act=_serialized(actor_lock, act), advantage=_serialized(actor_lock, advantage),
-                       to_learner=to_learner, learn=_serialized(learner_lock, learn),
-                       metrics=_serialized(learner_lock, metrics), to_actors=to_actors,
-                       split_key=_serialized(learner_lock, split_key), learner_lock=learner_lock)
-
-  if example is None:
-    return bind(jax.jit(stages.act), jax.jit(stages.advantage), jax.jit(stages.learn), jax.jit(stages.metrics),
-                jax.jit(iteration_lib.split_update_key))
-
-  def with_shardings(tree, shardings):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-  def compiled(fn, out_shardings, *args):
-    return jax.jit(fn, out_shardings=out_shardings).lower(*args).compile(compiler_options=compiler_options)
-
-  def replicated(tree, sharding):
-    return with_shardings(tree, jax.tree.map(lambda _: sharding, tree))
-
-  params_a, key_a = replicated(example.params, a_rep), replicated(example.key, a_rep)
-  runner_a = with_shardings(example.runner, actor_layout.runner_shardings(example.runner))
-  act_out = shapes(stages.act, params_a, runner_a, key_a)
-  act_sh = actor_out_shardings(act_out)
-  act = compiled(stages.act, act_sh, params_a, runner_a, key_a)
-  act_out = with_shardings(act_out, act_sh)
-  batch = shapes(stages.advantage, act_out.traj, act_out.last_value)
-  advantage = compiled(stages.advantage, actor_layout.env_shardings(batch, axis=1), act_out.traj, act_out.last_value)
-  params_l, opt_l, key_l = (replicated(x, l_rep) for x in (example.params, example.opt_state, example.key))
-  proximal_l = replicated(example.proximal, l_rep)
-  batch_l = with_shardings(batch, learner_layout.env_shardings(batch, axis=1))
-  stats_l = replicated(act_out.stats, l_rep)
-  learn_args = (params_l, opt_l, proximal_l, batch_l, key_l)
-  learn_out = shapes(stages.learn, *learn_args)
-  learn = compiled(stages.learn, jax.tree.map(lambda _: l_rep, learn_out), *learn_args)
-  metrics = compiled(stages.metrics, l_rep, replicated(learn_out[3], l_rep), params_l, stats_l)
-  split_key = compiled(iteration_lib.split_update_key, l_rep, key_l)
-  return bind(act, advantage, learn, metrics, split_key)
+  return PipelineFns(act=_serialized(actor_lock, act), advantage=_serialized(actor_lock, advantage),
+                     to_learner=to_learner, learn=_serialized(learner_lock, learn),
+                     metrics=_serialized(learner_lock, metrics), to_actors=to_actors,
+                     split_key=_serialized(learner_lock, split_key), learner_lock=learner_lock)

@@ -1,6 +1,6 @@
 """One PPO update (rollout → GAE → SGD) as a single pure function, and the train state's initialisation.
 
-`make_iteration` returns `TrainState -> (TrainState, UpdateMetrics)`; the trainer jits it with explicit shardings
+`make_iteration` returns `TrainState -> (TrainState, UpdateMetrics)`; launch/programs.py jits it with explicit shardings
 and donates the state. Nothing inside syncs with the host.
 """
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,14 +62,14 @@ class UpdateMetrics:
   param_norm: jax.Array
   episode_return_sum: jax.Array
   episode_count: jax.Array
-  diagnostics: Any = None  # learner.diagnostics.Diagnostics, or None when diagnostics are off
+  diagnostics: diagnostics_lib.Diagnostics | None = None  # None when diagnostics are off
 
 
 @struct.dataclass
 class LearnAux:
   """What the learn stage reports besides the new params: SGD statistics and the update's diagnostics."""
   loss: losses.LossAux  # averaged over all minibatch steps
-  diagnostics: Any = None  # learner.diagnostics.Diagnostics, or None when diagnostics are off
+  diagnostics: diagnostics_lib.Diagnostics | None = None  # None when diagnostics are off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,16 +156,17 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
                             advantage=advantages, target=targets, behaviour_head=traj.head)
 
   def learn(params, opt_state, proximal, batch: losses.Minibatch, key):
-    new_params, opt_state, aux, proximal, noise = sgd_lib.sgd_epochs(
+    sgd = sgd_lib.sgd_epochs(
         params, opt_state, batch, key, loss_fn=loss_fn, optimizer=agent.optimizer, update_epochs=ppo.update_epochs,
         num_minibatches=ppo.num_minibatches, chunk_size=ppo.sgd_chunk_size, constrain=learner_constrain,
         proximal=proximal, ewma_decay=ppo.ewma_decay, track_grad_noise=ppo.diagnostics)
     diagnostics = None
     if ppo.diagnostics:
-      diagnostics = diagnostics_lib.compute(params, new_params, batch.obs, batch.behaviour_head, batch.value,
-                                            batch.target, noise, apply_fn=agent.apply, dist=agent.dist,
-                                            kl_quantile=ppo.kl_quantile)
-    return new_params, opt_state, proximal, LearnAux(loss=aux, diagnostics=diagnostics)
+      diagnostics = diagnostics_lib.compute(params, sgd.params, batch.obs, batch.behaviour_head, batch.value,
+                                            batch.target, sgd.grad_noise, apply_fn=agent.apply, dist=agent.dist,
+                                            kl_quantile=ppo.kl_quantile,
+                                            key=jax.random.fold_in(key, 1))  # apart from the epochs' split(key)
+    return sgd.params, sgd.opt_state, sgd.proximal, LearnAux(loss=sgd.loss, diagnostics=diagnostics)
 
   def metrics(aux: LearnAux, params, stats: rollout_lib.EpisodeStats) -> UpdateMetrics:
     loss = aux.loss

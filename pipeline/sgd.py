@@ -11,22 +11,33 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 
 from learner import diagnostics, ewma as ewma_lib, losses
 from pipeline import batch_rows, permutation, sgd_chunks
+
+
+@struct.dataclass
+class SGDResult:
+  """What the SGD stage hands back after all its epochs."""
+  params: Any  # the updated params
+  opt_state: optax.OptState
+  loss: losses.LossAux  # averaged over all minibatch steps
+  proximal: ewma_lib.EWMAState | None  # PPO-EWMA's average advanced by every step; None when PPO-EWMA is off
+  grad_noise: diagnostics.GradNoiseStats | None  # the first epoch's B_simple inputs; None unless tracked
 
 
 def sgd_epochs(params, opt_state, batch: losses.Minibatch, key: jax.Array, *, loss_fn: Callable,
                optimizer: optax.GradientTransformation, update_epochs: int, num_minibatches: int,
                chunk_size: int | None = None, constrain: Callable = lambda x: x,
                proximal: ewma_lib.EWMAState | None = None, ewma_decay: float | None = None,
-               track_grad_noise: bool = False):
-  """`batch` leaves are [T, N, ...]. Returns (params, opt_state, LossAux averaged over all minibatch steps,
-  proximal advanced by every step (None if PPO-EWMA is off), GradNoiseStats of the first epoch or None).
+               track_grad_noise: bool = False) -> SGDResult:
+  """`batch` leaves are [T, N, ...]; `track_grad_noise` fills the result's `grad_noise`.
 
   Each minibatch's gradient is accumulated over chunks of `chunk_size` samples (default: the whole minibatch).
   """
@@ -42,13 +53,12 @@ def sgd_epochs(params, opt_state, batch: losses.Minibatch, key: jax.Array, *, lo
     fn = loss_fn if proximal is None else functools.partial(loss_fn, proximal_params=proximal.params)
     out = sgd_chunks.minibatch_grad(params, rows, batch.advantage, idx, loss_fn=fn, chunk_size=chunk_size,
                                     constrain=constrain, chunk_sq_norms=track_grad_noise)
-    grads, aux = out[:2]
-    noise = (out[2], diagnostics.sq_norm(grads)) if track_grad_noise else ()
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+    noise = (out.chunk_sq_norm, diagnostics.sq_norm(out.grads)) if track_grad_noise else ()
+    updates, opt_state = optimizer.update(out.grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     if proximal is not None:
       proximal = ewma_lib.update(proximal, params, ewma_decay)
-    return (params, opt_state, proximal), (aux, noise)
+    return (params, opt_state, proximal), (out.aux, noise)
 
   def epoch(carry, epoch_key):
     perm = permutation.random_permutation(epoch_key, batch_size).reshape(num_minibatches, minibatch_size)
@@ -61,4 +71,5 @@ def sgd_epochs(params, opt_state, batch: losses.Minibatch, key: jax.Array, *, lo
     small_sq, big_sq = noise
     stats = diagnostics.GradNoiseStats(mean_small_sq=small_sq[0].mean(), big_sq=big_sq[0].mean(),
                                        b_small=chunk_size, b_big=minibatch_size)
-  return params, opt_state, jax.tree.map(jnp.mean, aux), proximal, stats
+  return SGDResult(params=params, opt_state=opt_state, loss=jax.tree.map(jnp.mean, aux), proximal=proximal,
+                   grad_noise=stats)

@@ -8,24 +8,34 @@ be 8.6 GB) and are faster at every size: a 4,096-sample chunk's activations stay
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jaxtyping import Array, Float, Int
 
 from learner import diagnostics
 from pipeline import batch_rows
 
 
+@struct.dataclass
+class MinibatchGrad:
+  """One minibatch's gradient and what the loss reported, averaged over its chunks."""
+  grads: Any  # the gradient of the minibatch's mean loss, a pytree like the params
+  aux: Any  # the loss's auxiliary outputs (learner.losses.LossAux for the PPO loss)
+  chunk_sq_norm: jax.Array | None = None  # mean over chunks of |chunk gradient|²; None unless asked for
+
+
 def minibatch_grad(params, rows: batch_rows.Rows, advantage: Float[Array, "T N"], idx: Int[Array, "M"], *,
                    loss_fn: Callable, chunk_size: int, constrain: Callable = lambda x: x,
-                   chunk_sq_norms: bool = False):
-  """Returns (grads, LossAux) of `loss_fn` on the samples `idx` (flat (t, n) indices) of the [T, N] batch packed in
-  `rows` (pipeline/batch_rows.py); `advantage` is the batch's advantage leaf, for the minibatch's statistics.
+                   chunk_sq_norms: bool = False) -> MinibatchGrad:
+  """The gradient of `loss_fn` on the samples `idx` (flat (t, n) indices) of the [T, N] batch packed in `rows`
+  (pipeline/batch_rows.py); `advantage` is the batch's advantage leaf, for the minibatch's statistics.
 
   `loss_fn(params, mb, advantage_stats=...)` must be a mean over the samples of `mb`. `chunk_size` divides M.
-  With `chunk_sq_norms` it returns (grads, LossAux, mean over chunks of |chunk gradient|²): the chunks are disjoint
-  random subsets of the minibatch at the same params, the small batch of the gradient noise scale.
+  With `chunk_sq_norms` the result's `chunk_sq_norm` is the mean over chunks of |chunk gradient|²: the chunks are
+  disjoint random subsets of the minibatch at the same params, the small batch of the gradient noise scale.
   """
   minibatch_size = idx.shape[0]
   num_chunks = minibatch_size // chunk_size
@@ -35,7 +45,7 @@ def minibatch_grad(params, rows: batch_rows.Rows, advantage: Float[Array, "T N"]
   grad_fn = jax.grad(lambda p, mb: loss_fn(p, mb, advantage_stats=stats), has_aux=True)
   if num_chunks == 1:
     grads, aux = grad_fn(params, take(idx))
-    return (grads, aux, diagnostics.sq_norm(grads)) if chunk_sq_norms else (grads, aux)
+    return MinibatchGrad(grads=grads, aux=aux, chunk_sq_norm=diagnostics.sq_norm(grads) if chunk_sq_norms else None)
 
   def chunk(carry, chunk_idx):
     total, sq = carry
@@ -47,4 +57,4 @@ def minibatch_grad(params, rows: batch_rows.Rows, advantage: Float[Array, "T N"]
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, take(idx[:chunk_size])))
   (total, sq), _ = jax.lax.scan(chunk, (zeros, jnp.zeros((), jnp.float32)), idx.reshape(num_chunks, chunk_size))
   grads, aux = jax.tree.map(lambda x: x / num_chunks, total)
-  return (grads, aux, sq / num_chunks) if chunk_sq_norms else (grads, aux)
+  return MinibatchGrad(grads=grads, aux=aux, chunk_sq_norm=sq / num_chunks if chunk_sq_norms else None)

@@ -25,7 +25,7 @@ import pytest
 from etils.epath import testing as epath_testing
 from jax.sharding import PartitionSpec as P
 
-from launch import checkpoint, config_lib, packed_arrays, sinks, trainer
+from launch import checkpoint, config_lib, packed_arrays, programs, sinks, trainer
 from launch.checkpoint import compat, format as format_lib
 from launch.configs import debug
 from learner import diagnostics as diagnostics_lib
@@ -287,14 +287,9 @@ def _debug_config(**overrides):
 
 
 def _state_target(config, mesh_devices):
-  agent = trainer.build_agent(config, config_lib.resolve(config, jax.device_count()))
-  init_fn = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs)
+  progs = programs.build(config, make_mesh(mesh_devices), compile_update=False)
   key = jax.random.PRNGKey(config.seed)
-  shapes = jax.eval_shape(init_fn, key)
-  shardings = Layout(make_mesh(mesh_devices)).train_state_shardings(shapes)
-  target = jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d), shapes, shardings)
-  return (lambda: dataflow.Snapshot(state=jax.jit(init_fn, out_shardings=shardings)(key))), dataflow.Snapshot(
-      state=target)
+  return (lambda: dataflow.Snapshot(state=progs.init(key))), dataflow.Snapshot(state=progs.abstract_state)
 
 
 def test_restore_from_starts_a_new_run_from_params_only(baseline, tmp_path):

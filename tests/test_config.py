@@ -217,7 +217,8 @@ def test_every_config_key_is_in_the_schema_with_a_resume_policy():
                              "network.hidden_sizes", "network.activation", "network.shared_trunk", "ewma.enabled"}
   assert set(free) == {"log_every", "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints",
                        "restore_from", "mesh.data", "pipeline.actor_devices", "pipeline.mode",
-                       "pipeline.max_policy_lag"}
+                       "pipeline.max_policy_lag", "log_checkpoints", "wandb.project", "wandb.entity", "wandb.name",
+                       "wandb.mode"}
 
 
 def test_the_schema_refuses_a_key_without_a_resume_policy_rule_or_doc():

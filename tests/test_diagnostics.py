@@ -1,6 +1,9 @@
 """Each outer-loop diagnostic against a brute-force computation on a small batch; PPO-EWMA's weights and loss."""
+import dataclasses
 import itertools
 import os
+import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +11,14 @@ import numpy as np
 import optax
 import pytest
 
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
 from launch import trainer
 from launch.configs import debug
 from launch.sinks import read_jsonl
 from learner import diagnostics, distributions, ewma, losses
-from pipeline import permutation, sgd
+from learner.state import TrainState
+from pipeline import batch_rows, iteration, permutation, rollout, sgd, sgd_chunks
 
 
 
@@ -56,7 +62,7 @@ def test_update_diagnostics_against_brute_force():
   behaviour_head, value = _linear(old, obs)
   noise = diagnostics.GradNoiseStats(mean_small_sq=jnp.array(3.0), big_sq=jnp.array(1.0), b_small=4, b_big=12)
   d = diagnostics.compute(old, new, obs, behaviour_head, value, target, noise, apply_fn=_linear,
-                          dist=distributions.Categorical(A), kl_quantile=0.9)
+                          dist=distributions.Categorical(A), kl_quantile=0.9, key=jax.random.PRNGKey(0))
 
   o, W0, W1 = np.asarray(obs, np.float64), np.asarray(old["W"], np.float64), np.asarray(new["W"], np.float64)
   kls = []
@@ -74,6 +80,40 @@ def test_update_diagnostics_against_brute_force():
   # |G|² = (12·1 − 4·3)/8 = 0, tr Σ = (3 − 1)/(1/4 − 1/12) = 12: the hand-worked two-batch-size equations.
   np.testing.assert_allclose(d.grad_sq_norm, 0.0, atol=1e-6)
   np.testing.assert_allclose(d.grad_trace_cov, 12.0, rtol=1e-6)
+
+
+def test_kl_quantile_exact_up_to_its_sample_size_and_close_beyond():
+  rng, key = np.random.default_rng(0), jax.random.PRNGKey(0)
+  x = rng.lognormal(size=4096).astype(np.float32)
+  for n in (4096, 1000):  # no larger than the sample: the batch's own quantile
+    np.testing.assert_allclose(diagnostics.sampled_quantile(jnp.asarray(x[:n]), 0.9, key, num_samples=4096),
+                               np.quantile(x[:n], 0.9), rtol=1e-6)
+  # 2^20 values, the default 65,536-sample estimate: its rank in the batch is 0.9 ± 0.0012 (one standard deviation).
+  big = rng.lognormal(size=(64, 16384)).astype(np.float32)
+  estimate = float(diagnostics.sampled_quantile(jnp.asarray(big), 0.9, key))
+  assert abs(np.mean(big < estimate) - 0.9) < 0.005
+  assert abs(estimate / np.quantile(big, 0.9) - 1) < 0.02
+  # The draw is over the global index: the same states, so the same value, with the batch split over 8 devices.
+  sharded = jax.device_put(big, NamedSharding(Mesh(jax.devices(), ("data",)), P(None, "data")))
+  assert float(jax.jit(lambda x, k: diagnostics.sampled_quantile(x, 0.9, k))(sharded, key)) == estimate
+
+
+def test_kl_quantile_cost_is_bounded_at_a_million_envs():
+  """Lowered for 1,048,576 envs × 128 steps (shapes only): no sort of more than 65,536 values (the default sample)."""
+  T, N, D, A = 128, 2**20, 5, 3
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  params = {"W": f32(D, A), "v": f32(D)}
+  noise = diagnostics.GradNoiseStats(mean_small_sq=f32(), big_sq=f32(), b_small=4, b_big=12)
+
+  def fn(old, new, obs, head, value, target, noise, key):
+    return diagnostics.compute(old, new, obs, head, value, target, noise, apply_fn=_linear,
+                               dist=distributions.Categorical(A), kl_quantile=0.9, key=key)
+
+  text = jax.jit(fn).lower(params, params, f32(T, N, D), f32(T, N, A), f32(T, N), f32(T, N), noise,
+                           jax.eval_shape(jax.random.PRNGKey, 0)).as_text()
+  sorted_shapes = re.findall(r'"stablehlo\.sort"\(.*?\}\) : \(tensor<([0-9x]+)x', text, re.S)
+  assert sorted_shapes, "the quantile should sort its sample"
+  assert all(np.prod([int(d) for d in s.split("x")]) <= 65536 for s in sorted_shapes), sorted_shapes
 
 
 def _regression_batch(T=4, N=8, D=3, seed=0):
@@ -95,10 +135,10 @@ def _mean_loss(w, mb, **_):
 def _grad_noise(batch, key, num_minibatches, chunk_size):
   """The SGD stage's B_simple inputs with the params held fixed (a zero optimizer)."""
   w = jnp.array([0.5, -1.0, 0.25], jnp.float32)
-  *_, noise = sgd.sgd_epochs(w, optax.set_to_zero().init(w), batch, key, loss_fn=_mean_loss,
-                             optimizer=optax.set_to_zero(), update_epochs=2, num_minibatches=num_minibatches,
-                             chunk_size=chunk_size, track_grad_noise=True)
-  return w, noise
+  result = sgd.sgd_epochs(w, optax.set_to_zero().init(w), batch, key, loss_fn=_mean_loss,
+                          optimizer=optax.set_to_zero(), update_epochs=2, num_minibatches=num_minibatches,
+                          chunk_size=chunk_size, track_grad_noise=True)
+  return w, result.grad_noise
 
 
 def test_grad_noise_scale_from_explicit_per_example_gradients():
@@ -127,14 +167,43 @@ def test_grad_noise_scale_from_explicit_per_example_gradients():
   np.testing.assert_allclose(np.mean(sqs), full - cov_trace / (T * N), rtol=0.03)
 
 
+def test_sgd_results_are_named_whatever_the_options():
+  """The SGD stage and a minibatch's gradient return one named pytree each, the same type whether or not the
+  gradient noise is measured (not positional tuples whose length depends on a flag)."""
+  w, batch = jnp.array([0.5, -1.0, 0.25], jnp.float32), _regression_batch()
+  for track in (False, True):
+    result = sgd.sgd_epochs(w, optax.set_to_zero().init(w), batch, jax.random.PRNGKey(0), loss_fn=_mean_loss,
+                            optimizer=optax.set_to_zero(), update_epochs=1, num_minibatches=2, chunk_size=8,
+                            track_grad_noise=track)
+    assert type(result) is sgd.SGDResult
+    assert [f.name for f in dataclasses.fields(result)] == ["params", "opt_state", "loss", "proximal", "grad_noise"]
+    assert result.proximal is None and (type(result.grad_noise) is diagnostics.GradNoiseStats) == track
+    out = sgd_chunks.minibatch_grad(w, batch_rows.pack(batch), batch.advantage, jnp.arange(16), loss_fn=_mean_loss,
+                                    chunk_size=8, chunk_sq_norms=track)
+    assert type(out) is sgd_chunks.MinibatchGrad and (out.chunk_sq_norm is None) != track
+  # The state's and the metrics' optional parts are typed as what they hold (resolvable annotations, no Any).
+  hint = lambda cls, name, **names: eval(cls.__annotations__[name], vars(sys.modules[cls.__module__]), names)  # pylint: disable=eval-used
+  assert hint(TrainState, "runner", RunnerState=rollout.RunnerState) is rollout.RunnerState
+  assert hint(TrainState, "proximal") == hint(sgd.SGDResult, "proximal") == ewma.EWMAState | None
+  for cls in (iteration.UpdateMetrics, iteration.LearnAux):
+    assert hint(cls, "diagnostics") == diagnostics.Diagnostics | None
+  assert hint(sgd.SGDResult, "grad_noise") == diagnostics.GradNoiseStats | None
+
+
 def test_grad_noise_undefined_with_one_chunk():
   _, noise = _grad_noise(_regression_batch(), jax.random.PRNGKey(0), 4, None)
   assert np.all(np.isnan(diagnostics.noise_scale(noise)))
 
 
-def test_ewma_weights_by_hand():
+def test_ewma_weights_by_hand(monkeypatch):
+  from launch import config_lib  # pylint: disable=import-outside-toplevel
   decay = ewma.decay_from_center_of_mass(3.0)
   assert decay == 0.75
+  config = debug.get_config()
+  config.ewma.enabled, config.ewma.center_of_mass = True, 3.0
+  assert config_lib.resolve(config, 1).ppo.ewma_decay == decay
+  monkeypatch.setattr(ewma, "decay_from_center_of_mass", lambda com: 0.5)  # the run's decay comes from this function
+  assert config_lib.resolve(config, 1).ppo.ewma_decay == 0.5
   ages = np.arange(10000)
   np.testing.assert_allclose(np.sum(ages * (1 - decay) * decay**ages), 3.0)  # the mean age is the centre of mass
   history = [{"a": jnp.array([float(i), -float(i)]), "b": jnp.array(float(i)**2)} for i in (1, 2, 5, 7)]
@@ -194,28 +263,69 @@ DIAGNOSTIC_KEYS = ("kl_mean", "kl_quantile", "update_norm", "grad_noise_scale", 
                    "samples_per_kl", "explained_variance")
 
 
-def test_diagnostics_reach_metrics_jsonl(runs):
-  for row in runs["on"]:
-    for key in DIAGNOSTIC_KEYS:
-      assert np.isfinite(row[key]), key
-    assert row["kl_mean"] > 0 and row["kl_quantile"] >= 0 and row["update_norm"] > 0
-    assert row["explained_variance"] <= 1
+def _brute_force_diagnostics(agent, old_params, new_params, batch: losses.Minibatch, kl_quantile: float):
+  """The KL, update-size and critic diagnostics of one update from its batch, in float64 numpy."""
+  p_logits = np.asarray(batch.behaviour_head, np.float64)
+  q_logits = np.asarray(agent.apply(new_params, batch.obs)[0], np.float64)
+  log_p = p_logits - np.log(np.exp(p_logits).sum(-1, keepdims=True))
+  log_q = q_logits - np.log(np.exp(q_logits).sum(-1, keepdims=True))
+  kl = (np.exp(log_p) * (log_p - log_q)).sum(-1).ravel()
+  delta = [np.asarray(a, np.float64) - np.asarray(b, np.float64)
+           for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(old_params))]
+  v, y = np.asarray(batch.value, np.float64).ravel(), np.asarray(batch.target, np.float64).ravel()
+  return {"kl_mean": kl.mean(), "kl_quantile": np.quantile(kl, kl_quantile), "samples_per_kl": kl.size / kl.mean(),
+          "update_norm": np.sqrt(sum((d**2).sum() for d in delta)), "explained_variance": 1 - np.var(y - v) / np.var(y)}
+
+
+def test_diagnostics_of_real_updates_by_brute_force_and_in_metrics_jsonl(runs):
+  """The debug run's first log interval replayed stage by stage: each update's diagnostics against a float64
+  recomputation from its batch and params, and metrics.jsonl's row = their mean over the interval."""
+  from launch import config_lib  # pylint: disable=import-outside-toplevel
+  config = debug.get_config()
+  resolved = config_lib.resolve(config, 1)
+  agent = trainer.build_agent(config, resolved)
+  stages = iteration.make_stages(agent, resolved.ppo)
+  act, advantage, learn = jax.jit(stages.act), jax.jit(stages.advantage), jax.jit(stages.learn)
+  state = iteration.init_train_state(agent, jax.random.split(jax.random.PRNGKey(config.seed))[0], config.num_envs,
+                                     resolved.ppo)
+  per_update = []
+  for _ in range(config.log_every):
+    key, rollout_key, sgd_key = iteration.split_update_key(state.key)
+    out = act(state.params, state.runner, rollout_key)
+    batch = advantage(out.traj, out.last_value)
+    # The stored behaviour head is the rollout policy's: the params before this update.
+    np.testing.assert_allclose(batch.behaviour_head, agent.apply(state.params, batch.obs)[0], rtol=1e-5, atol=1e-6)
+    params, opt_state, proximal, aux = learn(state.params, state.opt_state, state.proximal, batch, sgd_key)
+    d = aux.diagnostics
+    for name, want in _brute_force_diagnostics(agent, state.params, params, batch, config.diagnostics.kl_quantile
+                                               ).items():
+      np.testing.assert_allclose(getattr(d, name), want, rtol=2e-3, err_msg=name)
+    np.testing.assert_allclose(d.grad_noise_scale, d.grad_trace_cov / d.grad_sq_norm, rtol=1e-5)
+    assert d.kl_mean > 0 and d.update_norm > 0
+    per_update.append(d)
+    state = state.replace(params=params, opt_state=opt_state, proximal=proximal, runner=out.runner, key=key,
+                          update=state.update + 1)
+  row = runs["on"][0]
+  assert row["update"] == config.log_every
+  for name in DIAGNOSTIC_KEYS:
+    np.testing.assert_allclose(row[name], np.mean([float(getattr(d, name)) for d in per_update]), rtol=1e-3,
+                               err_msg=name)
   for row in runs["off_ewma"]:
     assert not set(DIAGNOSTIC_KEYS) & set(row)
     assert np.isfinite(row["policy_loss"]) and np.isfinite(row["param_norm"])
 
 
 def test_ewma_state_lives_in_train_state():
-  from launch import config_lib  # pylint: disable=import-outside-toplevel
+  from launch import config_lib, programs  # pylint: disable=import-outside-toplevel
   from pipeline import iteration  # pylint: disable=import-outside-toplevel
   config = debug.get_config()
   config.ewma.enabled, config.ewma.center_of_mass = True, 0.0  # decay 0: the proximal params are the params
-  resolved = config_lib.resolve(config, 1)
-  agent = trainer.build_agent(config, resolved)
-  state = iteration.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs, resolved.ppo)
-  assert iteration.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs).proximal is None
-  new_state, _ = jax.jit(iteration.make_iteration(agent, resolved.ppo))(state)
-  assert not np.allclose(jax.tree.leaves(new_state.params)[0], jax.tree.leaves(state.params)[0])
+  progs = programs.build(config, resolved=config_lib.resolve(config, 1), eval_episodes=0)
+  state = progs.init(jax.random.PRNGKey(0))
+  assert iteration.init_train_state(progs.agent, jax.random.PRNGKey(0), config.num_envs).proximal is None
+  initial = jax.device_get(state.params)  # the update donates its input
+  new_state, _ = progs.update(state)
+  assert not np.allclose(jax.tree.leaves(new_state.params)[0], jax.tree.leaves(initial)[0])
   for a, b in zip(jax.tree.leaves(new_state.proximal.params), jax.tree.leaves(new_state.params)):
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
@@ -227,9 +337,11 @@ def test_sgd_advances_ewma_after_every_optimizer_step():
                                           lambda g, s, p=None: (jax.tree.map(jnp.ones_like, g), s))
   w0, decay, K = jnp.array([0.5, -1.0, 0.25], jnp.float32), 0.6, 2 * 4
   loss = lambda w, mb, proximal_params=None, **_: _mean_loss(w, mb)
-  params, _, _, proximal, _ = sgd.sgd_epochs(w0, optax.EmptyState(), _regression_batch(), jax.random.PRNGKey(0),
-                                             loss_fn=loss, optimizer=plus_one, update_epochs=2, num_minibatches=4,
-                                             proximal=ewma.init(w0), ewma_decay=decay)
+  result = sgd.sgd_epochs(w0, optax.EmptyState(), _regression_batch(), jax.random.PRNGKey(0), loss_fn=loss,
+                          optimizer=plus_one, update_epochs=2, num_minibatches=4, proximal=ewma.init(w0),
+                          ewma_decay=decay)
+  assert isinstance(result, sgd.SGDResult) and result.grad_noise is None  # not tracked
+  params, proximal = result.params, result.proximal
   np.testing.assert_allclose(params, w0 + K)
   weights = decay**(K - np.arange(K + 1))
   np.testing.assert_allclose(proximal.params, w0 + weights @ np.arange(K + 1) / weights.sum(), rtol=1e-5)

@@ -247,7 +247,7 @@ def test_size_limits_are_config_rules(jax_cache, tmp_path):
 def test_a_failed_start_leaves_the_workdir_as_it_found_it(tmp_path, monkeypatch):
   def fail(*args, **kwargs):
     raise RuntimeError("RESOURCE_EXHAUSTED: out of memory while compiling")
-  monkeypatch.setattr(trainer.xla_options, "compiler_options", fail)
+  monkeypatch.setattr(trainer.programs, "build", fail)
   for wd in (tmp_path / "new", tmp_path / "old"):
     if wd.name == "old":
       wd.mkdir()

@@ -14,25 +14,22 @@ if not os.environ.get("REQUIRE_KINETIX"):
   pytest.importorskip("kinetix", reason="kinetix-env needs jax<=0.9.0: runs in .venv-kinetix (scripts/test_kinetix.sh)")
 
 import envs  # pylint: disable=wrong-import-position
-from launch import config_lib, trainer  # pylint: disable=wrong-import-position
+from launch import programs  # pylint: disable=wrong-import-position
 from launch.configs import kinetix as kinetix_config  # pylint: disable=wrong-import-position
-from pipeline import iteration as iteration_lib  # pylint: disable=wrong-import-position
 
 NVEC = (3, 3, 3, 3, 2, 2)  # size s: 4 motors (forward, backward, off) and 2 thrusters (on, off)
 
 
 def test_kinetix_random_levels_train_from_a_reset_pool():
   config = kinetix_config.get_config("debug")
-  resolved = config_lib.resolve(config, jax.device_count())
-  agent = trainer.build_agent(config, resolved)
+  progs = programs.build(config, eval_episodes=0)
+  agent = progs.agent
   env = agent.env
   assert env.action_space == envs.MultiDiscrete(NVEC) and env.observation_shape == (140,)
   assert env.max_episode_steps == 256
-  state = jax.jit(lambda k: iteration_lib.init_train_state(agent, k, config.num_envs, resolved.ppo))(
-      jax.random.PRNGKey(0))
-  step = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo))
+  state = progs.init(jax.random.PRNGKey(0))
   for _ in range(2):
-    state, metrics = step(state)
+    state, metrics = progs.update(state)
     for field in ("policy_loss", "value_loss", "entropy", "approx_kl", "param_norm", "episode_return_sum"):
       assert np.isfinite(jax.device_get(getattr(metrics, field))), field
   assert state.runner.obs.shape == (config.num_envs, 140) and np.all(np.isfinite(state.runner.obs))
@@ -54,3 +51,16 @@ def test_kinetix_named_level_starts_every_episode_from_it():
   assert res.obs.shape == (140,) and np.isfinite(float(res.reward)) and not bool(res.truncated)
   with pytest.raises(envs.UnknownEnvError, match="s/h0_weak_thrust"):
     envs.make("kinetix:s/no_such_level")
+
+
+def test_kinetix_renders_frames_and_reports_success():
+  """launch.evaluate's video and success measure on Kinetix: its pixel renderer, and `success` on a goal step."""
+  from envs import render  # pylint: disable=import-outside-toplevel
+  env = envs.make("kinetix:s/h0_weak_thrust")
+  state, _ = env.reset(jax.random.PRNGKey(0))
+  res = jax.jit(env.step)(jax.random.PRNGKey(1), state, jnp.zeros((len(NVEC),), jnp.int32))
+  images = render.frames(env, [state, res.state])
+  assert len(images) == 2 and images[0].ndim == 3 and images[0].shape[2] == 3 and images[0].dtype == np.uint8
+  assert images[0].std() > 0  # not a blank image
+  goal = res.replace(terminated=jnp.asarray(True), reward=jnp.asarray(1.0))
+  assert bool(env.success(goal)) and not bool(env.success(goal.replace(reward=jnp.asarray(-1.0))))

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 from jax.experimental import multihost_utils
 
-from launch import checkpoint, config_lib, local, preemption, trainer
+from launch import checkpoint, config_lib, local, preemption, programs, trainer
 from launch.configs import debug
 from pipeline import dataflow
-from pipeline import iteration as iteration_lib
 from launch.sinks import read_jsonl
 from sharding import distributed
 
@@ -138,7 +137,8 @@ def _start_two(workdir, jax_cache, logs, pause=None):
   if pause is not None:
     env["PPO_TEST_PAUSE_AT_UPDATE"] = str(pause)
   args = [sys.executable, "-m", "launch.train", f"--workdir={workdir}", *DEBUG_ARGS,
-          f"--coordinator_address={address}", "--num_processes=2"]
+          f"--coordinator_address={address}", "--num_processes=2",
+          "--verbosity=0"]  # INFO logs: every process says where it resumed from (the console is process 0's)
   return [subprocess.Popen(args + [f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                            stderr=open(logs[i], "w", encoding="utf-8")) for i in (0, 1)]
 
@@ -277,8 +277,7 @@ def test_orbax_never_asks_the_preemption_sync_point(sync_point, tmp_path):
   """Orbax asks it at each save and again from its finalize thread with the saved step; that would set this host's
   protocol counter back behind the loop. Only launch/preemption.py may ask."""
   config = debug.get_config()
-  agent = trainer.build_agent(config, config_lib.resolve(config, jax.device_count()))
-  state = jax.jit(lambda k: iteration_lib.init_train_state(agent, k, num_envs=config.num_envs))(jax.random.PRNGKey(0))
+  state = programs.build(config, compile_update=False).init(jax.random.PRNGKey(0))
   ckpts = checkpoint.RunCheckpoints(str(tmp_path), config)
   assert ckpts.maybe_save(dataflow.Snapshot(state=state), 3, [], [], 0.0, force=True)
   ckpts.close()

@@ -1,6 +1,5 @@
 """The optional parts of the state — PPO-EWMA's proximal params, observation statistics, the reset pool — through
 every pipeline mode, split sub-meshes and a resume: they must not break the exactness guarantees."""
-import functools
 import os
 import shutil
 
@@ -8,11 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from launch import config_lib, trainer
+from launch import programs, trainer
 from launch.configs import debug
 from launch.sinks import read_jsonl
-from pipeline import dataflow, iteration as iteration_lib
-from sharding import Layout, make_mesh, split_mesh
+from pipeline import dataflow
 
 NUM_UPDATES = 3
 
@@ -28,48 +26,35 @@ def _config(**overrides):
   return config
 
 
-@functools.lru_cache(maxsize=None)
-def _agent():
-  config = _config()
-  resolved = config_lib.resolve(config, jax.device_count())
-  return config, resolved.ppo, trainer.build_agent(config, resolved)
-
-
-def _init(layout: Layout, actor_layout: Layout | None = None):
-  config, ppo, agent = _agent()
-  init = functools.partial(iteration_lib.init_train_state, agent, num_envs=config.num_envs, ppo=ppo)
-  shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
-  state = jax.jit(init, out_shardings=layout.train_state_shardings(shapes))(jax.random.PRNGKey(0))
-  if actor_layout is not None:
-    state = state.replace(runner=jax.device_put(state.runner, actor_layout.runner_shardings(state.runner)))
-  return state
+def _programs(mode: str = "fused", devices: int = 1, actor_devices: int = 0) -> programs.Programs:
+  return programs.build(_config(**{"pipeline.mode": mode, "mesh.data": devices,
+                                   "pipeline.actor_devices": actor_devices}))
 
 
 def _pipeline(actor_devices: int):
-  _, ppo, agent = _agent()
-  actor_mesh, learner_mesh = split_mesh(make_mesh(8 if actor_devices else 1), actor_devices)
-  actor, learner = Layout(actor_mesh), Layout(learner_mesh)
-  state = _init(learner, actor)
-  fns = dataflow.make_pipeline_fns(agent, ppo, actor, learner, example=state)
-  return list(dataflow.Pipeline(fns, max_policy_lag=0).run(dataflow.Snapshot(state=state), NUM_UPDATES))
+  progs = _programs("sync", 8 if actor_devices else 1, actor_devices)
+  state = progs.init(jax.random.PRNGKey(0))
+  return list(dataflow.Pipeline(progs.pipeline, max_policy_lag=0).run(dataflow.Snapshot(state=state), NUM_UPDATES))
 
 
 def test_sync_and_split_pipelines_equal_fused_with_every_option_on():
-  _, ppo, agent = _agent()
-  layout = Layout(make_mesh(1))
-  state = _init(layout)
+  progs = _programs("fused")
+  state = progs.init(jax.random.PRNGKey(0))
   assert state.proximal is not None and state.runner.obs_norm is not None and state.runner.reset_pool is not None
-  step = jax.jit(iteration_lib.make_iteration(agent, ppo, layout.constrain_envs))
+  metrics = []
   for _ in range(NUM_UPDATES):
-    state, _ = step(state)
-  sync = _pipeline(0)[-1].snapshot.state
-  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), sync, state)
-  split = _pipeline(4)[-1].snapshot.state  # 4 actor devices, 4 learner devices: placement changes only float order
+    state, m = progs.update(state)
+    metrics.append(m)
+  sync_results = _pipeline(0)
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
+               (sync_results[-1].snapshot.state, [r.metrics for r in sync_results]), (state, metrics))
+  split_results = _pipeline(4)  # 4 actor devices, 4 learner devices: placement changes only float order
+  split = split_results[-1].snapshot.state
   assert split.runner.obs_norm.mean.sharding.is_fully_replicated
   assert split.runner.obs.sharding.spec[0] == "data"
+  assert jax.tree.structure(split) == jax.tree.structure(state)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5),
-               (split.params, split.proximal, split.runner.obs_norm), (state.params, state.proximal,
-                                                                         state.runner.obs_norm))
+               (split, [r.metrics for r in split_results]), (state, metrics))  # every leaf of state and metrics
 
 
 @pytest.mark.parametrize("mode,devices,actor_devices", [("fused", 1, 0), ("overlap", 8, 4), ("sync", 5, 4)])

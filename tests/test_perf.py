@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from launch import config_lib, trainer, xla_options
+from launch import config_lib, programs, trainer, xla_options
 from launch.configs import debug, default
 from launch.sinks import read_jsonl
 from learner import distributions, losses, networks
@@ -136,10 +136,21 @@ def test_chunked_gradient_equals_whole_minibatch_gradient(cartpole_batch):
   mb = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[idx], batch)
   (_, ref_aux), ref_grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)  # the pre-chunking computation
   for chunk in (256, 64, 16):
-    grads, aux = sgd_chunks.minibatch_grad(params, batch_rows.pack(batch), batch.advantage, idx, loss_fn=loss_fn,
-                                           chunk_size=chunk)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), grads, ref_grads)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), aux, ref_aux)
+    out = sgd_chunks.minibatch_grad(params, batch_rows.pack(batch), batch.advantage, idx, loss_fn=loss_fn,
+                                    chunk_size=chunk)
+    assert isinstance(out, sgd_chunks.MinibatchGrad) and out.chunk_sq_norm is None
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), out.grads, ref_grads)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), out.aux, ref_aux)
+  # With chunk norms: the same named result, the same gradient, plus the mean |chunk gradient|² by hand.
+  normed = sgd_chunks.minibatch_grad(params, batch_rows.pack(batch), batch.advantage, idx, loss_fn=loss_fn,
+                                     chunk_size=16, chunk_sq_norms=True)
+  assert type(normed) is type(out)
+  jax.tree.map(np.testing.assert_array_equal, normed.grads, out.grads)
+  stats = (mb.advantage.mean(), mb.advantage.std())
+  chunk_grads = jax.jit(jax.vmap(jax.grad(lambda p, m: loss_fn(p, m, advantage_stats=stats)[0]), (None, 0)))(
+      params, jax.tree.map(lambda x: x.reshape(16, 16, *x.shape[1:]), mb))
+  sq = sum(np.sum(np.square(np.asarray(g, np.float64)).reshape(16, -1), 1) for g in jax.tree.leaves(chunk_grads))
+  np.testing.assert_allclose(normed.chunk_sq_norm, sq.mean(), rtol=1e-4)
   # Advantages are normalised over the whole minibatch: a per-chunk normalisation would give another gradient.
   per_chunk = jax.tree.map(lambda x: x.reshape(16, 16, *x.shape[1:]), mb)
   wrong = jax.tree.map(lambda *g: sum(g) / 16, *[jax.grad(lambda p, m: loss_fn(p, m)[0])(
@@ -151,10 +162,8 @@ def test_chunked_gradient_equals_whole_minibatch_gradient(cartpole_batch):
 def _one_update(chunk):
   config = debug.get_config()
   config.num_envs, config.num_steps, config.num_minibatches, config.sgd_chunk_size = 16, 16, 2, chunk
-  resolved = config_lib.resolve(config, 1)
-  agent = trainer.build_agent(config, resolved)
-  state = iteration_lib.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs)
-  return jax.jit(iteration_lib.make_iteration(agent, resolved.ppo))(state)
+  progs = programs.build(config, resolved=config_lib.resolve(config, 1), eval_episodes=0)
+  return progs.update(progs.init(jax.random.PRNGKey(0)))
 
 
 def test_chunked_update_equals_unchunked_update():

@@ -149,15 +149,15 @@ def test_obs_norm_and_reset_pool_do_not_depend_on_device_count(tmp_path):
 
 def test_train_state_carries_statistics_and_pool():
   config = _debug(obs_norm=True, **{"reset_pool.size": 16, "reset_pool.refresh": 4})
-  resolved = trainer.config_lib.resolve(config, 8)
-  agent = trainer.build_agent(config, resolved)
+  from launch import programs  # pylint: disable=import-outside-toplevel
   from pipeline import iteration as iteration_lib  # pylint: disable=import-outside-toplevel
-  state = iteration_lib.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs, resolved.ppo)
+  progs = programs.build(config, eval_episodes=0)
+  state = progs.init(jax.random.PRNGKey(0))
   assert float(state.runner.obs_norm.count) == config.num_envs and state.runner.reset_pool.obs.shape == (16, 4)
-  step = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo))
-  new_state, _ = step(state)
+  initial_mean = np.asarray(state.runner.obs_norm.mean)  # the update donates its input
+  new_state, _ = progs.update(state)
   assert float(new_state.runner.obs_norm.count) == config.num_envs * (1 + config.num_steps)
   assert int(new_state.runner.reset_pool.cursor) == (config.num_steps * 4) % 16
-  assert not np.allclose(new_state.runner.obs_norm.mean, state.runner.obs_norm.mean)
-  off = iteration_lib.init_train_state(agent, jax.random.PRNGKey(0), config.num_envs)
+  assert not np.allclose(new_state.runner.obs_norm.mean, initial_mean)
+  off = iteration_lib.init_train_state(progs.agent, jax.random.PRNGKey(0), config.num_envs)
   assert off.runner.obs_norm is None and off.runner.reset_pool is None  # nothing to carry or checkpoint when off

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import envs
-from launch import config_lib, trainer
+from launch import config_lib, programs
 from launch.configs import brax as brax_config
 from launch.configs import craftax as craftax_config
 from launch.configs import default
 from learner import distributions
-from pipeline import iteration as iteration_lib
+from sharding import make_mesh
 
 
 @pytest.mark.parametrize("env_name, module, extra", [
@@ -45,17 +45,15 @@ def test_unknown_names_within_a_suite_list_the_alternatives():
 
 
 def _train_a_few_updates(config, updates):
-  """Builds the agent from `config` and runs `updates` PPO updates; returns (agent, state, per-update metrics)."""
-  resolved = config_lib.resolve(config, jax.device_count())
-  agent = trainer.build_agent(config, resolved)
-  init = jax.jit(lambda key: iteration_lib.init_train_state(agent, key, config.num_envs, resolved.ppo))
-  state = init(jax.random.PRNGKey(0))
-  step = jax.jit(iteration_lib.make_iteration(agent, resolved.ppo))
+  """Builds the trainer's programs for `config` (on one device) and runs `updates` PPO updates; returns (agent,
+  state, per-update metrics)."""
+  progs = programs.build(config, make_mesh(1), eval_episodes=0)
+  state = progs.init(jax.random.PRNGKey(0))
   metrics = []
   for _ in range(updates):
-    state, m = step(state)
+    state, m = progs.update(state)
     metrics.append(jax.device_get(m))
-  return agent, state, metrics
+  return progs.agent, state, metrics
 
 
 def _assert_finite(metrics):
@@ -65,18 +63,20 @@ def _assert_finite(metrics):
 
 
 def test_brax_inverted_pendulum_trains():
-  config = brax_config.get_config("debug")
-  agent, state, metrics = _train_a_few_updates(config, 3)
+  config = brax_config.get_config()  # the learning config (benchmarks/brax_learning.py), for 20 updates
+  updates = 20
+  agent, state, metrics = _train_a_few_updates(config, updates)
   env = agent.env
   assert env.observation_shape == (4,) and isinstance(agent.dist, distributions.DiagGaussian)
   assert env.action_space == envs.Box(low=(-3.0,), high=(3.0,), shape=(1,))  # the actuator's ctrl_range
   assert state.runner.obs.shape == (config.num_envs, 4)
   _assert_finite(metrics)
-  assert sum(int(m.episode_count) for m in metrics) > 0  # a near-random policy drops the pendulum quickly
-  returns = sum(float(m.episode_return_sum) for m in metrics) / sum(int(m.episode_count) for m in metrics)
-  assert 1 <= returns <= env.max_episode_steps  # +1 per step until the pole falls or 1000 steps pass
-  # Running observation statistics were updated with every observation of the 3 rollouts.
-  assert float(state.runner.obs_norm.count) == config.num_envs * (1 + 3 * config.num_steps)
+  # +1 per step until the pole falls or 1000 steps pass. The untrained policy's episodes last ~30 steps; measured
+  # (2026-12-01, 2 shared CPU cores) this run's episodes in updates 11-20 average 152 steps.
+  mean_return = lambda ms: sum(float(m.episode_return_sum) for m in ms) / sum(int(m.episode_count) for m in ms)
+  assert mean_return(metrics[:1]) < 60 and mean_return(metrics[10:]) >= 90
+  # Running observation statistics were updated with every observation of the rollouts.
+  assert float(state.runner.obs_norm.count) == config.num_envs * (1 + updates * config.num_steps)
   assert np.all(np.asarray(state.runner.obs_norm.var) > 0)
   # Action bounds: an out-of-range action is clipped to the bound, and the policy's samples are what the env gets.
   s0 = jax.tree.map(lambda x: x[0], state.runner.env_state)

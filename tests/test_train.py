@@ -82,7 +82,9 @@ def test_single_device_process_matches_eight_device_mesh(device_runs, tmp_path):
   _assert_same_run(read_jsonl(os.path.join(workdir, "metrics.jsonl"))[-1], device_runs[8])
 
 
-def test_gymnax_continuous_env_trains(workdir):
+def test_gymnax_continuous_env_runs_in_the_trainer(workdir):
+  """The gymnax adapter's Box actions through a whole run (10 updates: too short to learn Pendulum, so this checks
+  the plumbing and ranges; learning is checked on `cue`, CartPole and Brax's inverted_pendulum)."""
   pytest.importorskip("gymnax")
   row = trainer.train_and_evaluate(_debug_config(env_name="gymnax:Pendulum-v1"), workdir)
   assert all(np.isfinite(row[k]) for k in COMPARED)

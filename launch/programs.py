@@ -1,0 +1,211 @@
+"""Every compiled program of a run, built in one place from the agent, the resolved config and the meshes.
+
+eval_shape(init) → shardings → jit(init, out_shardings); the fused update (or the staged pipeline's stages) jitted
+with in/out shardings and donated state, lowered and compiled ahead of time with the backend's compiler options
+(launch/xla_options.py); the evaluation likewise. The trainer, the tests and the benchmarks all take their programs
+from here, so what a test checks and what a benchmark times is the program a run executes.
+
+  progs = programs.build(config)                     # the trainer's programs for `config` on its mesh
+  state = progs.init(jax.random.PRNGKey(0))          # created already sharded
+  state, metrics = progs.update(state)               # fused mode (donates `state`)
+  results = dataflow.Pipeline(progs.pipeline, lag).run(dataflow.Snapshot(state), n)   # sync / overlap
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+
+import jax
+import ml_collections
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import envs
+from launch import config_lib, xla_options
+from learner import distributions, networks, optimizer as optimizer_lib
+from learner.state import TrainState
+from pipeline import dataflow
+from pipeline import evaluate as evaluate_lib
+from pipeline import iteration as iteration_lib
+from sharding import Layout, make_mesh, split_mesh
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  """A run's programs and where its state lives. `update` is set in fused mode, `pipeline` in sync / overlap."""
+  resolved: config_lib.Resolved
+  agent: iteration_lib.Agent
+  layout: Layout  # the learner's mesh (in fused mode the whole mesh)
+  actor_layout: Layout  # the actors' mesh: `layout` itself unless pipeline.actor_devices > 0
+  state_shardings: TrainState  # of shardings: the runner on the actors' mesh, the rest on the learner's
+  abstract_state: TrainState  # of ShapeDtypeStructs placed per state_shardings: a restore target, a lowering input
+  init: Callable  # key -> TrainState, placed per state_shardings (jitted; compiled on its first call)
+  update: Callable | None = None  # TrainState -> (TrainState, UpdateMetrics), donating its input
+  pipeline: dataflow.PipelineFns | None = None  # the staged pipeline's compiled stages, bound to their meshes
+  evaluate: Callable | None = None  # (params, key, obs_norm) -> mean deterministic return
+  compile_time: float = 0.0  # seconds spent compiling update / stages and evaluation
+
+  def eval_obs_norm(self, state: TrainState):
+    """The actors' observation statistics (None when off), moved next to the learner's params for evaluation."""
+    return jax.device_put(state.runner.obs_norm, self.layout.replicated)
+
+  def evaluate_state(self, state: TrainState, key: jax.Array) -> jax.Array:
+    return self.evaluate(state.params, key, self.eval_obs_norm(state))
+
+
+def build_agent(config: ml_collections.ConfigDict, resolved: config_lib.Resolved) -> iteration_lib.Agent:
+  """The env, network, action distribution and optimizer that `config` describes."""
+  env = envs.make(config.env_name)
+  dist = distributions.for_action_space(env.action_space)
+  model = networks.ActorCritic(dist=dist, hidden_sizes=tuple(config.network.hidden_sizes),
+                               activation=config.network.activation, shared_trunk=config.network.shared_trunk)
+  optimizer = optimizer_lib.make_optimizer(resolved.learning_rate, config.max_grad_norm, config.anneal_lr,
+                                           resolved.total_gradient_steps)
+  return iteration_lib.Agent(env=env, model=model, dist=dist, optimizer=optimizer)
+
+
+def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
+          resolved: config_lib.Resolved | None = None, agent: iteration_lib.Agent | None = None,
+          mode: str | None = None, eval_episodes: int | None = None, **kwargs) -> Programs:
+  """The programs `config` runs: its agent, on `mesh` (default make_mesh(config.mesh.data)) split into actor and
+  learner sub-meshes per config.pipeline.actor_devices, in config.pipeline.mode (or `mode`), evaluating
+  config.eval_episodes episodes (or `eval_episodes`; 0: no evaluate program).
+
+  `resolved` defaults to config_lib.resolve(config, jax.device_count()); other arguments go to `make_programs`.
+  """
+  resolved = resolved or config_lib.resolve(config, num_devices=jax.device_count())
+  agent = agent or build_agent(config, resolved)
+  actor_mesh, learner_mesh = split_mesh(mesh if mesh is not None else make_mesh(config.mesh.data),
+                                        config.pipeline.actor_devices)
+  return make_programs(agent, resolved, Layout(learner_mesh), Layout(actor_mesh), mode=mode or config.pipeline.mode,
+                       eval_episodes=config.eval_episodes if eval_episodes is None else eval_episodes, **kwargs)
+
+
+def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, layout: Layout,
+                  actor_layout: Layout | None = None, *, mode: str = "fused", eval_episodes: int = 0,
+                  compile_update: bool = True, num_seeds: int | None = None, updates_per_call: int = 1,
+                  compiler_options: dict[str, str] | None = None) -> Programs:
+  """Builds and compiles the programs of a run from its parts.
+
+  mode: "fused" (one update program) or "sync" / "overlap" (the pipeline's stages; the lag is the Pipeline's).
+  eval_episodes: parallel episodes of the evaluate program (0: no evaluate program).
+  compile_update: False builds only the init and the state's placement (e.g. a restore target).
+  num_seeds: S independent runs in one program (fused only): init takes keys [S], every state leaf and metric gets
+    a leading seed axis (never split over devices), the update and evaluation are vmapped over it.
+  updates_per_call: k > 1 scans k fused updates per call; the metrics then have a leading axis of k.
+  compiler_options: default xla_options.compiler_options(jax.default_backend()).
+  """
+  actor_layout = actor_layout or layout
+  ppo = resolved.ppo
+  if compiler_options is None:
+    compiler_options = xla_options.compiler_options(jax.default_backend())
+  if mode == "fused" and actor_layout.mesh is not layout.mesh:
+    raise ValueError("the fused update runs on one mesh: actors and learner must share it")
+  if mode != "fused" and (num_seeds or updates_per_call != 1):
+    raise ValueError("num_seeds and updates_per_call apply to the fused update only")
+  seeded = (lambda f: jax.vmap(f)) if num_seeds else (lambda f: f)
+
+  # Shard: shapes → shardings → an init that creates the state already placed.
+  init_fn = seeded(functools.partial(iteration_lib.init_train_state, agent, num_envs=ppo.num_envs, ppo=ppo))
+  key = jax.eval_shape(jax.random.PRNGKey, 0)
+  if num_seeds:
+    key = jax.ShapeDtypeStruct((num_seeds, *key.shape), key.dtype)
+  shapes = jax.eval_shape(init_fn, key)
+  learner_shardings = _with_seed_axis(layout.train_state_shardings(_per_seed(shapes, num_seeds)), num_seeds)
+  state_shardings = learner_shardings.replace(
+      runner=_with_seed_axis(actor_layout.runner_shardings(_per_seed(shapes.runner, num_seeds)), num_seeds))
+  abstract_state = _placed(shapes, state_shardings)
+  init_jit = jax.jit(init_fn, out_shardings=learner_shardings)
+
+  def init(key):
+    state = init_jit(key)
+    if actor_layout.mesh is not layout.mesh:  # one jit cannot write to two meshes: the runner moves to the actors
+      state = state.replace(runner=jax.device_put(state.runner, state_shardings.runner))
+    return state
+
+  progs = Programs(resolved=resolved, agent=agent, layout=layout, actor_layout=actor_layout,
+                   state_shardings=state_shardings, abstract_state=abstract_state, init=init)
+  if not compile_update:
+    return progs
+
+  # Update step(s) and evaluation, compiled ahead of time.
+  t0 = time.time()
+  update = pipeline = evaluate = None
+  if mode == "fused":
+    step = seeded(iteration_lib.make_iteration(agent, ppo, layout.constrain_envs))
+    if updates_per_call > 1:
+      step = functools.partial(_scanned, step, updates_per_call)
+    update = jax.jit(step, in_shardings=(state_shardings,), out_shardings=(state_shardings, layout.replicated),
+                     donate_argnums=0).lower(abstract_state).compile(compiler_options=compiler_options)
+  else:
+    pipeline = _compile_stages(agent, ppo, actor_layout, layout, abstract_state, compiler_options)
+  if eval_episodes:
+    evaluate_fn = seeded(evaluate_lib.make_evaluate(agent.env, agent.apply, agent.dist, eval_episodes))
+    replicated = _with_seed_axis(layout.replicated, num_seeds)
+    obs_norm = _placed(abstract_state.runner.obs_norm,
+                       jax.tree.map(lambda _: replicated, abstract_state.runner.obs_norm))
+    evaluate = jax.jit(evaluate_fn).lower(abstract_state.params, key, obs_norm).compile(
+        compiler_options=compiler_options)
+  return dataclasses.replace(progs, update=update, pipeline=pipeline, evaluate=evaluate,
+                             compile_time=time.time() - t0)
+
+
+def _scanned(step, length, state):
+  return jax.lax.scan(lambda s, _: step(s), state, None, length=length)
+
+
+def _placed(shapes, shardings):
+  return jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d), shapes, shardings)
+
+
+def _per_seed(shapes, num_seeds):
+  """The shapes of one seed's tree (what Layout's rules are written for)."""
+  if not num_seeds:
+    return shapes
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), shapes)
+
+
+def _with_seed_axis(shardings, num_seeds):
+  """Per-seed shardings with an unsplit leading seed axis."""
+  if not num_seeds:
+    return shardings
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(None, *s.spec)), shardings)
+
+
+def _compile_stages(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings, actor_layout: Layout,
+                    learner_layout: Layout, example: TrainState,
+                    compiler_options: dict[str, str]) -> dataflow.PipelineFns:
+  """The pipeline's stages, each compiled with explicit shardings: act and advantage on the actors' mesh, learn,
+  metrics and the key schedule on the learner's. `example`: the state's shapes (placement is decided here)."""
+  stages = iteration_lib.make_stages(agent, ppo, actor_layout.constrain_envs, learner_layout.constrain_envs)
+  a_rep, l_rep = actor_layout.replicated, learner_layout.replicated
+
+  def compiled(fn, out_shardings, *args):
+    return jax.jit(fn, out_shardings=out_shardings).lower(*args).compile(compiler_options=compiler_options)
+
+  def replicated(tree, sharding):
+    return _placed(tree, jax.tree.map(lambda _: sharding, tree))
+
+  params_a, key_a = replicated(example.params, a_rep), replicated(example.key, a_rep)
+  runner_a = _placed(example.runner, actor_layout.runner_shardings(example.runner))
+  act_out = jax.eval_shape(stages.act, params_a, runner_a, key_a)
+  act_sh = iteration_lib.ActorOutput(runner=actor_layout.runner_shardings(act_out.runner),
+                                     traj=actor_layout.env_shardings(act_out.traj, axis=1),
+                                     last_value=actor_layout.env_sharding(1),
+                                     stats=jax.tree.map(lambda _: a_rep, act_out.stats))
+  act = compiled(stages.act, act_sh, params_a, runner_a, key_a)
+  act_out = _placed(act_out, act_sh)
+  batch = jax.eval_shape(stages.advantage, act_out.traj, act_out.last_value)
+  advantage = compiled(stages.advantage, actor_layout.env_shardings(batch, axis=1), act_out.traj, act_out.last_value)
+  params_l, opt_l, key_l = (replicated(x, l_rep) for x in (example.params, example.opt_state, example.key))
+  proximal_l = replicated(example.proximal, l_rep)
+  batch_l = _placed(batch, learner_layout.env_shardings(batch, axis=1))
+  stats_l = replicated(act_out.stats, l_rep)
+  learn_args = (params_l, opt_l, proximal_l, batch_l, key_l)
+  learn_out = jax.eval_shape(stages.learn, *learn_args)
+  learn = compiled(stages.learn, jax.tree.map(lambda _: l_rep, learn_out), *learn_args)
+  metrics = compiled(stages.metrics, l_rep, replicated(learn_out[3], l_rep), params_l, stats_l)
+  split_key = compiled(iteration_lib.split_update_key, l_rep, key_l)
+  return dataflow.bind_stages(act, advantage, learn, metrics, split_key, actor_layout, learner_layout)
+

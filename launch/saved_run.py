@@ -1,0 +1,136 @@
+"""A run's trained policy read from its newest checkpoint: the saved config, the network params and (with obs_norm)
+the observation statistics. Nothing else is read: no optimizer state, no env states, no envs stepped.
+
+Used by launch.evaluate and launch.export; both get a learner.policy.Policy.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+import envs
+from launch import config_lib
+from launch import workdir as workdir_lib
+from launch.checkpoint import format as format_lib, params as ckpt_params
+from learner import policy as policy_lib
+from pipeline import obs_norm as obs_norm_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+  step_dir: str  # the checkpoint step read
+  update: int
+  config: ml_collections.ConfigDict  # the run's own config, as saved with the checkpoint
+  policy: policy_lib.Policy
+
+
+def read_params(step_dir: str, target: Any) -> Any:
+  """The only place this module reads params: the checkpoint's `params` part by name, onto `target`'s shardings."""
+  return ckpt_params.read_params(step_dir, target)
+
+
+def _manager(directory: epath.Path) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+
+
+def newest_step(workdir: str) -> tuple[epath.Path, int]:
+  """(checkpoints directory, newest step) of a run's workdir, its checkpoints/ or one step directory."""
+  root = epath.Path(workdir_lib.absolute(workdir))
+  if (root / "checkpoints").is_dir():
+    directory, step = root / "checkpoints", None
+  elif root.name.isdigit():
+    directory, step = root.parent, int(root.name)
+  else:
+    directory, step = root, None
+  if not directory.is_dir():
+    raise config_lib.ConfigError(f"--workdir={workdir}: no such directory")
+  if step is None:
+    manager = _manager(directory)
+    step = manager.latest_step()
+    manager.close()
+    if step is None:
+      raise config_lib.ConfigError(f"--workdir={workdir}: holds no checkpoint (train first, or wait for the first "
+                                   "save: config.checkpoint_every)")
+  return directory, step
+
+
+def _read_host(directory: epath.Path, step: int) -> dict[str, Any]:
+  manager = _manager(directory)
+  try:
+    return manager.restore(step, args=ocp.args.Composite(host=ocp.args.JsonRestore()))["host"]
+  finally:
+    manager.close()
+
+
+_OBS_NORM = "['runner'].obs_norm."  # the statistics' leaves in the runner item's layout
+
+
+def _read_obs_norm(directory: epath.Path, step: int, host: dict[str, Any]) -> policy_lib.ObsNorm:
+  """The runner's observation statistics alone: the packed replicated words of the runner, unpacked at their
+  offsets in the saved layout (the env rows are not read)."""
+  layout = host["layout"][format_lib.RUNNER]
+  if layout is None:
+    raise config_lib.ConfigError(f"{directory / str(step)}: the runner was saved unpacked (separate actor devices); "
+                                 "reading its observation statistics alone is not supported")
+  words, offset, leaves = {}, 0, {}
+  for path, shape, dtype, group in layout:  # the statistics come first among the runner's replicated leaves
+    if group != "flat":
+      continue
+    if not path.startswith(_OBS_NORM):
+      if leaves:
+        break
+      raise config_lib.ConfigError(f"{directory / str(step)}: the runner's first replicated leaf is {path}, not "
+                                   "the observation statistics")
+    if np.dtype(dtype).itemsize != 4:
+      raise config_lib.ConfigError(f"{directory / str(step)}: unexpected observation statistic {path} ({dtype})")
+    size = int(np.prod(shape))
+    leaves[path[len(_OBS_NORM):]] = (offset, size, shape, dtype)
+    offset += size
+  if not {"mean", "var"} <= set(leaves):
+    raise config_lib.ConfigError(f"{directory / str(step)}: no observation statistics in the checkpoint")
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  placed = {"flat_uint32": ocp.ArrayRestoreArgs(sharding=sharding)}
+  manager = _manager(directory)
+  try:
+    packed = manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(
+        {format_lib.RUNNER: placed}, restore_args={format_lib.RUNNER: placed},
+        partial_restore=True)))["arrays"][format_lib.RUNNER]
+  finally:
+    manager.close()
+  flat = np.asarray(packed["flat_uint32"])
+  for name, (start, size, shape, dtype) in leaves.items():
+    words[name] = flat[start:start + size].view(np.dtype(dtype)).reshape(shape)
+  return policy_lib.ObsNorm(mean=tuple(map(float, words["mean"])), var=tuple(map(float, words["var"])),
+                            clip=float(obs_norm_lib.CLIP), eps=float(obs_norm_lib.EPS))
+
+
+def spec_for(config: ml_collections.ConfigDict, obs_norm: policy_lib.ObsNorm | None = None,
+             env_name: str | None = None) -> policy_lib.PolicySpec:
+  """The policy description of a run's config (the env is built only for its spaces)."""
+  env = envs.make(env_name or config.env_name)
+  return policy_lib.PolicySpec(hidden_sizes=tuple(config.network.hidden_sizes), activation=config.network.activation,
+                               shared_trunk=bool(config.network.shared_trunk), action_space=env.action_space,
+                               observation_shape=tuple(env.observation_shape), obs_norm=obs_norm,
+                               env_name=env_name or config.env_name)
+
+
+def load(workdir: str) -> SavedRun:
+  """The newest checkpoint's policy of the run in `workdir` (or of one step directory)."""
+  directory, step = newest_step(workdir)
+  host = _read_host(directory, step)
+  format_lib.check_format(host, str(directory / str(step)))
+  config = ml_collections.ConfigDict(host["config"])
+  obs_norm = _read_obs_norm(directory, step, host) if config.get("obs_norm", False) else None
+  spec = spec_for(config, obs_norm)
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), spec.param_shapes())
+  params = jax.device_get(read_params(str(directory / str(step)), target))
+  return SavedRun(step_dir=str(directory / str(step)), update=step, config=config,
+                  policy=policy_lib.Policy(spec=spec, params=params, act=policy_lib.make_act(spec, params)))
