@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from absl import flags, logging
 from etils import epath
 
+from launch import workdir as workdir_lib
+
 # The causes a user can fix: space, permissions, a path that is not a directory, a read-only or failing disk.
 FILESYSTEM_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
                      errno.EEXIST, errno.EIO, errno.EFBIG, errno.ENAMETOOLONG, errno.ENOENT)
@@ -44,19 +46,28 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 def filesystem_cause(error: BaseException, workdir: str | None = None) -> tuple[str | None, str] | None:
   """(path or None, strerror) of the first file-system failure in `error`'s chain, else None.
 
-  A missing file (ENOENT) counts only when it is under `workdir` (else it is some other mistake)."""
+  With `workdir`, a failure that names a path outside it is not the workdir's (e.g. a full /tmp), and a missing file
+  (ENOENT) counts only when it is under it (else it is some other mistake)."""
+  def ours(path: str | None) -> bool:
+    if workdir is None or path is None:
+      return True
+    inside = lambda p: p if workdir_lib.is_remote(p) else os.path.abspath(p)
+    return inside(path).startswith(inside(os.fspath(workdir)))
+
   for e in _chain(error):
     if isinstance(e, OSError) and e.errno in FILESYSTEM_ERRNOS:
       path = e.filename if e.filename is None else os.fspath(e.filename)
-      if e.errno == errno.ENOENT and not (workdir and path and path.startswith(os.fspath(workdir))):
-        continue
-      return path, os.strerror(e.errno)
+      if ours(path) and (e.errno != errno.ENOENT or (workdir and path)):
+        return path, os.strerror(e.errno)
+      continue
     text = str(e)
     code = _OS_ERROR_CODE.search(text) or _ERRNO.search(text)
     number = int(code.group(1)) if code else next((n for s, n in _STRERRORS.items() if s in text), None)
     if number in FILESYSTEM_ERRNOS and number != errno.ENOENT:
-      path = _QUOTED_PATH.search(text)
-      return (path.group(1) if path else None), os.strerror(number)
+      found = _QUOTED_PATH.search(text)
+      path = found.group(1) if found else None
+      if ours(path):
+        return path, os.strerror(number)
   return None
 
 

@@ -207,7 +207,9 @@ def test_a_disk_error_during_a_save_names_the_file_and_the_safe_checkpoint(tmp_p
   assert f"{tmp_path}/checkpoints/3 (update 3) is complete" in message
   assert not (tmp_path / workdir_lock.LOCK_NAME).exists()
   assert errors.filesystem_cause(OSError(errno.EROFS, os.strerror(errno.EROFS), "/x")) == ("/x", "Read-only file system")
-  assert errors.filesystem_cause(FileNotFoundError(errno.ENOENT, "gone", "/elsewhere")) is None  # not the workdir's
+  assert errors.filesystem_cause(FileNotFoundError(errno.ENOENT, "gone", "/elsewhere"), str(tmp_path)) is None
+  assert errors.filesystem_cause(OSError(errno.ENOSPC, "full", "/tmp/cache"), str(tmp_path)) is None  # not ours
+  assert errors.filesystem_cause(OSError(errno.ENOSPC, "full"), str(tmp_path)) == (None, "No space left on device")
 
 
 # 3. History is never discarded silently.
