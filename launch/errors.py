@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 
 from absl import flags, logging
@@ -140,7 +141,13 @@ def _drop_orbax_filesystem_errors(record) -> bool:
 def _quiet_unraisable(unraisable) -> None:
   """Orbax's restore leaves coroutines of a failed read that raise again when collected ("Exception ignored in:
   <coroutine ...>"): the failure was already reported, naming the file."""
-  if not _verbose() and "orbax" in repr(getattr(unraisable, "object", "")) + repr(unraisable.exc_value):
+  code = getattr(getattr(unraisable, "object", None), "cr_code", None)  # a coroutine's
+  files = [code.co_filename] if code is not None else []
+  tb = unraisable.exc_traceback
+  while tb is not None:
+    files.append(tb.tb_frame.f_code.co_filename)
+    tb = tb.tb_next
+  if not _verbose() and any(f"{os.sep}orbax{os.sep}" in f for f in files):
     return
   sys.__unraisablehook__(unraisable)
 
@@ -151,10 +158,17 @@ def install_console_filters() -> None:
   sys.unraisablehook = _quiet_unraisable
 
 
+# What TensorStore prints (from C++, to fd 2) for each callback of a failed restore's other reads that completes after
+# orbax closed the restore's event loop; it may land during the next read.
+_LOOP_CLOSED = re.compile(rb"Traceback \(most recent call last\):\n(?:  .*\n)*?RuntimeError: Event loop is closed\n")
+_LINGER_S = 0.3  # after a failed read, for its other reads' callbacks to land here rather than later
+
+
 @contextlib.contextmanager
 def stderr_kept_if_failed() -> Iterator[None]:
   """Holds what C++ code writes to fd 2 inside the block (TensorStore prints the tracebacks of a failed read's
-  callbacks there, out of Python's reach); replays it unless the block raised (the caller reports that failure)."""
+  callbacks there, out of Python's reach); replays it, less those tracebacks, unless the block raised (the caller
+  reports that failure)."""
   if _verbose():
     yield
     return
@@ -167,11 +181,13 @@ def stderr_kept_if_failed() -> Iterator[None]:
       yield
       failed = False
     finally:
+      if failed:
+        time.sleep(_LINGER_S)
       sys.stderr.flush()
       os.dup2(saved, 2)
       os.close(saved)
       if not failed:
         held.seek(0)
-        text = held.read()
+        text = _LOOP_CLOSED.sub(b"", held.read())
         if text:
           os.write(2, text)

@@ -58,7 +58,7 @@ if __name__ == "__main__":
   if _file is not None and not os.path.isfile(_file):
     _configs = sorted(n for n in os.listdir(os.path.join(os.path.dirname(__file__), "configs"))
                       if n.endswith(".py") and not n.startswith("_"))
-    _fail(f"--config={_file}: no such file (the configs in launch/configs/ are {', '.join(_configs)})")
+    _fail(f"could not load --config={_file}: no such file (the configs in launch/configs/ are {', '.join(_configs)})")
   _unknown = config_lib.unknown_override_keys(sys.argv[1:])
   if _unknown:
     _fail("invalid config:\n  " + "\n  ".join(
