@@ -18,6 +18,7 @@ from launch import checkpoint, config_lib, console, preemption, programs, sinks,
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
 from pipeline import updates as updates_lib
+from sharding import distributed
 
 PROCESS_START = time.time()
 
@@ -48,6 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Mesh, shardings and programs: the init, the fused update or the pipeline's stages, evaluation; compiled ahead
   # of the clock (launch/programs.py). The runner lives with the actors, the rest with the learner.
   progs = programs.build(config, resolved=resolved)
+  distributed.barrier("compiled")  # processes meet before their first collective (restore, first update)
   logging.info("mesh: actors %s, learner %s; %d env steps per update, %d updates, pipeline %s; compiled in %.1fs",
                dict(progs.actor_layout.mesh.shape), dict(progs.layout.mesh.shape), resolved.batch_size,
                resolved.num_updates, config.pipeline.mode, progs.compile_time)
