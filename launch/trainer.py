@@ -20,6 +20,7 @@ from launch import workdir as workdir_lib
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
 from pipeline import updates as updates_lib
+from sharding import distributed
 
 PROCESS_START = time.time()
 
@@ -81,6 +82,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # of the clock (launch/programs.py). The runner lives with the actors, the rest with the learner.
   try:
     progs = programs.build(config, resolved=resolved)
+    distributed.barrier("compiled")  # processes meet before their first collective (restore, first update)
   except BaseException:
     stop.close()
     raise

@@ -83,6 +83,24 @@ def _never_joined(joined: threading.Event, address: str | None, num_processes: i
   os._exit(EXIT_NEVER_JOINED)  # pylint: disable=protected-access  (the main thread is blocked in the runtime)
 
 
+# How long a process waits at a barrier for the slowest peer (seconds): compilation can take minutes at scale and
+# hosts finish it at different times.
+BARRIER_TIMEOUT_S = int(os.environ.get("PPO_BARRIER_TIMEOUT_S", "1800"))
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches `name` (a no-op with one process), through the coordination service's key-value
+  store, not a device collective. On CPU the first gloo collective sets up its connections with a fixed 30 s
+  timeout, so processes that finish compiling further apart than that fail there; meeting here first keeps them
+  together."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
+  client = jax_distributed.global_state.client
+  if client is not None:
+    client.wait_at_barrier(f"ppo_{name}", BARRIER_TIMEOUT_S * 1000)
+
+
 def _platform_is_cpu() -> bool:
   platforms = os.environ.get("JAX_PLATFORMS", "") or os.environ.get("JAX_PLATFORM_NAME", "")
   if platforms:
