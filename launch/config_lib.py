@@ -17,7 +17,11 @@ from envs import registry
 from launch import wandb_sink
 from launch.config_schema import SCHEMA
 from learner import ewma
+from pipeline import permutation
 from pipeline.iteration import PPOSettings
+
+
+MAX_INDEX = permutation.MAX_SIZE  # int32: the permutation's and gathers' sample indices, the update counter
 
 
 class ConfigError(ValueError):
@@ -124,6 +128,11 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
     err("pipeline.actor_devices", f"must leave at least one of the mesh's {shards} devices for the learner")
     return errors
   batch_size = flat["num_envs"] * flat["num_steps"]
+  if batch_size > MAX_INDEX:
+    err("num_envs", f"num_envs * num_steps = {batch_size:,} samples per update is more than {MAX_INDEX:,} (2^31 - 1), "
+        "the most the minibatch permutation and gathers index (int32, pipeline/permutation.py); lower num_envs or "
+        "num_steps")
+    return errors
   if flat["num_envs"] % actor_shards:
     where = (f"the {actor_shards} actor devices (pipeline.actor_devices)" if actor_devices else
              f"the {shards} devices of the mesh's data axis (mesh.data)")
@@ -139,6 +148,9 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
       err("sgd_chunk_size", f"must be divisible by the {learner_shards} devices of the data axis")
   if flat["total_env_steps"] < batch_size and not planning:
     err("total_env_steps", f"must be at least one batch (num_envs * num_steps = {batch_size})")
+  if flat["total_env_steps"] // batch_size > MAX_INDEX:  # TrainState.update (also the checkpoint step) is int32
+    err("total_env_steps", f"{flat['total_env_steps'] // batch_size:,} updates are more than {MAX_INDEX:,} (2^31 - 1), "
+        "the most the int32 update counter holds; lower total_env_steps or raise num_envs * num_steps")
   return errors
 
 

@@ -36,11 +36,15 @@ class JsonlFile:
   def append(self, row: dict[str, Any]) -> None:
     line = json.dumps(row) + "\n"
     self.lines.append(line)
-    if self.rewrite:
-      _replace_contents(self.path, self.lines)
-    else:
-      self._file.write(line)
-      self._file.flush()
+    try:
+      if self.rewrite:
+        _replace_contents(self.path, self.lines)
+      else:
+        self._file.write(line)
+        self._file.flush()
+    except OSError as e:
+      e.filename = e.filename or str(self.path)  # a write to an open file does not say which (launch/errors.py)
+      raise
 
   def close(self) -> None:
     if self._file is not None:
@@ -89,10 +93,13 @@ class MetricsSinks:
     for sink in self._extra:
       sink.write(row)
 
-  def close(self, plot: bool = False) -> None:
-    """`plot`: the run completed; draw its learning curves (all rows, earlier processes' too)."""
+  def close(self, plot: bool = False, failed: bool = False) -> None:
+    """`plot`: the run completed; draw its learning curves (all rows, earlier processes' too). `failed`: the run is
+    ending with an error, whose message is the last line (not the bar drawn once more)."""
     if not self.enabled:
       return
+    if failed:
+      self._bar.leave = False
     self._bar.close()
     self._tb.flush()
     self._tb.close()

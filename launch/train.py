@@ -5,11 +5,19 @@
                                                        # programs' memory per device as JSON, and exit
   python -m launch.train --describe_config [--config=...]   # every key: value, type, doc, rule, resume policy
 
-Exit codes: 0 done; 2 invalid config or flags, a run whose compiled programs do not fit in device memory
-(launch/memory.py), or a workdir whose checkpoints cannot be resumed with this config (one message naming each bad
-key, no traceback); 3 stopped by SIGTERM/SIGINT/preemption after saving a checkpoint (rerun
-the same command to resume); 4 a loss or the params became non-finite (the message names the update and the last
-good checkpoint; that state was not saved).
+Exit codes (each non-zero exit ends with one line saying what happened and what to do):
+  0    done.
+  2    invalid config or flags; compiled programs that do not fit in device memory (launch/memory.py: the message
+       names the memory needed and the keys to change); a workdir that cannot be used: in use by another run (its
+       lock names the host and pid), not writable (no space, read-only, a path under a file: the message names the path, the cause and the
+       checkpoint a rerun resumes from), metrics rows with no checkpoint to resume them (rerun with --fresh to start
+       over), checkpoints this config cannot resume; or a multi-process start in which a peer never registered.
+  3    stopped by SIGTERM/SIGINT/preemption: after saving a checkpoint, or before the first update with nothing to
+       save (rerun the same command to resume).
+  4    a loss or the params became non-finite (the message names the update and the last good checkpoint; that
+       state was not saved).
+  130  (143) a second SIGINT (SIGTERM) stopped the run at once without saving the current update (the message names
+       the newest checkpoint, which a rerun resumes from).
 
 The console shows one start line, the progress bar, one line per checkpoint with --config.log_checkpoints, and a
 summary; the libraries' INFO lines and warnings are shown with -v 0 (absl's --verbosity).
@@ -26,6 +34,7 @@ from launch import config_lib, config_schema, console
 EXIT_CONFIG_ERROR = 2
 EXIT_PREEMPTED = 3
 EXIT_NONFINITE = 4
+EXIT_INTERRUPTED = 128 + 2  # a second SIGINT (the shell's convention; SIGTERM: 143, see launch/preemption.py)
 
 
 def _fail(message: str):
@@ -33,8 +42,25 @@ def _fail(message: str):
   sys.exit(EXIT_CONFIG_ERROR)
 
 
+def _config_file(args: list[str]) -> str | None:
+  """The FILE of the last `--config=FILE[:ARG]` (or `--config FILE[:ARG]`), if any: the one absl uses."""
+  found = None
+  for i, arg in enumerate(args):
+    if arg.startswith("--config="):
+      found = arg[len("--config="):].split(":", 1)[0]
+    elif arg == "--config" and i + 1 < len(args):
+      found = args[i + 1].split(":", 1)[0]
+  return found
+
+
 if __name__ == "__main__":
-  # config_flags applies `--config.KEY=VALUE` overrides as the flag is defined, so unknown keys are caught first.
+  # config_flags loads the file and applies `--config.KEY=VALUE` overrides as the flag is defined, failing with a long
+  # traceback: a missing file and unknown keys are caught first.
+  _file = _config_file(sys.argv[1:])
+  if _file is not None and not os.path.isfile(_file):
+    _configs = sorted(n for n in os.listdir(os.path.join(os.path.dirname(__file__), "configs"))
+                      if n.endswith(".py") and not n.startswith("_"))
+    _fail(f"could not load --config={_file}: no such file (the configs in launch/configs/ are {', '.join(_configs)})")
   _unknown = config_lib.unknown_override_keys(sys.argv[1:])
   if _unknown:
     _fail("invalid config:\n  " + "\n  ".join(
@@ -52,15 +78,31 @@ flags.DEFINE_bool("dry_run_memory", True, "With --dry_run: also compile the prog
                   "is allocated) and print their memory per device (launch/memory.py).")
 flags.DEFINE_bool("describe_config", False, "Print every config key (this config's value, type, one-line doc, rule, "
                   "resume policy; see launch/config_schema.py) and exit.")
+flags.DEFINE_bool("fresh", False, "Start the run over: move this workdir's metrics, TensorBoard events and checkpoints "
+                  "aside (into WORKDIR/previous-<time>/) first. Without it, a workdir with metrics rows but no "
+                  "checkpoint to resume them from is refused.")
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file, optionally FILE.py:ARG.", lock_config=True)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, with bad flag values reported in one line and exit code 2."""
+  """absl parsing, with bad flag values (and a config file that fails to load) reported in one line, exit code 2."""
   try:
     return FLAGS(argv)
   except flags.Error as e:
+    text = str(e)
+    if "Traceback (most recent call last)" in text:  # config_flags: the config file raised (e.g. an unknown variant)
+      last = [line for line in text.split("Traceback (most recent call last)", 1)[1].splitlines() if line.strip()]
+      _fail(f"could not load {text.split(': Error whilst', 1)[0].removeprefix('flag ')}: {last[-1].strip()}")
     _fail(f"{e}\nPass --helpshort to see the flags.")
+  except Exception as e:  # pylint: disable=broad-except  (config_flags: the config file raised, e.g. a bad variant)
+    _fail(f"could not load --config: {_root(e)}")
+
+
+def _root(error: BaseException) -> str:
+  """The innermost cause's message (config_flags wraps a config file's own error), as one line."""
+  while error.__cause__ is not None or error.__context__ is not None:
+    error = error.__cause__ or error.__context__
+  return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def main(argv):
@@ -70,14 +112,20 @@ def main(argv):
   try:
     config = FLAGS.config
     config.keys()  # config_flags defers a config file's load error to the first access
-  except OSError as e:
-    _fail(f"could not load --config: {e}")
+  except Exception as e:  # pylint: disable=broad-except  (the file's own error: one line)
+    _fail(f"could not load --config: {_root(e)}")
   if FLAGS.describe_config:
     print(config_schema.SCHEMA.listing(config_lib.flat_keys(config)))
     return
   from sharding import distributed  # pylint: disable=import-outside-toplevel
-  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  except ValueError as e:
+    _fail(str(e))
   import jax  # pylint: disable=import-outside-toplevel
+  from launch import errors, preemption  # pylint: disable=import-outside-toplevel
+  errors.install_console_filters()
+  preemption.EXIT_AT_ONCE = True  # this process is ours: a second signal, or a stop during compilation, ends it now
   try:
     if FLAGS.dry_run:
       described = config_lib.describe(config, jax.device_count(), jax.process_count())
@@ -93,15 +141,27 @@ def main(argv):
       return
     if not FLAGS.workdir:
       _fail("--workdir is required")
-    from launch import checkpoint, trainer  # pylint: disable=import-outside-toplevel
+    from launch import checkpoint, trainer, workdir  # pylint: disable=import-outside-toplevel
     try:
-      row = trainer.train_and_evaluate(config, FLAGS.workdir)
-    except checkpoint.Preempted as e:
+      row = trainer.train_and_evaluate(config, FLAGS.workdir, fresh=FLAGS.fresh)
+    except (checkpoint.Preempted, preemption.StoppedBeforeStart) as e:
       print(str(e), file=sys.stderr)
       sys.exit(EXIT_PREEMPTED)
     except checkpoint.NonFiniteError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(EXIT_NONFINITE)
+    except (errors.WorkdirError, workdir.HistoryError) as e:
+      _fail(str(e))
+    except KeyboardInterrupt:  # a second Ctrl-C with several processes (one process: launch/preemption.py)
+      print(f"\nerror: interrupted by a second SIGINT, without saving the current update; "
+            f"{errors.what_is_safe(FLAGS.workdir)}", file=sys.stderr)
+      sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:  # pylint: disable=broad-except  (a disk or workdir failure anywhere: one line; else raise)
+      message = errors.workdir_message(e, FLAGS.workdir)
+      if message is None:
+        raise
+      logging.debug("the workdir failure in full:", exc_info=True)
+      _fail(message)
   except config_lib.ConfigError as e:
     _fail(str(e))
   logging.info("done: %s", row)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 from typing import Any
 
@@ -14,11 +15,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from launch import checkpoint, config_lib, console, memory, preemption, programs, sinks, wandb_sink
+from launch import checkpoint, config_lib, console, memory, preemption, programs, sinks, wandb_sink, workdir_lock
+from launch import workdir as workdir_lib
 from learner import code_path
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
 from pipeline import updates as updates_lib
+from sharding import distributed
 
 PROCESS_START = time.time()
 
@@ -41,21 +44,55 @@ def summarize(metrics: list[iteration_lib.UpdateMetrics]) -> dict[str, Any]:
   return row
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains per `config`, writing metrics, TensorBoard and plots under `workdir`. Returns the last metrics row."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> dict[str, Any]:
+  """Trains per `config`, writing metrics, TensorBoard and plots under `workdir`. Returns the last metrics row.
+
+  The config is checked before the workdir is touched; then the run takes the workdir's lock (launch/workdir_lock.py:
+  another run holding it → WorkdirBusy) and refuses metrics rows that no checkpoint resumes unless `fresh`, which
+  moves the old files aside (launch/workdir.py). A start that fails leaves the workdir as it found it.
+  """
+  config_lib.resolve(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  existed = jax.process_index() == 0 and workdir_lib.Tidy(workdir).existed[""]
+  lock = workdir_lock.acquire(workdir, then=lambda: workdir_lib.check_history(workdir, fresh))
+  tidy = workdir_lib.Tidy(workdir) if lock is not None else None
+  if tidy is not None:
+    tidy.existed[""] = existed  # the lock made the directory
+  cleanups = [c for c in (lock and lock.release, tidy and tidy.undo) if c]  # in this order: the lock is a file
+  preemption.AT_EXIT_NOW.extend(cleanups)
+  try:
+    return _train(config, workdir)
+  except BaseException:
+    for c in cleanups:
+      c()
+    raise
+  finally:
+    for c in cleanups:
+      preemption.AT_EXIT_NOW.remove(c)
+    if lock is not None:
+      lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   resolved = config_lib.resolve(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   lead = jax.process_index() == 0
 
+  stop = preemption.StopRequest(workdir)
+  stop.starting(True)  # until the first update a stop has nothing to save: exit at once, also during compilation
+
   # Mesh, shardings and programs: the init, the fused update or the pipeline's stages, evaluation; compiled ahead
   # of the clock (launch/programs.py). The runner lives with the actors, the rest with the learner.
-  progs = programs.build(config, resolved=resolved)
+  try:
+    progs = programs.build(config, resolved=resolved)
+    # Before anything is allocated: a program that cannot fit stops here (exit 2) with what to change.
+    fit = memory.check_fits(progs, config)
+    distributed.barrier("compiled")  # processes meet before their first collective (restore, first update)
+  except BaseException:
+    stop.close()
+    raise
   logging.info("mesh: actors %s, learner %s; %d env steps per update, %d updates, pipeline %s; compiled in %.1fs; "
-               "code path %s", dict(progs.actor_layout.mesh.shape), dict(progs.layout.mesh.shape),
+               "code path %s; %s", dict(progs.actor_layout.mesh.shape), dict(progs.layout.mesh.shape),
                resolved.batch_size, resolved.num_updates, config.pipeline.mode, progs.compile_time,
-               code_path.describe())
-  # Before anything is allocated: a program that cannot fit stops here (exit 2) with what to change.
-  fit = memory.check_fits(progs, config)
-  logging.info("%s", fit.summary())
+               code_path.describe(), fit.summary())
 
   # Train state: own checkpoint, restored onto these shardings whatever mesh wrote it → else created already
   # sharded, with config.restore_from's params if set.
@@ -65,7 +102,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = progs.init(train_key)
     return dataflow.Snapshot(state=state, stale_params=(state.params,) * resolved.max_policy_lag)
 
-  stop = preemption.StopRequest(workdir)
   ckpts = checkpoint.RunCheckpoints(workdir, config, stop)
   target = progs.abstract_state
   try:
@@ -75,6 +111,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpts.close()
     stop.close()
     raise
+  stop.starting(False)
+  if stop.stopped_before_start():  # while compiling or restoring: no update to run or save
+    ckpts.close()
+    stop.close()
+    raise preemption.StoppedBeforeStart(workdir)
   compile_time, evaluate = progs.compile_time, progs.evaluate_state
   state = snapshot.state
   wandb = wandb_sink.WandbSink(config, workdir) if lead and config.wandb.project else None
@@ -149,11 +190,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         break
     completed = not stopped
   finally:
-    if hasattr(results, "close"):
-      results.close()  # stops the pipeline's stages
-    ckpts.close()  # waits for the save in flight
-    stop.close()
-    out.close(plot=completed)  # the learning curves of a completed run
+    failed = sys.exc_info()[1] is not None
+    with contextlib.ExitStack() as closing:  # every one of them, even after an error of another (e.g. a disk full)
+      # The learning curves of a completed run; after an error, its message is the last line, not the bar.
+      closing.push(lambda _, error, __: out.close(plot=completed, failed=failed or error is not None))
+      closing.callback(stop.close)
+      closing.callback(ckpts.close)  # waits for the save in flight
+      if hasattr(results, "close"):
+        closing.callback(results.close)  # stops the pipeline's stages
   if stopped:
     raise checkpoint.Preempted(update, ckpts.step_path(update))
   if lead:

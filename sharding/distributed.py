@@ -8,6 +8,7 @@ on its own devices (the jitted update is SPMD over the global mesh).
 from __future__ import annotations
 
 import os
+import threading
 
 import jax
 from absl import logging
@@ -16,6 +17,8 @@ from absl import logging
 # is 100 s; a dead host should end the job quickly so the scheduler can requeue it.
 HEARTBEAT_TIMEOUT_S = int(os.environ.get("PPO_HEARTBEAT_TIMEOUT_S", "20"))
 INIT_TIMEOUT_S = int(os.environ.get("PPO_INIT_TIMEOUT_S", "120"))
+
+EXIT_NEVER_JOINED = 2  # launch.train's exit code for a start that cannot go on (README, "Exit codes")
 
 _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
 
@@ -48,15 +51,54 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if _platform_is_cpu():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = dict(initialization_timeout=INIT_TIMEOUT_S, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
-  if explicit:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
-  else:
-    # On CPU there is no per-process accelerator to pin; let every process use all its (virtual) CPU devices.
-    local_ids = list(range(_cpu_device_count())) if _platform_is_cpu() else None
-    jax.distributed.initialize(local_device_ids=local_ids, **kwargs)
+  joined = threading.Event()
+  threading.Thread(target=_never_joined, args=(joined, coordinator_address, num_processes, process_id),
+                   name="join-watchdog", daemon=True).start()
+  try:
+    if explicit:
+      jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+    else:
+      # On CPU there is no per-process accelerator to pin; let every process use all its (virtual) CPU devices.
+      local_ids = list(range(_cpu_device_count())) if _platform_is_cpu() else None
+      jax.distributed.initialize(local_device_ids=local_ids, **kwargs)
+  finally:
+    joined.set()
   logging.info("jax.distributed: process %d of %d (%s), %d local / %d global devices", jax.process_index(),
                jax.process_count(), cluster or "flags", jax.local_device_count(), jax.device_count())
   return True
+
+
+def _never_joined(joined: threading.Event, address: str | None, num_processes: int | None,
+                  process_id: int | None) -> None:
+  """Ends the process with one line if the processes have not all registered in time. (The runtime would abort with
+  a C++ stack trace blaming "another task died", a little later.)"""
+  if joined.wait(INIT_TIMEOUT_S):
+    return
+  who = f"process {process_id} of {num_processes}" if process_id is not None else "this process"
+  line = (f"error: {who}: not every process registered with the coordinator at {address or 'the detected address'} "
+          f"within PPO_INIT_TIMEOUT_S={INIT_TIMEOUT_S} s: a peer never joined (not started, or started with another "
+          f"--coordinator_address or --num_processes). Start all processes with the same flags, or raise "
+          f"PPO_INIT_TIMEOUT_S if they start slowly.\n")
+  os.write(2, line.encode())
+  os._exit(EXIT_NEVER_JOINED)  # pylint: disable=protected-access  (the main thread is blocked in the runtime)
+
+
+# How long a process waits at a barrier for the slowest peer (seconds): compilation can take minutes at scale and
+# hosts finish it at different times.
+BARRIER_TIMEOUT_S = int(os.environ.get("PPO_BARRIER_TIMEOUT_S", "1800"))
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches `name` (a no-op with one process), through the coordination service's key-value
+  store, not a device collective. On CPU the first gloo collective sets up its connections with a fixed 30 s
+  timeout, so processes that finish compiling further apart than that fail there; meeting here first keeps them
+  together."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
+  client = jax_distributed.global_state.client
+  if client is not None:
+    client.wait_at_barrier(f"ppo_{name}", BARRIER_TIMEOUT_S * 1000)
 
 
 def _platform_is_cpu() -> bool:

@@ -92,7 +92,8 @@ def test_slurm_environment_is_auto_detected(one_process_four_devices, jax_cache,
   """The SLURM path of launch/slurm.sbatch: no coordinator flags, everything from the scheduler's variables."""
   workdir = str(tmp_path / "slurm")
   job_id = os.getpid() % 4000 + 1  # jax derives the coordinator port from the job id
-  procs = [subprocess.Popen([sys.executable, "-m", "launch.train", f"--workdir={workdir}", *DEBUG_ARGS], cwd=REPO,
+  procs = [subprocess.Popen([sys.executable, "-m", "launch.train", f"--workdir={workdir}", "--verbosity=0",
+                             *DEBUG_ARGS], cwd=REPO,
                             env=_slurm_env(i, job_id, jax_cache), stderr=subprocess.PIPE, text=True) for i in (0, 1)]
   logs = [p.communicate(timeout=300)[1] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:]

@@ -11,6 +11,7 @@ from absl import logging
 
 from launch import config_lib
 from launch import config_schema
+from launch import errors
 from launch import packed_arrays
 
 # Each key's resume policy is defined with the key, in launch/config_schema.py: must_match keys (key -> what in the
@@ -83,6 +84,6 @@ def check_layout(items: dict[str, Any], saved: dict[str, Any], where: str) -> No
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:
-  """An error as one short line, for the messages that name an unreadable step."""
-  text = f"{type(error).__name__}: {error}".strip().splitlines()[0]
-  return text if len(text) <= limit else text[:limit] + "…"
+  """An error as one short line, for the messages that name an unreadable step: the file and the cause, not orbax's
+  wrapped TensorStore spec."""
+  return errors.unreadable(error, limit)

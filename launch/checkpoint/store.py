@@ -23,6 +23,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from launch import config_lib
+from launch import errors
 from launch import packed_arrays
 from launch import workdir as workdir_lib
 from launch.checkpoint import agree, compat, format as format_lib, params as params_lib
@@ -128,7 +129,8 @@ class RunCheckpoints:
     for step in agree.steps(self._manager.all_steps()):
       status, error, read = agree.READABLE, None, None
       try:
-        read = self._read_step(step, target)  # this process's files only: no collective inside
+        with errors.stderr_kept_if_failed():  # TensorStore's tracebacks of a failed read: reported below, in one line
+          read = self._read_step(step, target)  # this process's files only: no collective inside
       except config_lib.ConfigError as e:
         status, error = agree.INCOMPATIBLE, e
       except Exception as e:  # pylint: disable=broad-except  (an unreadable step is skipped, never trusted)

@@ -6,7 +6,9 @@ from launch.configs import default
 
 
 def get_config(arg: str | None = None):
-  config = default.get_config(arg)
+  if arg:
+    raise ValueError(f"unknown variant {arg!r} (debug.py has none)")
+  config = default.get_config()
   config.num_envs = 8
   config.num_steps = 16
   config.total_env_steps = 8 * 16 * 10

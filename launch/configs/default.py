@@ -14,5 +14,6 @@ from launch.config_schema import SCHEMA
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  if arg:
+    raise ValueError(f"unknown variant {arg!r} (default.py has none)")
   return SCHEMA.config()
