@@ -45,6 +45,7 @@ class Programs:
   pipeline: dataflow.PipelineFns | None = None  # the staged pipeline's compiled stages, bound to their meshes
   evaluate: Callable | None = None  # (params, key, obs_norm) -> mean deterministic return
   compile_time: float = 0.0  # seconds spent compiling update / stages and evaluation
+  compiled: dict = dataclasses.field(default_factory=dict)  # name -> jax.stages.Compiled (for memory_analysis)
 
   def eval_obs_norm(self, state: TrainState):
     """The actors' observation statistics (None when off), moved next to the learner's params for evaluation."""
@@ -132,14 +133,16 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
   # Update step(s) and evaluation, compiled ahead of time.
   t0 = time.time()
   update = pipeline = evaluate = None
+  compiled = {}
   if mode == "fused":
     step = seeded(iteration_lib.make_iteration(agent, ppo, layout.constrain_envs))
     if updates_per_call > 1:
       step = functools.partial(_scanned, step, updates_per_call)
     update = jax.jit(step, in_shardings=(state_shardings,), out_shardings=(state_shardings, layout.replicated),
                      donate_argnums=0).lower(abstract_state).compile(compiler_options=compiler_options)
+    compiled["update"] = update
   else:
-    pipeline = _compile_stages(agent, ppo, actor_layout, layout, abstract_state, compiler_options)
+    pipeline = _compile_stages(agent, ppo, actor_layout, layout, abstract_state, compiler_options, compiled)
   if eval_episodes:
     evaluate_fn = seeded(evaluate_lib.make_evaluate(agent.env, agent.apply, agent.dist, eval_episodes))
     replicated = _with_seed_axis(layout.replicated, num_seeds)
@@ -147,8 +150,9 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
                        jax.tree.map(lambda _: replicated, abstract_state.runner.obs_norm))
     evaluate = jax.jit(evaluate_fn).lower(abstract_state.params, key, obs_norm).compile(
         compiler_options=compiler_options)
+    compiled["evaluate"] = evaluate
   return dataclasses.replace(progs, update=update, pipeline=pipeline, evaluate=evaluate,
-                             compile_time=time.time() - t0)
+                             compile_time=time.time() - t0, compiled=compiled)
 
 
 def _scanned(step, length, state):
@@ -175,14 +179,17 @@ def _with_seed_axis(shardings, num_seeds):
 
 def _compile_stages(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings, actor_layout: Layout,
                     learner_layout: Layout, example: TrainState,
-                    compiler_options: dict[str, str]) -> dataflow.PipelineFns:
+                    compiler_options: dict[str, str], compiled_out: dict) -> dataflow.PipelineFns:
   """The pipeline's stages, each compiled with explicit shardings: act and advantage on the actors' mesh, learn,
-  metrics and the key schedule on the learner's. `example`: the state's shapes (placement is decided here)."""
+  metrics and the key schedule on the learner's. `example`: the state's shapes (placement is decided here).
+  Each compiled stage is also put in `compiled_out` by name."""
   stages = iteration_lib.make_stages(agent, ppo, actor_layout.constrain_envs, learner_layout.constrain_envs)
   a_rep, l_rep = actor_layout.replicated, learner_layout.replicated
 
   def compiled(fn, out_shardings, *args):
-    return jax.jit(fn, out_shardings=out_shardings).lower(*args).compile(compiler_options=compiler_options)
+    program = jax.jit(fn, out_shardings=out_shardings).lower(*args).compile(compiler_options=compiler_options)
+    compiled_out[fn.__name__] = program
+    return program
 
   def replicated(tree, sharding):
     return _placed(tree, jax.tree.map(lambda _: sharding, tree))

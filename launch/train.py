@@ -1,13 +1,15 @@
 """Entry point: parses flags and the ml_collections config, then trains.
 
   python -m launch.train --workdir=DIR [--config=launch/configs/NAME.py[:ARG]] [--config.KEY=VALUE ...]
-  python -m launch.train --workdir=DIR --dry_run ...   # print the resolved config as JSON and exit
+  python -m launch.train --workdir=DIR --dry_run ...   # print the resolved config, code path and compiled
+                                                       # programs' memory per device as JSON, and exit
   python -m launch.train --describe_config [--config=...]   # every key: value, type, doc, rule, resume policy
 
 Exit codes (each non-zero exit ends with one line saying what happened and what to do):
   0    done.
-  2    invalid config or flags; a workdir that cannot be used: in use by another run (its lock names the host and
-       pid), not writable (no space, read-only, a path under a file: the message names the path, the cause and the
+  2    invalid config or flags; compiled programs that do not fit in device memory (launch/memory.py: the message
+       names the memory needed and the keys to change); a workdir that cannot be used: in use by another run (its
+       lock names the host and pid), not writable (no space, read-only, a path under a file: the message names the path, the cause and the
        checkpoint a rerun resumes from), metrics rows with no checkpoint to resume them (rerun with --fresh to start
        over), checkpoints this config cannot resume; or a multi-process start in which a peer never registered.
   3    stopped by SIGTERM/SIGINT/preemption: after saving a checkpoint, or before the first update with nothing to
@@ -72,6 +74,8 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a 
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.DEFINE_bool("dry_run", False, "Validate the config, print it fully resolved as one JSON object, and exit.")
+flags.DEFINE_bool("dry_run_memory", True, "With --dry_run: also compile the programs from abstract shapes (no state "
+                  "is allocated) and print their memory per device (launch/memory.py).")
 flags.DEFINE_bool("describe_config", False, "Print every config key (this config's value, type, one-line doc, rule, "
                   "resume policy; see launch/config_schema.py) and exit.")
 flags.DEFINE_bool("fresh", False, "Start the run over: move this workdir's metrics, TensorBoard events and checkpoints "
@@ -124,7 +128,16 @@ def main(argv):
   preemption.EXIT_AT_ONCE = True  # this process is ours: a second signal, or a stop during compilation, ends it now
   try:
     if FLAGS.dry_run:
-      print(json.dumps(config_lib.describe(config, jax.device_count(), jax.process_count()), indent=2))
+      described = config_lib.describe(config, jax.device_count(), jax.process_count())
+      from launch import memory  # pylint: disable=import-outside-toplevel
+      from learner import code_path  # pylint: disable=import-outside-toplevel
+      described["code_path"] = code_path.describe()  # "portable" with PPO_PORTABLE=1 or on an accelerator
+      if FLAGS.dry_run_memory:
+        report = memory.plan(config)
+        described["memory"] = report.as_dict()
+        if not report.fits:
+          described.setdefault("warnings", []).append(f"does not fit in device memory: {report.summary()}")
+      print(json.dumps(described, indent=2))
       return
     if not FLAGS.workdir:
       _fail("--workdir is required")

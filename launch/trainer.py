@@ -15,8 +15,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from launch import checkpoint, config_lib, console, preemption, programs, sinks, wandb_sink, workdir_lock
+from launch import checkpoint, config_lib, console, memory, preemption, programs, sinks, wandb_sink, workdir_lock
 from launch import workdir as workdir_lib
+from learner import code_path
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
 from pipeline import updates as updates_lib
@@ -82,13 +83,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # of the clock (launch/programs.py). The runner lives with the actors, the rest with the learner.
   try:
     progs = programs.build(config, resolved=resolved)
+    # Before anything is allocated: a program that cannot fit stops here (exit 2) with what to change.
+    fit = memory.check_fits(progs, config)
     distributed.barrier("compiled")  # processes meet before their first collective (restore, first update)
   except BaseException:
     stop.close()
     raise
-  logging.info("mesh: actors %s, learner %s; %d env steps per update, %d updates, pipeline %s; compiled in %.1fs",
-               dict(progs.actor_layout.mesh.shape), dict(progs.layout.mesh.shape), resolved.batch_size,
-               resolved.num_updates, config.pipeline.mode, progs.compile_time)
+  logging.info("mesh: actors %s, learner %s; %d env steps per update, %d updates, pipeline %s; compiled in %.1fs; "
+               "code path %s; %s", dict(progs.actor_layout.mesh.shape), dict(progs.layout.mesh.shape),
+               resolved.batch_size, resolved.num_updates, config.pipeline.mode, progs.compile_time,
+               code_path.describe(), fit.summary())
 
   # Train state: own checkpoint, restored onto these shardings whatever mesh wrote it → else created already
   # sharded, with config.restore_from's params if set.
@@ -118,7 +122,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if lead:
     console.say(console.start_line(config, resolved, jax.devices(), progs.actor_layout.mesh, progs.layout.mesh,
                                    workdir, ckpts.step_path(resume.update) if resume.update else None, resume.update,
-                                   extra=f" | {wandb.description}" if wandb else ""))
+                                   extra=f" | code path {code_path.describe()} | {fit.short()}"
+                                         + (f" | {wandb.description}" if wandb else "")))
 
   # Updates: the fused step, or the staged pipeline; both yield UpdateResults.
   start = resume.update

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from learner import distributions
+from learner import code_path, distributions
 
 THIN = 8  # products with at most this many inputs (or half as many outputs) are written elementwise
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu}
@@ -74,7 +74,8 @@ class Dense(nn.Module):
   """`nn.Dense` (same params, names and init). On CPU it is computed by `dense`: thin products (≤ 8 inputs: the
   first layer on CartPole's 4 observations; ≤ 4 outputs: the policy and value heads) as multiply-adds or
   matrix-vector products, which XLA:CPU runs several times faster than as library matmuls, and a backward pass
-  written for the CPU. Accelerators get the plain product and autodiff (their GEMMs take transposed operands)."""
+  written for the CPU. Accelerators get the plain product and autodiff (their GEMMs take transposed operands), and
+  so does a CPU with PPO_PORTABLE=1 (learner/code_path.py)."""
   features: int
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros
@@ -83,7 +84,7 @@ class Dense(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
     bias = self.param("bias", self.bias_init, (self.features,))
-    if jax.default_backend() != "cpu":
+    if not code_path.cpu_forms():
       return x @ kernel + bias
     return dense(x, kernel, bias)
 

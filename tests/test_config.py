@@ -138,7 +138,7 @@ def test_command_line_errors_exit_2_without_traceback(tmp_path):
 
 
 def test_dry_run_prints_resolved_config():
-  proc = _launch("--dry_run", "--config.num_envs=64")
+  proc = _launch("--dry_run", "--nodry_run_memory", "--config.num_envs=64")  # memory: tests/test_memory.py
   assert proc.returncode == 0, proc.stderr
   out = json.loads(proc.stdout)
   assert out["num_envs"] == 64 and out["derived"]["batch_size"] == 64 * 128

@@ -114,8 +114,8 @@ def test_trainer_optimizer_uses_the_scaled_learning_rate():
 def test_dry_run_shows_million_env_recipe():
   """The issue's exact command: the default total_env_steps is less than one such batch, which a dry run waives."""
   env = dict(os.environ, XLA_FLAGS="")
-  proc = subprocess.run([sys.executable, "-m", "launch.train", "--dry_run", "--config.num_envs=1048576",
-                         "--config.scaling.rule=recipe"], cwd=REPO, env=env, capture_output=True, text=True,
+  proc = subprocess.run([sys.executable, "-m", "launch.train", "--dry_run", "--nodry_run_memory",
+                         "--config.num_envs=1048576", "--config.scaling.rule=recipe"], cwd=REPO, env=env, capture_output=True, text=True,
                         timeout=120)
   assert proc.returncode == 0, proc.stderr
   out = json.loads(proc.stdout)

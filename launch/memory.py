@@ -1,0 +1,157 @@
+"""Will a run's compiled programs fit in device memory? XLA's memory analysis per device, checked before any state
+is allocated, so a run too large for the device stops with a message naming the knobs instead of failing mid-way.
+
+  report = memory.analyse(progs)        # per program: arguments, outputs (aliased), temporaries, generated code
+  memory.check_fits(progs, config)      # raises config_lib.ConfigError (exit 2) when it does not fit
+
+The device's memory is `device.memory_stats()["bytes_limit"]` where the backend reports it (GPU, TPU), else the
+host's available memory (CPU: MemAvailable in /proc/meminfo), which all CPU devices of the process share;
+PPO_DEVICE_MEMORY_BYTES overrides it (tests fake a small device with it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from launch import config_lib
+
+ENV_VAR = "PPO_DEVICE_MEMORY_BYTES"
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramMemory:
+  """One compiled program's buffers on one device, in bytes (compiled.memory_analysis())."""
+  argument: int
+  output: int
+  alias: int  # outputs written into donated arguments: counted once
+  temp: int
+  code: int
+
+  @property
+  def needed(self) -> int:
+    return self.argument + self.output - self.alias + self.temp + self.code
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryReport:
+  programs: dict[str, ProgramMemory]
+  per_device: int  # bytes one device needs while the run trains (see `analyse`)
+  devices_per_pool: int  # devices of this process that draw on one pool (CPU: all of them share the host's)
+  limit: int | None  # bytes in that pool (None: unknown)
+  limit_source: str
+
+  @property
+  def needed(self) -> int:
+    return self.per_device * self.devices_per_pool
+
+  @property
+  def fits(self) -> bool:
+    return self.limit is None or self.needed <= self.limit
+
+  def as_dict(self) -> dict[str, Any]:
+    return {"programs": {k: dict(dataclasses.asdict(v), needed=v.needed) for k, v in self.programs.items()},
+            "per_device_bytes": self.per_device, "devices_per_pool": self.devices_per_pool,
+            "needed_bytes": self.needed, "limit_bytes": self.limit, "limit_source": self.limit_source,
+            "fits": self.fits}
+
+  def short(self) -> str:
+    """For the start line: "memory 1.23 GiB of 20.00 GiB"."""
+    return f"memory {_gib(self.needed)}" + (f" of {_gib(self.limit)}" if self.limit is not None else "")
+
+  def summary(self) -> str:
+    parts = ", ".join(f"{name} {_gib(p.needed)} (arguments {_gib(p.argument)}, outputs {_gib(p.output)} of which "
+                      f"{_gib(p.alias)} donated, temporaries {_gib(p.temp)}, code {_gib(p.code)})"
+                      for name, p in self.programs.items())
+    pool = (f" x {self.devices_per_pool} devices sharing host memory = {_gib(self.needed)}"
+            if self.devices_per_pool > 1 else "")
+    limit = f"{_gib(self.limit)} ({self.limit_source})" if self.limit is not None else "unknown"
+    return f"compiled programs per device: {parts}; needed {_gib(self.per_device)} per device{pool}; limit {limit}"
+
+
+def _gib(n: int) -> str:
+  return f"{n / GIB:.2f} GiB" if n >= GIB // 10 else f"{n / 2**20:.1f} MiB"
+
+
+def program_memory(compiled) -> ProgramMemory | None:
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return None
+  return ProgramMemory(argument=int(stats.argument_size_in_bytes), output=int(stats.output_size_in_bytes),
+                       alias=int(stats.alias_size_in_bytes), temp=int(stats.temp_size_in_bytes),
+                       code=int(stats.generated_code_size_in_bytes))
+
+
+def device_limit(device: jax.Device) -> tuple[int | None, str]:
+  """Bytes of memory `device` can use and where that figure comes from."""
+  if os.environ.get(ENV_VAR):
+    return int(os.environ[ENV_VAR]), ENV_VAR
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except  (backends without memory stats raise or return None)
+    stats = None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"]), f"{device.platform} bytes_limit"
+  if device.platform == "cpu":
+    return _host_available(), "host memory available"
+  return None, "not reported"
+
+
+def _host_available() -> int | None:
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError):
+    return None
+
+
+def analyse(progs) -> MemoryReport:
+  """Memory per device of `progs` (launch/programs.Programs) as compiled.
+
+  Fused: the update, plus the evaluation's temporaries and code (it runs between updates, next to the state). Staged
+  (sync / overlap): the sum over the stages, an upper bound (in overlap they run at once and hold their batches).
+  """
+  programs = {name: m for name, c in progs.compiled.items() if (m := program_memory(c)) is not None}
+  evaluate = programs.get("evaluate")
+  trained = {k: v for k, v in programs.items() if k != "evaluate"}
+  per_device = sum(p.needed for p in trained.values())
+  if evaluate is not None:
+    per_device += evaluate.temp + evaluate.code
+  devices = {d for layout in (progs.layout, progs.actor_layout) for d in layout.mesh.devices.flat
+             if d.process_index == jax.process_index()}
+  device = min(devices, key=lambda d: d.id) if devices else jax.local_devices()[0]
+  limit, source = device_limit(device)
+  shared = len(devices) if device.platform == "cpu" else 1
+  return MemoryReport(programs=programs, per_device=per_device, devices_per_pool=max(shared, 1), limit=limit,
+                      limit_source=source)
+
+
+def plan(config: ml_collections.ConfigDict) -> MemoryReport:
+  """The report for `config` without running it: programs compiled from abstract shapes, no state allocated."""
+  from launch import programs  # pylint: disable=import-outside-toplevel  (programs imports the world)
+  resolved = config_lib.resolve(config, num_devices=jax.device_count(), planning=True,
+                                num_processes=jax.process_count())
+  return analyse(programs.build(config, resolved=resolved))
+
+
+def check_fits(progs, config: ml_collections.ConfigDict) -> MemoryReport:
+  """The report, or config_lib.ConfigError (exit 2) naming the memory needed and what to change when it won't fit."""
+  report = analyse(progs)
+  if report.fits:
+    return report
+  raise config_lib.ConfigError(
+      f"this run does not fit in device memory: {report.summary()}.\n  It needs {_gib(report.needed)} but "
+      f"{_gib(report.limit)} is available ({report.limit_source}). To fit, lower config.num_envs (now "
+      f"{config.num_envs}) or config.num_steps (now {config.num_steps}): the rollout, advantages and packed batch "
+      f"grow with num_envs x num_steps; lower config.sgd_chunk_size (now {config.sgd_chunk_size}): it sizes the "
+      f"gradient's activations; or spread the envs over more devices (config.mesh.data, more processes).")
