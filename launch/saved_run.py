@@ -16,7 +16,6 @@ from etils import epath
 
 import envs
 from launch import config_lib
-from launch import workdir as workdir_lib
 from launch.checkpoint import format as format_lib, params as ckpt_params
 from learner import policy as policy_lib
 from pipeline import obs_norm as obs_norm_lib
@@ -41,13 +40,7 @@ def _manager(directory: epath.Path) -> ocp.CheckpointManager:
 
 def newest_step(workdir: str) -> tuple[epath.Path, int]:
   """(checkpoints directory, newest step) of a run's workdir, its checkpoints/ or one step directory."""
-  root = epath.Path(workdir_lib.absolute(workdir))
-  if (root / "checkpoints").is_dir():
-    directory, step = root / "checkpoints", None
-  elif root.name.isdigit():
-    directory, step = root.parent, int(root.name)
-  else:
-    directory, step = root, None
+  directory, step = ckpt_params.locate(workdir)
   if not directory.is_dir():
     raise config_lib.ConfigError(f"--workdir={workdir}: no such directory")
   if step is None:

@@ -16,17 +16,22 @@ from pipeline.dataflow import Snapshot
 PART = "params"  # the learner item's part that is read
 
 
+def locate(path: str) -> tuple[epath.Path, int | None]:
+  """(checkpoints directory, the step or None for the newest) of a run's workdir, its checkpoints/ or one step
+  directory; local or gs://... (file checks through etils.epath, as orbax's)."""
+  root = epath.Path(workdir_lib.absolute(path))
+  if (root / "checkpoints").is_dir():
+    return root / "checkpoints", None
+  if root.name.isdigit():
+    return root.parent, int(root.name)
+  return root, None
+
+
 def read_params(path: str, target: Any) -> Any:
   """The params of the newest checkpoint under `path` (a run's workdir, its checkpoints/ or one step directory),
   placed with `target`'s shardings. Raises ConfigError if there are none or they do not fit `target`."""
-  path = workdir_lib.absolute(path)  # local or gs://...: file checks through etils.epath, as orbax's
-  root = epath.Path(path)
-  if (root / "checkpoints").is_dir():
-    directory, step = root / "checkpoints", None
-  elif root.name.isdigit():
-    directory, step = root.parent, int(root.name)
-  else:
-    directory, step = root, None
+  path = workdir_lib.absolute(path)
+  directory, step = locate(path)
   prefix = f"config.restore_from={path!r}"
   if not directory.is_dir():
     raise config_lib.ConfigError(f"{prefix}: no such directory")

@@ -22,10 +22,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from launch import config_lib
-from launch import errors
-from launch import packed_arrays
-from launch import workdir as workdir_lib
+from launch import config_lib, errors, packed_arrays, workdir as workdir_lib
 from launch.checkpoint import agree, compat, format as format_lib, params as params_lib
 from launch.checkpoint.writer import Writer
 from pipeline.dataflow import Snapshot
