@@ -1,8 +1,19 @@
 """Test setup: 8 virtual CPU devices (set before jax is imported) and runtime jaxtyping shape checks on our packages."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache per test process (the pytest process, or each xdist worker): a program that several
+# tests build (the debug config's update and evaluation above all) compiles once, and the `python -m launch.train`
+# subprocesses of the tests inherit the cache through the environment. Tests that need a cold compile or their own
+# cache (test_faults, test_checkpoint, test_multihost) pass their own JAX_COMPILATION_CACHE_DIR.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="ppo-tests-jax-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 from jaxtyping import install_import_hook  # pylint: disable=wrong-import-position
 
@@ -17,3 +28,16 @@ import pytest  # pylint: disable=wrong-import-position
 @pytest.fixture
 def workdir(tmp_path):
   return str(tmp_path / "run")
+
+
+# The longest modules first (minutes each on 2 cores): with several pytest-xdist workers (scripts/test.sh), a module
+# runs in one worker, and a long one started last would leave the other workers idle at the end.
+_LONGEST_FIRST = ("test_multihost", "test_options", "test_train", "test_perf", "test_suites", "test_dataflow",
+                  "test_faults", "test_diagnostics", "test_checkpoint")
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    module = item.module.__name__.rsplit(".", 1)[-1]
+    return _LONGEST_FIRST.index(module) if module in _LONGEST_FIRST else len(_LONGEST_FIRST)
+  items.sort(key=rank)  # stable: tests keep their order within a module
