@@ -11,6 +11,7 @@ from absl import logging
 
 from launch import config_lib
 from launch import config_schema
+from launch import elastic
 from launch import errors
 from launch import packed_arrays
 
@@ -43,8 +44,11 @@ def _policy_lag(flat: dict[str, Any]) -> int:
 def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], where: str) -> None:
   """Raises ConfigError naming every MUST_MATCH key that differs; warns about other changed keys."""
   now, then = _flat(config_json(config)), _flat(saved)
-  errors = [f"config.{k}={now.get(k)!r} does not match {then.get(k)!r} in the checkpoint ({why})"
-            for k, why in MUST_MATCH.items() if now.get(k) != then.get(k)]
+  # Under a scaling rule a run continues at another num_envs (launch/elastic.py rebuilds the envs); else refused.
+  elastic_ok = now.get("scaling.rule", "none") != "none"
+  errors = [elastic.refusal(then.get(k), now.get(k)) if k == "num_envs" else
+            f"config.{k}={now.get(k)!r} does not match {then.get(k)!r} in the checkpoint ({why})"
+            for k, why in MUST_MATCH.items() if now.get(k) != then.get(k) and not (k == "num_envs" and elastic_ok)]
   if _policy_lag(now) != _policy_lag(then):
     errors.append(f"config.pipeline.mode={now.get('pipeline.mode')!r} with max_policy_lag="
                   f"{now.get('pipeline.max_policy_lag')!r} gives policy lag {_policy_lag(now)}, the checkpoint's "
