@@ -16,7 +16,7 @@ import ml_collections
 from envs import registry
 from launch import wandb_sink
 from launch.config_schema import SCHEMA
-from learner import ewma
+from learner import ewma, outer_step
 from pipeline import permutation
 from pipeline.iteration import PPOSettings
 
@@ -123,6 +123,9 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
   if valid("pipeline.mode") and num_processes > 1 and mode != "fused":
     err("pipeline.mode", f"the staged pipeline (sync / overlap) runs in one process only, this run has "
         f"{num_processes}; use pipeline.mode='fused' with several processes")
+  outer = flat["outer_step.mode"] != "none"
+  if valid("outer_step.mode") and outer and (not flat["diagnostics.enabled"] or mode != "fused"):
+    err("outer_step.mode", "needs diagnostics.enabled=True (it reads the measured KL) and pipeline.mode='fused'")
   if valid("wandb.project") and flat["wandb.project"] and not wandb_sink.installed():
     err("wandb.project", wandb_sink.missing_message())
   if valid("env_name"):
@@ -249,7 +252,9 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool 
                     sgd_chunk_size=chunk_size(config.sgd_chunk_size, scaled.minibatch_size, config.diagnostics.enabled,
                                               _shards(flat, num_devices)[2]),
                     diagnostics=config.diagnostics.enabled, kl_quantile=float(config.diagnostics.kl_quantile),
-                    ewma_decay=ewma.decay_from_center_of_mass(com) if config.ewma.enabled else None)
+                    ewma_decay=ewma.decay_from_center_of_mass(com) if config.ewma.enabled else None,
+                    outer_step=None if config.outer_step.mode == "none" else outer_step.OuterSettings(
+                        **config.outer_step.to_dict()))
   return Resolved(ppo=ppo, batch_size=batch_size, minibatch_size=scaled.minibatch_size,
                   learning_rate=scaled.learning_rate, num_updates=num_updates,
                   total_gradient_steps=(num_updates - first[0]) * config.update_epochs * scaled.num_minibatches,

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from launch import checkpoint, config_lib, console, elastic, memory, preemption, programs, sinks, wandb_sink
+from launch import checkpoint, config_lib, console, elastic, memory, plateau, preemption, programs, sinks, wandb_sink
 from launch import workdir_lock
 from launch import workdir as workdir_lib
 from learner import code_path
@@ -148,6 +148,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
   # Train loop (the host sinks). Metrics rows after the restored update are dropped, then appended to.
   out = sinks.MetricsSinks(workdir, resolved.env_steps, resolved.env_steps_at(start), enabled=lead,
                            resume_update=start, extra=(wandb,) if wandb else ())
+  watch = plateau.Watch(config, workdir, config.total_env_steps, sinks.read_jsonl(out.jsonl_path)) if lead else None
   pending: list[iteration_lib.UpdateMetrics] = list(resume.pending)
   lags: list[int] = list(resume.lags)
   run_start = PROCESS_START - resume.wall_time  # wall_time counts the run time of earlier processes too
@@ -190,6 +191,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
           row["compile_time"] = compile_time
           row["first_update_time"] = first_update_time
         last_time, last_steps, first_row = now, row["env_steps"], False
+        if result.snapshot.state.outer is not None:  # outer-step control's learning-rate scale for the next update
+          row["lr_scale"] = float(jax.device_get(result.snapshot.state.outer.lr_scale))
+        advice = watch and watch.observe(row)
+        if advice:
+          row["plateau"] = advice
+          console.say(plateau.line(advice, row))
         out.write(row)
       # The snapshot is valid until the next result is requested: saves copy it to the host before that.
       stopped = stop.should_stop(update) and not is_last
