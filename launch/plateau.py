@@ -1,7 +1,7 @@
 """Plateau advice: once the evaluation return has not improved over `plateau.share` of the run's env steps, the run
 says so once, in the log and in that metrics row (its `plateau` entry), with the outer step it measured (KL per
 update, samples per unit KL) and the command that continues it with 4x the envs under the recipe
-(launch/elastic.py)."""
+(launch/elastic.py); the command (it names the workdir) is in the log line only, so rows do not depend on paths."""
 from __future__ import annotations
 
 import os
@@ -51,12 +51,15 @@ class Watch:
     self._said = True
     return {"best_eval_return": self._best, "best_env_steps": self._best_at,
             "kl_mean": row.get("kl_mean"), "samples_per_kl": row.get("samples_per_kl"),
-            "command": command(self._config, self._workdir)}
+            "suggested_num_envs": 4 * self._config.num_envs}
+
+  def command(self) -> str:
+    return command(self._config, self._workdir)
 
 
-def line(advice: dict[str, Any], row: dict[str, Any]) -> str:
+def line(advice: dict[str, Any], row: dict[str, Any], continue_with: str) -> str:
   kl = "n/a" if advice["kl_mean"] is None else f"{advice['kl_mean']:.3g}"
   spk = "n/a" if advice["samples_per_kl"] is None else f"{advice['samples_per_kl']:.3g}"
   return (f"plateau: eval return {advice['best_eval_return']:.1f} best since env step {advice['best_env_steps']:,}, "
           f"not improved by env step {row['env_steps']:,}; KL per update {kl}, samples per KL {spk}. More samples "
-          f"per update (4x the envs, recipe) continue it: {advice['command']}")
+          f"per update (4x the envs, recipe) continue it: {continue_with}")

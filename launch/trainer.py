@@ -196,7 +196,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
         advice = watch and watch.observe(row)
         if advice:
           row["plateau"] = advice
-          console.say(plateau.line(advice, row))
+          console.say(plateau.line(advice, row, watch.command()))
         out.write(row)
       # The snapshot is valid until the next result is requested: saves copy it to the host before that.
       stopped = stop.should_stop(update) and not is_last

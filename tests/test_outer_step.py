@@ -1,14 +1,13 @@
 """Outer-step control (learner/outer_step.py) on hand-made KL sequences and in a short run, and the plateau advice
 (launch/plateau.py) on hand-made rows."""
-import os
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from launch import config_lib, plateau, sinks, trainer
+from launch import checkpoint, config_lib, plateau, preemption, sinks, trainer
 from launch.configs import debug
 from learner import outer_step
+from tests.test_checkpoint import TIMING
 
 
 def _run(settings, signals):
@@ -43,18 +42,42 @@ def test_outer_step_needs_diagnostics_and_the_fused_update():
     config_lib.resolve(config, 1)
 
 
-def test_short_run_keeps_the_scale_within_bounds(workdir):
+def _outer_config():
   config = debug.get_config()
   config.outer_step.mode = "adaptive_kl"
   config.outer_step.kl_target = 1e-9  # far below what an update moves: the scale falls to its floor and stays
   config.outer_step.max_scale = 3.0
   config.log_every = 1
   config.eval_every = 10
-  trainer.train_and_evaluate(config, workdir)
-  scales = [r["lr_scale"] for r in sinks.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+  return config
+
+
+def _metrics(workdir):
+  return [{k: v for k, v in r.items() if k not in TIMING} for r in sinks.read_jsonl(f"{workdir}/metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("outer") / "run")
+  trainer.train_and_evaluate(_outer_config(), workdir)
+  return workdir
+
+
+def test_short_run_keeps_the_scale_within_bounds(controlled):
+  scales = [r["lr_scale"] for r in _metrics(controlled)]
   assert len(scales) == 10 and all(1 / 3.0 - 1e-6 <= s <= 3.0 for s in scales)
   np.testing.assert_allclose(scales[:3], [1 / 1.5, 1 / 2.25, 1 / 3.0], rtol=1e-6)
   assert scales[-1] == pytest.approx(1 / 3.0)
+
+
+def test_resume_with_outer_step_control_is_exact(controlled, workdir, monkeypatch):
+  original = preemption.StopRequest.should_stop
+  monkeypatch.setattr(preemption.StopRequest, "should_stop", lambda self, u: original(self, u) or u == 2)
+  with pytest.raises(checkpoint.Preempted):  # saved after update 2, the scale already moved twice
+    trainer.train_and_evaluate(_outer_config(), workdir)
+  monkeypatch.setattr(preemption.StopRequest, "should_stop", original)
+  trainer.train_and_evaluate(_outer_config(), workdir)
+  assert _metrics(workdir) == _metrics(controlled)
 
 
 def _rows(evals, step=100):
@@ -72,8 +95,11 @@ def test_plateau_is_said_once_after_the_share_of_the_budget():
   advice = said[6]
   assert advice["best_eval_return"] == 5 and advice["best_env_steps"] == 200
   assert advice["kl_mean"] == 0.01 and advice["samples_per_kl"] == 1e5
-  assert "--config.num_envs=32" in advice["command"] and "--config.scaling.rule=recipe" in advice["command"]
-  assert "--config.scaling.base_num_envs=8" in advice["command"]
+  assert advice["suggested_num_envs"] == 32
+  line = plateau.line(advice, {"env_steps": 700}, watch.command())
+  for part in ("--workdir=/tmp/run", "--config.num_envs=32", "--config.scaling.rule=recipe",
+               "--config.scaling.base_num_envs=8"):
+    assert part in line, part
   # A resumed run that already said it does not say it again.
   rows = _rows([1, 5, 5, 4, 5, 5, 5])
   rows[-1]["plateau"] = advice
