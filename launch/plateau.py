@@ -1,5 +1,5 @@
-"""Plateau advice: once the evaluation return has not improved over `plateau.share` of the run's env steps, the run
-says so once, in the log and in that metrics row (its `plateau` entry), with the outer step it measured (KL per
+"""Plateau advice: once the evaluation return has not improved over `plateau.share` of the run's env steps (and
+MIN_EVALS evaluations), the run says so once, in the log and in that metrics row (its `plateau` entry), with the outer step it measured (KL per
 update, samples per unit KL) and the command that continues it with 4x the envs under the recipe
 (launch/elastic.py); the command (it names the workdir) is in the log line only, so rows do not depend on paths."""
 from __future__ import annotations
@@ -10,6 +10,8 @@ import sys
 from typing import Any
 
 import ml_collections
+
+MIN_EVALS = 3  # evaluations since the best one, at least: one or two low ones after it are noise, not a plateau
 
 
 def command(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -32,7 +34,7 @@ class Watch:
                earlier_rows: list[dict[str, Any]] = ()):
     self._config, self._workdir = config, workdir
     self._window = config.plateau.share * total_env_steps
-    self._best, self._best_at = None, 0
+    self._best, self._best_at, self._evals_since = None, 0, 0
     self._said = False
     for row in earlier_rows:  # a resumed run: its rows so far (the advice is given once per run)
       self._said = self._said or "plateau" in row
@@ -41,12 +43,14 @@ class Watch:
   def _track(self, row: dict[str, Any]) -> None:
     value = row.get("eval_return")
     if value is not None and (self._best is None or value > self._best):
-      self._best, self._best_at = value, row["env_steps"]
+      self._best, self._best_at, self._evals_since = value, row["env_steps"], 0
+    elif value is not None:
+      self._evals_since += 1
 
   def observe(self, row: dict[str, Any]) -> dict[str, Any] | None:
     self._track(row)
     if (self._said or not self._window or row.get("eval_return") is None or self._best is None
-        or row["env_steps"] - self._best_at < self._window):
+        or row["env_steps"] - self._best_at < self._window or self._evals_since < MIN_EVALS):
       return None
     self._said = True
     return {"best_eval_return": self._best, "best_env_steps": self._best_at,

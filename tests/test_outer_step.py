@@ -91,7 +91,9 @@ def test_plateau_is_said_once_after_the_share_of_the_budget():
   watch = plateau.Watch(config, "/tmp/run", 2000)
   said = [watch.observe(r) for r in _rows([1, 5, 5, 4, 5, 5, 5, 9, 3, 3, 3, 3, 3, 3])]
   hits = [i for i, a in enumerate(said) if a]
-  assert hits == [6]  # best 5 at env step 200; env step 700 is 500 later; said once only
+  assert hits == [6]  # best 5 at env step 200; env step 700 is 500 later (and 5 evaluations); said once only
+  few = plateau.Watch(config, "/tmp/run", 2000)  # 500 env steps later, but only 2 evaluations since the best
+  assert not any(few.observe(r) for r in _rows([5, 4, 4], step=300))
   advice = said[6]
   assert advice["best_eval_return"] == 5 and advice["best_env_steps"] == 200
   assert advice["kl_mean"] == 0.01 and advice["samples_per_kl"] == 1e5
