@@ -122,10 +122,12 @@ def _counts(saved: dict[str, Any], segment: Segment, update: int) -> tuple[int, 
   return segment.env_steps + done * batch, grad_steps
 
 
+HINT = ("a run continues at another num_envs only under a scaling rule: add --config.scaling.rule=recipe (minibatch "
+        "size and learning rate held at --config.scaling.base_num_envs, now the config's value)")
+
+
 def refusal(saved_envs: int, envs: int) -> str:
-  return (f"config.num_envs={envs} does not match {saved_envs} in the checkpoint; a run continues at another "
-          "num_envs only under a scaling rule: add --config.scaling.rule=recipe (minibatch size and learning rate "
-          f"held at --config.scaling.base_num_envs, now the config's value)")
+  return f"config.num_envs={envs} does not match {saved_envs} in the checkpoint; {HINT}"
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collections.ConfigDict, Segment]:

@@ -167,3 +167,15 @@ def test_sigterm_at_the_size_change_leaves_a_resumable_run(jax_cache, scheduled,
   for a, b in zip(got, want):
     for key in ("param_norm", "policy_loss", "value_loss", "entropy", "env_steps"):
       np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def test_schedule_parsing_and_boundaries():
+  assert elastic.parse_schedule("0:2048, 2e9:65536,2e10:1048576") == [(0, 2048), (2 * 10**9, 65536),
+                                                                       (2 * 10**10, 1048576)]
+  for bad in ("0:8,0:16", "5:8,2:16", "0:8.5", "x:8", "0:0"):
+    with pytest.raises(config_lib.ConfigError, match="scaling.schedule"):
+      config_lib.resolve(_config(**{"scaling.schedule": bad}), 1)
+  config = _config(**{"scaling.schedule": "0:8,600:32,5000:64"})
+  assert elastic.num_envs_at(config, 599) == 8 and elastic.num_envs_at(config, 600) == 32
+  resolved = config_lib.resolve(config, 1)
+  assert elastic.end_update(config, elastic.Segment(num_envs=8), resolved) == 5  # 5 x 128 >= 600

@@ -46,13 +46,14 @@ def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], w
   now, then = _flat(config_json(config)), _flat(saved)
   # Under a scaling rule a run continues at another num_envs (launch/elastic.py rebuilds the envs); else refused.
   elastic_ok = now.get("scaling.rule", "none") != "none"
-  errors = [elastic.refusal(then.get(k), now.get(k)) if k == "num_envs" else
-            f"config.{k}={now.get(k)!r} does not match {then.get(k)!r} in the checkpoint ({why})"
+  errors = [f"config.{k}={now.get(k)!r} does not match {then.get(k)!r} in the checkpoint ({why})"
             for k, why in MUST_MATCH.items() if now.get(k) != then.get(k) and not (k == "num_envs" and elastic_ok)]
   if _policy_lag(now) != _policy_lag(then):
     errors.append(f"config.pipeline.mode={now.get('pipeline.mode')!r} with max_policy_lag="
                   f"{now.get('pipeline.max_policy_lag')!r} gives policy lag {_policy_lag(now)}, the checkpoint's "
                   f"is {_policy_lag(then)} (it holds that many in-flight params versions)")
+  if now.get("num_envs") != then.get("num_envs") and not elastic_ok:
+    errors.append(elastic.HINT)
   if errors:
     raise config_lib.ConfigError(
         f"cannot resume from {where}:\n  " + "\n  ".join(errors) +

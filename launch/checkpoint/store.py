@@ -152,6 +152,8 @@ class RunCheckpoints:
     compat.check_compatible(self._config, host["config"], where)
     items = format_lib.parts(target)
     resized = host["config"]["num_envs"] != self._config.num_envs  # allowed by the check above: launch/elastic.py
+    if resized and self._resize_runner is None:
+      raise config_lib.ConfigError(f"cannot resume from {where} at another num_envs here (no resize_runner)")
     if resized:
       items[format_lib.RUNNER] = {"runner": resize.at_num_envs(target.state.runner, host["config"]["num_envs"])}
     packed_runner = host["layout"][format_lib.RUNNER] is not None
