@@ -58,8 +58,9 @@ def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], w
     raise config_lib.ConfigError(
         f"cannot resume from {where}:\n  " + "\n  ".join(errors) +
         "\n  use a new --workdir (with --config.restore_from=<this run's workdir> to start from its params)")
+  scheduled = bool(now.get("scaling.schedule")) and now.get("scaling.schedule") == then.get("scaling.schedule")
   changed = [f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(then))
-             if k not in FREE_KEYS and now.get(k) != then.get(k)]
+             if k not in FREE_KEYS and now.get(k) != then.get(k) and not (k == "num_envs" and scheduled)]
   if changed:
     logging.warning("resuming %s with changed config keys, so this is no longer the uninterrupted run: %s", where,
                     "; ".join(changed))
