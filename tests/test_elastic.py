@@ -119,6 +119,10 @@ def test_resume_at_another_num_envs_carries_the_learner_state(stopped_at_boundar
   assert resolved.minibatch_size == 64 and resolved.ppo.num_minibatches == num_envs * 16 // 64
   assert resolved.learning_rate == _config().learning_rate
   assert segment == elastic.Segment(update=4, env_steps=GROW_AT, grad_steps=4 * 2 * 2, num_envs=num_envs)
+  # The segment's optimizer-step count (the anneal's transition_begin) is the restored optimizer's own count.
+  counts = [x for p, x in jax.tree_util.tree_leaves_with_path(after.state.opt_state)
+            if "count" in jax.tree_util.keystr(p)]
+  assert len(counts) == 2 and all(int(c) == segment.grad_steps for c in counts)  # Adam's and the schedule's
   # The anneal continues over env steps: 1 - E0 / E_total at the change, 0 at the run's end.
   assert resolved.lr_fraction == 1 - GROW_AT / resolved.env_steps
   assert resolved.num_updates == 4 + (TOTAL - GROW_AT) // (num_envs * 16)
