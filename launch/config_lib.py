@@ -16,7 +16,7 @@ import ml_collections
 from envs import registry
 from launch import wandb_sink
 from launch.config_schema import SCHEMA
-from learner import ewma
+from learner import ewma, outer_step
 from pipeline import permutation
 from pipeline.iteration import PPOSettings
 
@@ -46,10 +46,20 @@ class Resolved:
   num_updates: int
   total_gradient_steps: int  # updates × epochs × minibatches, for the learning-rate anneal
   max_policy_lag: int  # params versions the actors may trail the learner by (0 unless pipeline.mode=overlap)
+  # Where this num_envs took over (launch/elastic.py Segment; all 0 / 1.0 for a run at one num_envs): the anneal
+  # runs from learning_rate * lr_fraction at optimizer step first_grad_steps to 0 after total_gradient_steps more
+  # (total_gradient_steps counts this segment's steps only).
+  first_update: int = 0
+  first_env_steps: int = 0
+  first_grad_steps: int = 0
+  lr_fraction: float = 1.0
+
+  def env_steps_at(self, update: int) -> int:
+    return self.first_env_steps + (update - self.first_update) * self.batch_size
 
   @property
   def env_steps(self) -> int:
-    return self.num_updates * self.batch_size
+    return self.env_steps_at(self.num_updates)
 
 
 def flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
@@ -113,6 +123,9 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
   if valid("pipeline.mode") and num_processes > 1 and mode != "fused":
     err("pipeline.mode", f"the staged pipeline (sync / overlap) runs in one process only, this run has "
         f"{num_processes}; use pipeline.mode='fused' with several processes")
+  outer = flat["outer_step.mode"] != "none"
+  if valid("outer_step.mode") and outer and (not flat["diagnostics.enabled"] or mode != "fused"):
+    err("outer_step.mode", "needs diagnostics.enabled=True (it reads the measured KL) and pipeline.mode='fused'")
   if valid("wandb.project") and flat["wandb.project"] and not wandb_sink.installed():
     err("wandb.project", wandb_sink.missing_message())
   if valid("env_name"):
@@ -216,16 +229,20 @@ def _shards(flat: dict[str, Any], num_devices: int) -> tuple[int, int, int]:
 
 
 def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool = False,
-            num_processes: int = 1) -> Resolved:
+            num_processes: int = 1, segment: Any = None) -> Resolved:
   """Validates `config` for `num_devices` visible devices (of `num_processes` processes, jax.process_count()) and
-  derives the run's sizes. Raises ConfigError."""
+  derives the run's sizes; `segment` (launch/elastic.Segment): where num_envs took its value. Raises ConfigError."""
   errors = check(config, num_devices, planning, num_processes)
   if errors:
     raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
   flat = flat_keys(config)
   scaled = _scale(flat, _shards(flat, num_devices)[2], [])
   batch_size = config.num_envs * config.num_steps
-  num_updates = config.total_env_steps // batch_size
+  first = (segment.update, segment.env_steps, segment.grad_steps) if segment else (0, 0, 0)
+  num_updates = first[0] + max(0, config.total_env_steps - first[1]) // batch_size
+  # The anneal is over env steps (launch/elastic.py): 1 - E0 / E_total at this segment's start, 0 at the run's end.
+  env_total = first[1] + (num_updates - first[0]) * batch_size
+  lr_fraction = 1.0 - first[1] / env_total if config.anneal_lr and first[1] else 1.0
   com = float(config.ewma.center_of_mass)
   ppo = PPOSettings(num_envs=config.num_envs, num_steps=config.num_steps, update_epochs=config.update_epochs,
                     num_minibatches=scaled.num_minibatches, gamma=float(config.gamma),
@@ -235,11 +252,14 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool 
                     sgd_chunk_size=chunk_size(config.sgd_chunk_size, scaled.minibatch_size, config.diagnostics.enabled,
                                               _shards(flat, num_devices)[2]),
                     diagnostics=config.diagnostics.enabled, kl_quantile=float(config.diagnostics.kl_quantile),
-                    ewma_decay=ewma.decay_from_center_of_mass(com) if config.ewma.enabled else None)
+                    ewma_decay=ewma.decay_from_center_of_mass(com) if config.ewma.enabled else None,
+                    outer_step=None if config.outer_step.mode == "none" else outer_step.OuterSettings(
+                        **config.outer_step.to_dict()))
   return Resolved(ppo=ppo, batch_size=batch_size, minibatch_size=scaled.minibatch_size,
                   learning_rate=scaled.learning_rate, num_updates=num_updates,
-                  total_gradient_steps=num_updates * config.update_epochs * scaled.num_minibatches,
-                  max_policy_lag=config.pipeline.max_policy_lag if config.pipeline.mode == "overlap" else 0)
+                  total_gradient_steps=(num_updates - first[0]) * config.update_epochs * scaled.num_minibatches,
+                  max_policy_lag=config.pipeline.max_policy_lag if config.pipeline.mode == "overlap" else 0,
+                  first_update=first[0], first_env_steps=first[1], first_grad_steps=first[2], lr_fraction=lr_fraction)
 
 
 def unknown_override_keys(args: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ Resume policies — how a key may change when a run resumes from its own checkpo
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -252,6 +253,22 @@ SCHEMA = Schema(
     Key("scaling.base_num_envs", 32, int,
         "num_envs at which minibatch size / count and learning rate are as configured",
         positive_int(), WARN),
+    Key("scaling.schedule", "", str, 'num_envs by env steps, e.g. "0:2048,2e9:65536"; "" = num_envs throughout',
+        Rule(lambda v: v == "" or importlib.import_module("launch.elastic").schedule_ok(v),  # late: imports us
+             'must be "" or "STEPS:NUM_ENVS,..." with increasing STEPS'), WARN),
+    # Outer-step control (README, "Outer-step control"): the learning rate scaled per update from measured KL.
+    Key("outer_step.mode", "none", str, "none | adaptive_kl (KL per update near kl_target) | samples_per_kl",
+        one_of("none", "adaptive_kl", "samples_per_kl"), must_match("the saved state holds the scale only when on")),
+    Key("outer_step.kl_target", 0.01, float, "adaptive_kl: KL per update aimed at; outside [/2, x2] the lr moves",
+        positive_number(), WARN),
+    Key("outer_step.samples_per_kl", 1e6, float, "samples_per_kl: batch size / KL per update aimed at",
+        positive_number(), WARN),
+    Key("outer_step.factor", 1.5, float, "the most the lr is multiplied or divided by per update",
+        Rule(lambda v: _is_number(v) and v > 1, "must be a number > 1"), WARN),
+    Key("outer_step.max_scale", 10.0, float, "the controlled lr stays in [lr / max_scale, lr * max_scale]",
+        Rule(lambda v: _is_number(v) and v >= 1, "must be a number >= 1"), WARN),
+    Key("plateau.share", 0.25, float, "say once when eval return has not improved over this share of the run (0: off)",
+        unit_interval(), FREE),
     # Diagnostics and PPO-EWMA.
     Key("diagnostics.enabled", True, bool, "per-update KL, ‖Δθ‖, gradient noise scale, explained variance (small cost)",
         BOOL, WARN),

@@ -69,9 +69,10 @@ def checkpoint_line(update: int, path: str) -> str:
   return f"checkpoint: update {update} -> {path}"
 
 
-def summary_lines(rows: list[dict[str, Any]], first_update: int, batch_size: int, files: dict[str, str]) -> list[str]:
+def summary_lines(rows: list[dict[str, Any]], first_update: int, first_env_steps: int,
+                  files: dict[str, str]) -> list[str]:
   """The end of a run from its metrics rows (all of them, earlier processes' too); `first_update` is where this
-  process started. `files`: name → path of what the run left behind."""
+  process started, after `first_env_steps` env steps. `files`: name → path of what the run left behind."""
   last = rows[-1] if rows else {}
   evals = [(r["eval_return"], r["update"]) for r in rows if r.get("eval_return") is not None]
   if evals:
@@ -82,7 +83,7 @@ def summary_lines(rows: list[dict[str, Any]], first_update: int, batch_size: int
     ev = "no evaluation"
   # Training time of this process, row by row (each row's sps excludes compilation and evaluation).
   mine = [r for r in rows if r["update"] > first_update]
-  steps, seconds, before = 0, 0.0, first_update * batch_size
+  steps, seconds, before = 0, 0.0, first_env_steps
   for r in mine:
     delta, before = r["env_steps"] - before, r["env_steps"]
     if r.get("sps"):

@@ -28,6 +28,7 @@ from learner.state import TrainState
 from pipeline import dataflow
 from pipeline import evaluate as evaluate_lib
 from pipeline import iteration as iteration_lib
+from pipeline import rollout as rollout_lib
 from sharding import Layout, make_mesh, split_mesh
 
 
@@ -44,6 +45,7 @@ class Programs:
   update: Callable | None = None  # TrainState -> (TrainState, UpdateMetrics), donating its input
   pipeline: dataflow.PipelineFns | None = None  # the staged pipeline's compiled stages, bound to their meshes
   evaluate: Callable | None = None  # (params, key, obs_norm) -> mean deterministic return
+  resize_runner: Callable | None = None  # (runner at another num_envs, key) -> runner placed per state_shardings
   compile_time: float = 0.0  # seconds spent compiling update / stages and evaluation
   compiled: dict = dataclasses.field(default_factory=dict)  # name -> jax.stages.Compiled (for memory_analysis)
 
@@ -61,8 +63,9 @@ def build_agent(config: ml_collections.ConfigDict, resolved: config_lib.Resolved
   dist = distributions.for_action_space(env.action_space)
   model = networks.ActorCritic(dist=dist, hidden_sizes=tuple(config.network.hidden_sizes),
                                activation=config.network.activation, shared_trunk=config.network.shared_trunk)
-  optimizer = optimizer_lib.make_optimizer(resolved.learning_rate, config.max_grad_norm, config.anneal_lr,
-                                           resolved.total_gradient_steps)
+  # After a change of num_envs the anneal continues from the share of the learning rate it had left (elastic.py).
+  optimizer = optimizer_lib.make_optimizer(resolved.learning_rate * resolved.lr_fraction, config.max_grad_norm,
+                                           config.anneal_lr, resolved.total_gradient_steps, resolved.first_grad_steps)
   return iteration_lib.Agent(env=env, model=model, dist=dist, optimizer=optimizer)
 
 
@@ -125,8 +128,12 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
       state = state.replace(runner=jax.device_put(state.runner, state_shardings.runner))
     return state
 
+  # A checkpoint of another num_envs (launch/elastic.py): its runner, rebuilt at this run's count (rollout.py).
+  resize_runner = jax.jit(functools.partial(rollout_lib.resize_runner, agent.env, num_envs=ppo.num_envs),
+                          out_shardings=state_shardings.runner) if not num_seeds else None
   progs = Programs(resolved=resolved, agent=agent, layout=layout, actor_layout=actor_layout,
-                   state_shardings=state_shardings, abstract_state=abstract_state, init=init)
+                   state_shardings=state_shardings, abstract_state=abstract_state, init=init,
+                   resize_runner=resize_runner)
   if not compile_update:
     return progs
 

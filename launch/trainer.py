@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from launch import checkpoint, config_lib, console, memory, preemption, programs, sinks, wandb_sink, workdir_lock
+from launch import checkpoint, config_lib, console, elastic, memory, plateau, preemption, programs, sinks, wandb_sink
+from launch import workdir_lock
 from launch import workdir as workdir_lib
 from learner import code_path
 from pipeline import dataflow
@@ -60,7 +61,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, fresh: b
   cleanups = [c for c in (lock and lock.release, tidy and tidy.undo) if c]  # in this order: the lock is a file
   preemption.AT_EXIT_NOW.extend(cleanups)
   try:
-    return _train(config, workdir)
+    elastic.check_schedule(config, jax.device_count(), jax.process_count())
+    while True:  # one segment per num_envs (launch/elastic.py): a scheduled change saves, rebuilds, restores
+      segment_config, segment = elastic.plan(config, workdir)
+      row, handed_over = _train(segment_config, workdir, segment)
+      if not handed_over:
+        return row
   except BaseException:
     for c in cleanups:
       c()
@@ -72,8 +78,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, fresh: b
       lock.release()
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  resolved = config_lib.resolve(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Segment) -> tuple[dict[str, Any], bool]:
+  """Runs one segment (launch/elastic.py); returns the last row and whether it handed over to the next num_envs."""
+  resolved = config_lib.resolve(config, num_devices=jax.device_count(), num_processes=jax.process_count(),
+                                segment=segment)
   lead = jax.process_index() == 0
 
   stop = preemption.StopRequest(workdir)
@@ -102,11 +110,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     state = progs.init(train_key)
     return dataflow.Snapshot(state=state, stale_params=(state.params,) * resolved.max_policy_lag)
 
-  ckpts = checkpoint.RunCheckpoints(workdir, config, stop)
+  ckpts = checkpoint.RunCheckpoints(workdir, config, stop, segment, progs.resize_runner)
   target = progs.abstract_state
   try:
     snapshot, resume = ckpts.restore_or_init(init, dataflow.Snapshot(
         state=target, stale_params=(target.params,) * resolved.max_policy_lag))
+    if resume.update < segment.update:  # planned from a newer step than the one that could be read
+      raise config_lib.ConfigError(f"the checkpoint of update {segment.update} could not be read; move it aside "
+                                   "and rerun")
   except BaseException:  # e.g. an incompatible checkpoint: stop orbax's threads before the error ends the process
     ckpts.close()
     stop.close()
@@ -126,23 +137,24 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                          + (f" | {wandb.description}" if wandb else "")))
 
   # Updates: the fused step, or the staged pipeline; both yield UpdateResults.
-  start = resume.update
+  start, end = resume.update, elastic.end_update(config, segment, resolved)  # end: this segment's last update
   if config.pipeline.mode == "fused":
-    results = updates_lib.fused_updates(progs.update, snapshot, start, resolved.num_updates)
+    results = updates_lib.fused_updates(progs.update, snapshot, start, end)
     learner_lock = contextlib.nullcontext()
   else:
-    results = dataflow.Pipeline(progs.pipeline, resolved.max_policy_lag).run(snapshot, resolved.num_updates)
+    results = dataflow.Pipeline(progs.pipeline, resolved.max_policy_lag).run(snapshot, end)
     learner_lock = progs.pipeline.learner_lock  # evaluation runs on the learner's devices too
 
   # Train loop (the host sinks). Metrics rows after the restored update are dropped, then appended to.
-  out = sinks.MetricsSinks(workdir, resolved.env_steps, start * resolved.batch_size, enabled=lead,
+  out = sinks.MetricsSinks(workdir, resolved.env_steps, resolved.env_steps_at(start), enabled=lead,
                            resume_update=start, extra=(wandb,) if wandb else ())
+  watch = plateau.Watch(config, workdir, config.total_env_steps, sinks.read_jsonl(out.jsonl_path)) if lead else None
   pending: list[iteration_lib.UpdateMetrics] = list(resume.pending)
   lags: list[int] = list(resume.lags)
   run_start = PROCESS_START - resume.wall_time  # wall_time counts the run time of earlier processes too
-  last_time, last_steps, first_update_time = time.time(), start * resolved.batch_size, None
+  last_time, last_steps, first_update_time = time.time(), resolved.env_steps_at(start), None
   row: dict[str, Any] = out.last_row or {}
-  stopped = completed = False
+  stopped = completed = handed_over = False
   try:
     for result in results:
       update = result.update
@@ -151,7 +163,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         # at the default config). Timed apart, so that `sps` is the steady rate, as in benchmarks/throughput.py.
         jax.block_until_ready(result.metrics)
         first_update_time = time.time() - last_time
-        last_time, last_steps = time.time(), update * resolved.batch_size
+        last_time, last_steps = time.time(), resolved.env_steps_at(update)
         first_row = True
       pending.append(result.metrics)
       lags.append(result.policy_lag)
@@ -159,7 +171,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if update % config.log_every == 0 or is_last:
         host_metrics = jax.device_get(pending)
         ckpts.check_finite(host_metrics, update - len(pending) + 1)
-        row = {"update": update, "env_steps": update * resolved.batch_size, **summarize(host_metrics)}
+        row = {"update": update, "env_steps": resolved.env_steps_at(update), **summarize(host_metrics)}
         row["policy_lag_max"], row["policy_lag_mean"] = max(lags), sum(lags) / len(lags)
         pending, lags = [], []
         eval_seconds = 0.0
@@ -179,16 +191,23 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           row["compile_time"] = compile_time
           row["first_update_time"] = first_update_time
         last_time, last_steps, first_row = now, row["env_steps"], False
+        if result.snapshot.state.outer is not None:  # outer-step control's learning-rate scale for the next update
+          row["lr_scale"] = float(jax.device_get(result.snapshot.state.outer.lr_scale))
+        advice = watch and watch.observe(row)
+        if advice:
+          row["plateau"] = advice
+          console.say(plateau.line(advice, row, watch.command()))
         out.write(row)
       # The snapshot is valid until the next result is requested: saves copy it to the host before that.
       stopped = stop.should_stop(update) and not is_last
+      handed_over = update == end and not is_last and not stopped  # to the schedule's next num_envs
       saved = ckpts.maybe_save(result.snapshot, update, pending, lags, time.time() - run_start,
-                               force=stopped or is_last, lock=learner_lock)
+                               force=stopped or is_last or handed_over, lock=learner_lock)
       if saved and lead and config.log_checkpoints:
         console.say(console.checkpoint_line(update, ckpts.step_path(update)))
-      if stopped:
+      if stopped or handed_over:
         break
-    completed = not stopped
+    completed = not stopped and not handed_over
   finally:
     failed = sys.exc_info()[1] is not None
     with contextlib.ExitStack() as closing:  # every one of them, even after an error of another (e.g. a disk full)
@@ -200,9 +219,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         closing.callback(results.close)  # stops the pipeline's stages
   if stopped:
     raise checkpoint.Preempted(update, ckpts.step_path(update))
+  if handed_over:
+    return row, True
   if lead:
-    for line in console.summary_lines(sinks.read_jsonl(out.jsonl_path), start, resolved.batch_size, {
+    for line in console.summary_lines(sinks.read_jsonl(out.jsonl_path), start, resolved.env_steps_at(start), {
         "checkpoint": ckpts.step_path(resolved.num_updates), "metrics": out.jsonl_path, "plots": out.plot_path,
         "tensorboard": f"{workdir}/tensorboard"}):
       console.say(line)
-  return row
+  return row, False

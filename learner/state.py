@@ -7,7 +7,7 @@ import jax
 import optax
 from flax import struct
 
-from learner import ewma
+from learner import ewma, outer_step
 
 if TYPE_CHECKING:  # the runner is the pipeline's state; learner/ does not import pipeline/ at runtime
   from pipeline.rollout import RunnerState
@@ -21,3 +21,4 @@ class TrainState:
   key: jax.Array  # the run's PRNG key; split once per update
   update: jax.Array  # int32 number of completed updates
   proximal: ewma.EWMAState | None = None  # PPO-EWMA's proximal params (replicated); None (an empty subtree) when off
+  outer: outer_step.OuterState | None = None  # the learning-rate scale of outer-step control; None when off

@@ -16,6 +16,7 @@ from flax import struct
 
 from envs import base
 from learner import diagnostics as diagnostics_lib, distributions, ewma as ewma_lib, losses, networks
+from learner import outer_step as outer_step_lib
 from learner.state import TrainState
 from pipeline import gae as gae_lib
 from pipeline import rollout as rollout_lib
@@ -41,6 +42,7 @@ class PPOSettings:
   obs_norm: bool = False  # normalise observations with running statistics
   reset_pool_size: int = 0  # 0: plain auto-reset; else finished episodes restart from a pool of this many states
   reset_pool_refresh: int = 0  # pool entries re-sampled per env step
+  outer_step: outer_step_lib.OuterSettings | None = None  # learning rate controlled from the measured KL; None = off
 
   @property
   def batch_size(self) -> int:
@@ -101,7 +103,8 @@ def init_train_state(agent: Agent, key: jax.Array, num_envs: int, ppo: PPOSettin
                                    reset_pool_size=ppo.reset_pool_size)
   return TrainState(params=params, opt_state=agent.optimizer.init(params), runner=runner, key=key,
                     update=jnp.zeros((), jnp.int32),
-                    proximal=ewma_lib.init(params) if ppo.ewma_decay is not None else None)
+                    proximal=ewma_lib.init(params) if ppo.ewma_decay is not None else None,
+                    outer=outer_step_lib.init() if ppo.outer_step is not None else None)
 
 
 @struct.dataclass
@@ -155,11 +158,11 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
     return losses.Minibatch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=traj.value,
                             advantage=advantages, target=targets, behaviour_head=traj.head)
 
-  def learn(params, opt_state, proximal, batch: losses.Minibatch, key):
+  def learn(params, opt_state, proximal, batch: losses.Minibatch, key, lr_scale=None):
     sgd = sgd_lib.sgd_epochs(
         params, opt_state, batch, key, loss_fn=loss_fn, optimizer=agent.optimizer, update_epochs=ppo.update_epochs,
         num_minibatches=ppo.num_minibatches, chunk_size=ppo.sgd_chunk_size, constrain=learner_constrain,
-        proximal=proximal, ewma_decay=ppo.ewma_decay, track_grad_noise=ppo.diagnostics)
+        proximal=proximal, ewma_decay=ppo.ewma_decay, track_grad_noise=ppo.diagnostics, lr_scale=lr_scale)
     diagnostics = None
     if ppo.diagnostics:
       diagnostics = diagnostics_lib.compute(params, sgd.params, batch.obs, batch.behaviour_head, batch.value,
@@ -190,9 +193,13 @@ def make_iteration(agent: Agent, ppo: PPOSettings,
     key, rollout_key, sgd_key = split_update_key(state.key)
     out = stages.act(state.params, state.runner, rollout_key)
     batch = stages.advantage(out.traj, out.last_value)
-    params, opt_state, proximal, aux = stages.learn(state.params, state.opt_state, state.proximal, batch, sgd_key)
+    outer = state.outer
+    params, opt_state, proximal, aux = stages.learn(state.params, state.opt_state, state.proximal, batch, sgd_key,
+                                                    lr_scale=None if outer is None else outer.lr_scale)
+    if outer is not None:  # the next update's learning-rate scale, from this one's measured KL
+      outer = outer_step_lib.step(ppo.outer_step, outer, aux.diagnostics.kl_mean, aux.diagnostics.samples_per_kl)
     new_state = TrainState(params=params, opt_state=opt_state, runner=out.runner, key=key, update=state.update + 1,
-                           proximal=proximal)
+                           proximal=proximal, outer=outer)
     return new_state, stages.metrics(aux, params, out.stats)
 
   return iteration

@@ -121,3 +121,31 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
   stats = EpisodeStats(return_sum=jnp.sum(stats.return_sum), count=jnp.sum(stats.count))
   last_value = value_fn(params, norm(obs_norm, runner.obs))
   return runner.replace(obs_norm=obs_norm, reset_pool=reset_pool), traj, last_value, stats
+
+
+RESIZE_STREAM = 0x656C6173  # folded into the run's key for the resets of envs added by a change of num_envs
+
+
+def resize_runner(env: base.Environment, runner: RunnerState, key: jax.Array, num_envs: int) -> RunnerState:
+  """The runner at another env count (a run continued at another num_envs, launch/elastic.py).
+
+  Env i < min(old, new) keeps its state, observation and return so far; env i >= old starts a fresh episode from a
+  reset keyed by fold_in(fold_in(key, RESIZE_STREAM), i), i.e. by its global index, so the result does not depend on
+  the device count (from the reset pool when it is on, drawn the same way). Observation statistics and the reset
+  pool carry over unchanged.
+  """
+  keep = min(runner.obs.shape[0], num_envs)
+  if keep == num_envs:
+    return runner.replace(**jax.tree.map(lambda x: x[:keep], dict(env_state=runner.env_state, obs=runner.obs,
+                                                                  episode_return=runner.episode_return)))
+  base_key = jax.random.fold_in(key, RESIZE_STREAM)
+  keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jnp.arange(keep, num_envs))
+  pool = runner.reset_pool
+  if pool is None:
+    state, obs = jax.vmap(env.reset)(keys)
+  else:
+    index = jax.vmap(lambda k: jax.random.randint(k, (), 0, pool.obs.shape[0]))(keys)
+    state, obs = jax.tree.map(lambda x: x[index], pool.state), pool.obs[index]
+  join = lambda old, new: jnp.concatenate([old[:keep], new.astype(old.dtype)])
+  return runner.replace(env_state=jax.tree.map(join, runner.env_state, state), obs=join(runner.obs, obs),
+                        episode_return=join(runner.episode_return, jnp.zeros((num_envs - keep,), jnp.float32)))

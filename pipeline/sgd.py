@@ -36,8 +36,9 @@ def sgd_epochs(params, opt_state, batch: losses.Minibatch, key: jax.Array, *, lo
                optimizer: optax.GradientTransformation, update_epochs: int, num_minibatches: int,
                chunk_size: int | None = None, constrain: Callable = lambda x: x,
                proximal: ewma_lib.EWMAState | None = None, ewma_decay: float | None = None,
-               track_grad_noise: bool = False) -> SGDResult:
-  """`batch` leaves are [T, N, ...]; `track_grad_noise` fills the result's `grad_noise`.
+               track_grad_noise: bool = False, lr_scale: jax.Array | None = None) -> SGDResult:
+  """`batch` leaves are [T, N, ...]; `track_grad_noise` fills the result's `grad_noise`; `lr_scale` multiplies every
+  optimizer step (outer-step control, learner/outer_step.py; None: the optimizer's own learning rate).
 
   Each minibatch's gradient is accumulated over chunks of `chunk_size` samples (default: the whole minibatch).
   """
@@ -55,6 +56,8 @@ def sgd_epochs(params, opt_state, batch: losses.Minibatch, key: jax.Array, *, lo
                                     constrain=constrain, chunk_sq_norms=track_grad_noise)
     noise = (out.chunk_sq_norm, diagnostics.sq_norm(out.grads)) if track_grad_noise else ()
     updates, opt_state = optimizer.update(out.grads, opt_state, params)
+    if lr_scale is not None:
+      updates = jax.tree.map(lambda u: u * lr_scale, updates)
     params = optax.apply_updates(params, updates)
     if proximal is not None:
       proximal = ewma_lib.update(proximal, params, ewma_decay)

@@ -11,6 +11,7 @@ from absl import logging
 
 from launch import config_lib
 from launch import config_schema
+from launch import elastic
 from launch import errors
 from launch import packed_arrays
 
@@ -43,18 +44,23 @@ def _policy_lag(flat: dict[str, Any]) -> int:
 def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], where: str) -> None:
   """Raises ConfigError naming every MUST_MATCH key that differs; warns about other changed keys."""
   now, then = _flat(config_json(config)), _flat(saved)
+  # Under a scaling rule a run continues at another num_envs (launch/elastic.py rebuilds the envs); else refused.
+  elastic_ok = now.get("scaling.rule", "none") != "none"
   errors = [f"config.{k}={now.get(k)!r} does not match {then.get(k)!r} in the checkpoint ({why})"
-            for k, why in MUST_MATCH.items() if now.get(k) != then.get(k)]
+            for k, why in MUST_MATCH.items() if now.get(k) != then.get(k) and not (k == "num_envs" and elastic_ok)]
   if _policy_lag(now) != _policy_lag(then):
     errors.append(f"config.pipeline.mode={now.get('pipeline.mode')!r} with max_policy_lag="
                   f"{now.get('pipeline.max_policy_lag')!r} gives policy lag {_policy_lag(now)}, the checkpoint's "
                   f"is {_policy_lag(then)} (it holds that many in-flight params versions)")
+  if now.get("num_envs") != then.get("num_envs") and not elastic_ok:
+    errors.append(elastic.HINT)
   if errors:
     raise config_lib.ConfigError(
         f"cannot resume from {where}:\n  " + "\n  ".join(errors) +
         "\n  use a new --workdir (with --config.restore_from=<this run's workdir> to start from its params)")
+  scheduled = bool(now.get("scaling.schedule")) and now.get("scaling.schedule") == then.get("scaling.schedule")
   changed = [f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(then))
-             if k not in FREE_KEYS and now.get(k) != then.get(k)]
+             if k not in FREE_KEYS and now.get(k) != then.get(k) and not (k == "num_envs" and scheduled)]
   if changed:
     logging.warning("resuming %s with changed config keys, so this is no longer the uninterrupted run: %s", where,
                     "; ".join(changed))

@@ -23,7 +23,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from launch import config_lib, errors, packed_arrays, workdir as workdir_lib
-from launch.checkpoint import agree, compat, format as format_lib, params as params_lib
+from launch.checkpoint import agree, compat, format as format_lib, manager, params as params_lib, resize
 from launch.checkpoint.writer import Writer
 from pipeline.dataflow import Snapshot
 from pipeline.iteration import UpdateMetrics
@@ -35,14 +35,6 @@ CHECKED_METRICS = ("policy_loss", "value_loss", "param_norm")  # the non-finite 
 # while that save is in flight. Unset in real runs.
 TEST_HOLD_ENV = "PPO_TEST_HOLD_SAVE_AT_UPDATE"
 TEST_WAIT_S = 300.0
-
-
-def _drop_orbax_info(record) -> bool:  # levelno is the std library's (30 = WARNING), not absl's
-  return record.levelno >= 30 or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
-# Orbax logs ~25 INFO lines per save; keep its warnings and errors only.
-logging.get_absl_logger().addFilter(_drop_orbax_info)
 
 
 class NonFiniteError(FloatingPointError):
@@ -75,20 +67,14 @@ def _runner_shares_learner(snapshot: Snapshot) -> bool:
   return all(x.sharding.device_set == learner_devices for x in jax.tree.leaves(snapshot.state.runner))
 
 
-class _CheckpointManager(ocp.CheckpointManager):
-  """Never asks JAX's preemption sync point: launch/preemption.py must be its only caller. Orbax asks it with the
-  step of each save, also from its finalize thread once the loop is further on, which would move this host's protocol
-  counter back and could leave the hosts stopping at different updates."""
-
-  def reached_preemption(self, step: int) -> bool:
-    del step
-    return False
-
-
 class RunCheckpoints:
   """The run's checkpoints: `restore_or_init` once, `maybe_save` after every update, `close` at the end."""
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict, stop: Any = None):
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, stop: Any = None, segment: Any = None,
+               resize_runner: Callable | None = None):
+    """`segment` (launch/elastic.Segment) is saved with every step; `resize_runner(runner, key)` rebuilds the runner of
+    a step saved at another num_envs (Programs.resize_runner)."""
+    self._segment, self._resize_runner = segment, resize_runner
     self.directory = workdir_lib.absolute(os.path.join(workdir, "checkpoints"))  # local or gs://...
     self._workdir = workdir
     self._config = config
@@ -108,7 +94,7 @@ class RunCheckpoints:
     handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
     handlers.add("arrays", ocp.args.StandardSave, self._arrays)
     handlers.add("host", ocp.args.JsonSave, self._host)
-    self._manager = _CheckpointManager(self.directory, options=options, handler_registry=handlers)
+    self._manager = manager.CheckpointManager(self.directory, options=options, handler_registry=handlers)
 
   def step_path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -165,25 +151,36 @@ class RunCheckpoints:
     format_lib.check_format(host, where)
     compat.check_compatible(self._config, host["config"], where)
     items = format_lib.parts(target)
+    resized = host["config"]["num_envs"] != self._config.num_envs  # allowed by the check above: launch/elastic.py
+    if resized and self._resize_runner is None:
+      raise config_lib.ConfigError(f"cannot resume from {where} at another num_envs here (no resize_runner)")
+    if resized:
+      items[format_lib.RUNNER] = {"runner": resize.at_num_envs(target.state.runner, host["config"]["num_envs"])}
     packed_runner = host["layout"][format_lib.RUNNER] is not None
     compat.check_layout({k: v for k, v in items.items() if k != format_lib.RUNNER or packed_runner}, host["layout"],
                         where)
     shapes = {name: packed_arrays.packed_shapes(tree) for name, tree in items.items()}
     if not packed_runner:
       shapes[format_lib.RUNNER] = items[format_lib.RUNNER]
+    if resized:
+      shapes[format_lib.RUNNER] = resize.replicated(shapes[format_lib.RUNNER])
     arrays = self._arrays.restore(directory / "arrays", args=ocp.args.StandardRestore(shapes))
-    return host, arrays, items, packed_runner
+    return host, arrays, items, packed_runner, resized
 
   def _use_step(self, step: int, host: dict[str, Any], arrays: dict[str, Any], items: dict[str, Any],
-                packed_runner: bool) -> tuple[Snapshot, Resume]:
+                packed_runner: bool, resized: bool) -> tuple[Snapshot, Resume]:
     """The restored state and host state, once checked against the saved fingerprints and update."""
     packed = {k: v for k, v in arrays.items() if k != format_lib.RUNNER or packed_runner}
     got = jax.tree.map(int, jax.device_get(format_lib.check_fingerprints(packed)))
     if got != {k: v for k, v in host["fingerprint"].items() if k != format_lib.RUNNER or packed_runner}:
       raise ValueError("the restored arrays do not match the fingerprint saved with them (corrupted bytes)")
-    unpacked = {name: packed_arrays.unpacker(tree)(arrays[name]) if name in packed else arrays[name]
+    unpacker = lambda name: resize.unpacker if resized and name == format_lib.RUNNER else packed_arrays.unpacker
+    unpacked = {name: unpacker(name)(tree)(arrays[name]) if name in packed else arrays[name]
                 for name, tree in items.items()}
     snapshot = format_lib.snapshot(unpacked)
+    if resized:  # the envs at this run's num_envs; nothing else changes
+      state = snapshot.state
+      snapshot = dataclasses.replace(snapshot, state=state.replace(runner=self._resize_runner(state.runner, state.key)))
     if int(snapshot.state.update) != step or host["update"] != step:
       raise ValueError(f"holds update {int(snapshot.state.update)}, not {step}")
     pending = format_lib.metrics_from_json(host["pending_metrics"], self._config.diagnostics.enabled, CHECKED_METRICS)
@@ -241,6 +238,7 @@ class RunCheckpoints:
       self.check_finite(host_pending, update - len(pending) + 1)
       host = {"format": format_lib.FORMAT, "update": update, "config": self._config_json, "wall_time": wall_time,
               "pending_metrics": format_lib.metrics_to_json(host_pending), "pending_lags": lags, **described,
+              **({"segment": self._segment.to_json()} if self._segment is not None else {}),
               "fingerprint": dict.fromkeys(described["layout"]) | jax.tree.map(int, jax.device_get(fingerprints))}
       if self._test_hold_at is not None:
         self._in_flight.append(update)

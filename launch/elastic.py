@@ -1,0 +1,165 @@
+"""Elastic parallelism: a run continued at another num_envs (by hand, or by `scaling.schedule` at env-step
+boundaries), and where the current num_envs took over (`Segment`).
+
+A run is a sequence of segments, each at one num_envs. The newest checkpoint's host record holds the segment it was
+saved in; `plan(config, workdir)` reads it before any program is built and returns the config this process runs
+(num_envs from the schedule, else the config's) and the segment it continues or starts. Under a scaling rule the
+minibatching and learning rate of the new segment follow the rule from the base (launch/config_lib.py `_scale`).
+The learning-rate anneal is over env steps: at a segment's start the multiplier is 1 - E0 / E_total (E0 env steps
+done, E_total those the run will have done at its end at this num_envs: total_env_steps rounded down to whole
+updates), then falls linearly per optimizer step to 0 at the run's last update (config_lib.resolve). Without a rule
+a change of num_envs is refused, saying which flag asks for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import ml_collections
+from etils import epath
+
+from launch import config_lib, workdir as workdir_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """Where the run's current num_envs began: the counts before its first update."""
+  update: int = 0  # updates done before
+  env_steps: int = 0  # env steps done before
+  grad_steps: int = 0  # optimizer steps done before (the anneal schedule's count)
+  num_envs: int = 0
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, data: dict[str, Any]) -> Segment:
+    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def parse_schedule(text: str) -> list[tuple[int, int]]:
+  """'0:2048,2e9:65536' → [(0, 2048), (2000000000, 65536)] (env steps → num_envs, increasing env steps)."""
+  out = []
+  for part in (p.strip() for p in text.split(",") if p.strip()):
+    steps, envs = part.split(":")
+    steps_f, envs_f = float(steps), float(envs)
+    if steps_f != int(steps_f) or envs_f != int(envs_f) or steps_f < 0 or envs_f < 1:
+      raise ValueError(part)
+    out.append((int(steps_f), int(envs_f)))
+  if [s for s, _ in out] != sorted({s for s, _ in out}):
+    raise ValueError("env steps must increase")
+  return out
+
+
+def schedule_ok(text: Any) -> bool:
+  if not isinstance(text, str):
+    return False
+  try:
+    parse_schedule(text)
+  except ValueError:
+    return False
+  return True
+
+
+def num_envs_at(config: ml_collections.ConfigDict, env_steps: int) -> int:
+  """num_envs from env step `env_steps` on: the schedule's last entry at or before it, else config.num_envs."""
+  envs = config.num_envs
+  for steps, n in parse_schedule(config.scaling.schedule):
+    if steps <= env_steps:
+      envs = n
+  return envs
+
+
+def config_at(config: ml_collections.ConfigDict, num_envs: int) -> ml_collections.ConfigDict:
+  """The config this segment runs: `config` itself, or a copy at another num_envs (the caller's is not changed)."""
+  if num_envs == config.num_envs:
+    return config
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.num_envs = num_envs
+  return out
+
+
+def end_update(config: ml_collections.ConfigDict, segment: Segment, resolved: config_lib.Resolved) -> int:
+  """The update after which this segment hands over to the schedule's next num_envs (or the run's last update)."""
+  for steps, n in parse_schedule(config.scaling.schedule):
+    if steps > segment.env_steps and n != segment.num_envs:
+      return min(resolved.num_updates, segment.update + math.ceil((steps - segment.env_steps) / resolved.batch_size))
+  return resolved.num_updates
+
+
+def newest_host(workdir: str) -> dict[str, Any] | None:
+  """The host record of the newest checkpoint step whose record reads (None without checkpoints)."""
+  directory = epath.Path(workdir_lib.absolute(workdir)) / "checkpoints"
+  if not directory.exists():
+    return None
+  steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
+  for step in steps:
+    files = [p for p in (directory / str(step) / "host").glob("*") if not p.name.endswith(".txt")]
+    try:
+      return json.loads(files[0].read_text())
+    except (IndexError, OSError, ValueError):
+      continue
+  return None
+
+
+def saved_segment(host: dict[str, Any]) -> Segment:
+  """The segment a step was saved in (a step written before segments were recorded: the run's first)."""
+  if "segment" in host:
+    return Segment.from_json(host["segment"])
+  return Segment(num_envs=host["config"]["num_envs"])
+
+
+def _counts(saved: dict[str, Any], segment: Segment, update: int) -> tuple[int, int]:
+  """Env steps and optimizer steps after `update` of a segment run with the `saved` config."""
+  flat = config_lib.flat_keys(ml_collections.ConfigDict(saved))
+  flat = {k: (tuple(v) if isinstance(v, list) else v) for k, v in flat.items()}
+  batch = flat["num_envs"] * flat["num_steps"]
+  scaled = config_lib._scale(flat, 1, [])  # pylint: disable=protected-access  (the sizes only; 1 shard)
+  done = update - segment.update
+  grad_steps = segment.grad_steps + done * flat["update_epochs"] * scaled.num_minibatches
+  return segment.env_steps + done * batch, grad_steps
+
+
+HINT = ("a run continues at another num_envs only under a scaling rule: add --config.scaling.rule=recipe (minibatch "
+        "size and learning rate held at --config.scaling.base_num_envs, now the config's value)")
+
+
+def refusal(saved_envs: int, envs: int) -> str:
+  return f"config.num_envs={envs} does not match {saved_envs} in the checkpoint; {HINT}"
+
+
+def plan(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collections.ConfigDict, Segment]:
+  """The config this process runs and the segment it continues (from the newest checkpoint) or starts.
+
+  Raises ConfigError when the checkpoint's num_envs differs from the one wanted and no scaling rule is set.
+  """
+  host = newest_host(workdir)
+  if host is None or "config" not in host or "update" not in host:
+    envs = num_envs_at(config, 0)
+    return config_at(config, envs), Segment(num_envs=envs)
+  segment = saved_segment(host)
+  env_steps, grad_steps = _counts(host["config"], segment, host["update"])
+  envs = num_envs_at(config, env_steps) if config.scaling.schedule else config.num_envs
+  if envs == segment.num_envs:
+    return config_at(config, envs), segment
+  if config.scaling.rule == "none":
+    raise config_lib.ConfigError(f"cannot resume from {workdir}: {refusal(segment.num_envs, envs)}; or use a new "
+                                 "--workdir")
+  return config_at(config, envs), Segment(update=host["update"], env_steps=env_steps, grad_steps=grad_steps,
+                                          num_envs=envs)
+
+
+
+def check_schedule(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
+  """Before a scheduled run starts: it needs a scaling rule, and every num_envs it lists must be a valid run."""
+  schedule = parse_schedule(config.scaling.schedule) if config.scaling.schedule else []
+  if schedule and config.scaling.rule == "none":
+    raise config_lib.ConfigError("invalid config:\n  config.scaling.schedule needs a scaling rule to change num_envs "
+                                 "(minibatching and learning rate follow it): add --config.scaling.rule=recipe")
+  for _, envs in schedule:
+    try:
+      config_lib.resolve(config_at(config, envs), num_devices, planning=True, num_processes=num_processes)
+    except config_lib.ConfigError as e:
+      raise config_lib.ConfigError(f"config.scaling.schedule: at num_envs={envs}: {e}") from None

@@ -1,0 +1,68 @@
+"""Outer-step control: the learning rate rescaled after every update from the KL that update measured.
+
+The scale multiplies every optimizer step of the next update (pipeline/sgd.py); it is part of the TrainState, so it
+is checkpointed and a resumed run continues it exactly, and changing it recompiles nothing.
+
+  adaptive_kl     the baseline Brax / rsl_rl / Sample Factory ship: KL per update above 2 x kl_target divides the
+                  learning rate by `factor`, below kl_target / 2 multiplies it by `factor`, in between keeps it.
+  samples_per_kl  targets the data spent per unit of divergence (learner/diagnostics.py `samples_per_kl` = batch
+                  size / mean KL). For small steps KL ≈ ½ Δθᵀ F Δθ with Δθ ∝ lr, so samples per KL ∝ lr⁻²: the
+                  scale that would meet the target is scale · sqrt(samples_per_kl / target); it moves there, by at
+                  most `factor` per update.
+Either way the scale stays in [1 / max_scale, max_scale]; a non-finite measurement leaves it unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jaxtyping import Array, Float
+
+MODES = ("adaptive_kl", "samples_per_kl")
+
+
+@struct.dataclass
+class OuterState:
+  lr_scale: Float[Array, ""]  # multiplies the learning rate (after the anneal); 1 at the start
+
+
+@dataclasses.dataclass(frozen=True)
+class OuterSettings:
+  """config.outer_step.* (launch/config_schema.py)."""
+  mode: str
+  kl_target: float = 0.01
+  samples_per_kl: float = 1e6
+  factor: float = 1.5
+  max_scale: float = 10.0
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f"outer-step mode {self.mode!r}: one of {MODES}")
+
+
+def init() -> OuterState:
+  return OuterState(lr_scale=jnp.ones((), jnp.float32))
+
+
+def adaptive_kl(scale: jax.Array, kl: jax.Array, target: float, factor: float) -> jax.Array:
+  return jnp.where(kl > 2.0 * target, scale / factor, jnp.where(kl < 0.5 * target, scale * factor, scale))
+
+
+def samples_per_kl(scale: jax.Array, measured: jax.Array, target: float, factor: float) -> jax.Array:
+  return scale * jnp.clip(jnp.sqrt(measured / target), 1.0 / factor, factor)
+
+
+def step(settings: OuterSettings, state: OuterState, kl_mean: jax.Array, measured_samples_per_kl: jax.Array
+         ) -> OuterState:
+  """The scale for the next update, from this update's KL (mean over its states) and samples per KL."""
+  scale = state.lr_scale
+  if settings.mode == "adaptive_kl":
+    signal, new = kl_mean, adaptive_kl(scale, kl_mean, settings.kl_target, settings.factor)
+  else:
+    signal, new = measured_samples_per_kl, samples_per_kl(scale, measured_samples_per_kl, settings.samples_per_kl,
+                                                           settings.factor)
+  # samples_per_kl is batch / max(KL, 1e-30): a zero KL reads as a huge ratio (finite), i.e. "step larger".
+  new = jnp.where(jnp.isfinite(signal), new, scale)
+  return OuterState(lr_scale=jnp.clip(new, 1.0 / settings.max_scale, settings.max_scale).astype(jnp.float32))

@@ -1,0 +1,112 @@
+"""Outer-step control (learner/outer_step.py) on hand-made KL sequences and in a short run, and the plateau advice
+(launch/plateau.py) on hand-made rows."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from launch import checkpoint, config_lib, plateau, preemption, sinks, trainer
+from launch.configs import debug
+from learner import outer_step
+from tests.test_checkpoint import TIMING
+
+
+def _run(settings, signals):
+  """The scale after each update, fed (kl_mean, samples_per_kl) pairs."""
+  state, scales = outer_step.init(), []
+  for kl, spk in signals:
+    state = outer_step.step(settings, state, jnp.float32(kl), jnp.float32(spk))
+    scales.append(float(state.lr_scale))
+  return scales
+
+
+def test_adaptive_kl_moves_by_the_factor_outside_the_band():
+  settings = outer_step.OuterSettings("adaptive_kl", kl_target=0.01, factor=2.0, max_scale=4.0)
+  kls = [0.03, 0.03, 0.015, 0.006, 0.004, 0.001, 0.001, 0.001, 0.001, np.nan, 0.02]
+  # > 2x target: halve; within [target/2, 2 target]: keep; < target/2: double; capped at max_scale; NaN: keep.
+  assert _run(settings, [(k, 0.0) for k in kls]) == [0.5, 0.25, 0.25, 0.25, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
+  assert _run(settings, [(1.0, 0.0)] * 5)[-1] == 0.25  # floored at 1 / max_scale
+
+
+def test_samples_per_kl_moves_toward_the_target_at_most_by_the_factor():
+  settings = outer_step.OuterSettings("samples_per_kl", samples_per_kl=1e4, factor=1.5, max_scale=10.0)
+  # spk = 4x target: the lr that meets it is 2x (spk ∝ lr^-2), capped at 1.5x; at 1/4 target: 1/2, capped at 1/1.5.
+  got = _run(settings, [(0.0, 4e4), (0.0, 1.21e4), (0.0, 1e4), (0.0, 0.25e4), (0.0, np.inf)])
+  np.testing.assert_allclose(got, [1.5, 1.5 * 1.1, 1.5 * 1.1, 1.5 * 1.1 / 1.5, 1.5 * 1.1 / 1.5], rtol=1e-6)
+
+
+def test_outer_step_needs_diagnostics_and_the_fused_update():
+  config = debug.get_config()
+  config.outer_step.mode = "adaptive_kl"
+  config.diagnostics.enabled = False
+  with pytest.raises(config_lib.ConfigError, match="outer_step.mode"):
+    config_lib.resolve(config, 1)
+
+
+def _outer_config():
+  config = debug.get_config()
+  config.outer_step.mode = "adaptive_kl"
+  config.outer_step.kl_target = 1e-9  # far below what an update moves: the scale falls to its floor and stays
+  config.outer_step.max_scale = 3.0
+  config.log_every = 1
+  config.eval_every = 10
+  return config
+
+
+def _metrics(workdir):
+  return [{k: v for k, v in r.items() if k not in TIMING} for r in sinks.read_jsonl(f"{workdir}/metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("outer") / "run")
+  trainer.train_and_evaluate(_outer_config(), workdir)
+  return workdir
+
+
+def test_short_run_keeps_the_scale_within_bounds(controlled):
+  scales = [r["lr_scale"] for r in _metrics(controlled)]
+  assert len(scales) == 10 and all(1 / 3.0 - 1e-6 <= s <= 3.0 for s in scales)
+  np.testing.assert_allclose(scales[:3], [1 / 1.5, 1 / 2.25, 1 / 3.0], rtol=1e-6)
+  assert scales[-1] == pytest.approx(1 / 3.0)
+
+
+def test_resume_with_outer_step_control_is_exact(controlled, workdir, monkeypatch):
+  original = preemption.StopRequest.should_stop
+  monkeypatch.setattr(preemption.StopRequest, "should_stop", lambda self, u: original(self, u) or u == 2)
+  with pytest.raises(checkpoint.Preempted):  # saved after update 2, the scale already moved twice
+    trainer.train_and_evaluate(_outer_config(), workdir)
+  monkeypatch.setattr(preemption.StopRequest, "should_stop", original)
+  trainer.train_and_evaluate(_outer_config(), workdir)
+  assert _metrics(workdir) == _metrics(controlled)
+
+
+def _rows(evals, step=100):
+  return [{"update": i + 1, "env_steps": (i + 1) * step, "eval_return": e, "kl_mean": 0.01, "samples_per_kl": 1e5}
+          for i, e in enumerate(evals)]
+
+
+def test_plateau_is_said_once_after_the_share_of_the_budget():
+  config = debug.get_config()
+  config.plateau.share = 0.25  # of 2,000 env steps: 500
+  watch = plateau.Watch(config, "/tmp/run", 2000)
+  said = [watch.observe(r) for r in _rows([1, 5, 5, 4, 5, 5, 5, 9, 3, 3, 3, 3, 3, 3])]
+  hits = [i for i, a in enumerate(said) if a]
+  assert hits == [6]  # best 5 at env step 200; env step 700 is 500 later (and 5 evaluations); said once only
+  few = plateau.Watch(config, "/tmp/run", 2000)  # 500 env steps later, but only 2 evaluations since the best
+  assert not any(few.observe(r) for r in _rows([5, 4, 4], step=300))
+  advice = said[6]
+  assert advice["best_eval_return"] == 5 and advice["best_env_steps"] == 200
+  assert advice["kl_mean"] == 0.01 and advice["samples_per_kl"] == 1e5
+  assert advice["suggested_num_envs"] == 32
+  line = plateau.line(advice, {"env_steps": 700}, watch.command())
+  for part in ("--workdir=/tmp/run", "--config.num_envs=32", "--config.scaling.rule=recipe",
+               "--config.scaling.base_num_envs=8"):
+    assert part in line, part
+  # A resumed run that already said it does not say it again.
+  rows = _rows([1, 5, 5, 4, 5, 5, 5])
+  rows[-1]["plateau"] = advice
+  again = plateau.Watch(config, "/tmp/run", 2000, rows)
+  assert not any(again.observe(r) for r in _rows([5] * 20, step=1000))
+  config.plateau.share = 0.0
+  off = plateau.Watch(config, "/tmp/run", 2000)
+  assert not any(off.observe(r) for r in _rows([1] * 30))
