@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from envs import base, cartpole, toy
+from envs import base, cartpole, entities, toy
 
 BUILTIN: dict[str, Callable[[], base.Environment]] = {
     "CartPole-v1": cartpole.CartPole,
     "cue": toy.CueEnv,
+    "cue_entities": entities.CueEntitiesEnv,
 }
 PREFIXES = ("gymnax", "brax", "kinetix", "craftax", "cartpole_substeps")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import ml_collections
 
-from envs import registry
+from envs import base, entities, registry
 from launch import wandb_sink
 from launch.config_schema import SCHEMA
 from learner import ewma
@@ -117,7 +117,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
     err("wandb.project", wandb_sink.missing_message())
   if valid("env_name"):
     try:
-      registry.make(flat["env_name"])
+      _check_observations(flat, registry.make(flat["env_name"]), err)
     except (registry.UnknownEnvError, ImportError) as e:
       err("env_name", str(e))
   if errors:  # the divisibility rules below assume the basic types are right
@@ -152,6 +152,24 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
     err("total_env_steps", f"{flat['total_env_steps'] // batch_size:,} updates are more than {MAX_INDEX:,} (2^31 - 1), "
         "the most the int32 update counter holds; lower total_env_steps or raise num_envs * num_steps")
   return errors
+
+
+def _check_observations(flat: dict[str, Any], env, err) -> None:
+  """The network, obs_norm and solve-rate levels against the env's observations."""
+  spec, name, kind = env.observation_spec, flat["env_name"], flat["network.kind"]
+  if base.is_flat(spec) == (kind == "entity") or (kind == "entity" and not isinstance(spec, entities.EntityObs)):
+    err("network.kind", f"{kind} needs " + ("flat observations" if kind == "mlp" else "entity observations (e.g. "
+        "env_name='kinetix:s@entity')") + f"; {name} observes {'a flat vector' if base.is_flat(spec) else 'a pytree'}")
+  elif kind == "entity" and flat["network.entity_heads"] % spec.attention_mask.shape[0]:
+    err("network.entity_heads", f"must be a multiple of {name}'s {spec.attention_mask.shape[0]} attention channels")
+  if flat["obs_norm"] and not base.is_flat(spec):
+    err("obs_norm", f"normalises flat observations only; {name} observes a pytree (entities with masks and indexes)")
+  if flat["eval.solve_levels"]:
+    from envs import kinetix_adapter  # pylint: disable=import-outside-toplevel
+    try:
+      kinetix_adapter.solve_levels(flat["eval.solve_levels"])
+    except (registry.UnknownEnvError, ImportError) as e:
+      err("eval.solve_levels", str(e))
 
 
 def chunk_size(sgd_chunk_size: int, minibatch_size: int, diagnostics: bool = False, shards: int = 1) -> int:

@@ -41,6 +41,7 @@ def must_match(reason: str) -> Resume:
 
 
 WARN = Resume("warn")
+_SHAPES = "the saved params have these shapes"
 FREE = Resume("free")
 
 
@@ -237,6 +238,19 @@ SCHEMA = Schema(
         must_match("the saved params were trained for it")),
     Key("network.shared_trunk", False, bool, "one trunk for actor and critic instead of two", BOOL,
         must_match("the saved params have this structure")),
+    # Entity observations (pytrees, e.g. "kinetix:s@entity"): the entity transformer, and Kinetix solve rates.
+    Key("network.kind", "mlp", str, "mlp: flat observations | entity: transformer over entity observations",
+        one_of("mlp", "entity"), must_match("the saved params have this structure")),
+    Key("network.entity_width", 128, int, "entity network: embedding width", positive_int(), must_match(_SHAPES)),
+    Key("network.entity_layers", 2, int, "entity network: transformer layers", positive_int(), must_match(_SHAPES)),
+    Key("network.entity_heads", 8, int, "entity network: attention heads (a multiple of the attention-mask channels)",
+        positive_int(), must_match(_SHAPES)),
+    Key("network.entity_qkv", 16, int, "entity network: total query/key/value width over all heads",
+        positive_int(), must_match(_SHAPES)),
+    Key("eval.solve_levels", "", str, 'Kinetix solve rates at eval points: "s,m,l" (shipped levels), level names, ""',
+        Rule(lambda v: isinstance(v, str), "must be a comma-separated list of sizes / level names"), FREE),
+    Key("eval.solve_attempts", 20, int, "sampled-policy episodes per level for solve rates (kinetix-env: 20)",
+        positive_int(), FREE),
     # The staged pipeline. mode / max_policy_lag are free here: fused and sync give identical results, and the
     # resume check refuses a change of the overlap policy lag on its own (it shapes the saved in-flight params).
     Key("pipeline.mode", "fused", str, "fused: one jitted update | sync: staged, identical results | overlap: "

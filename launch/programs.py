@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import envs
 from launch import config_lib, xla_options
-from learner import distributions, networks, optimizer as optimizer_lib
+from learner import distributions, entity_network, networks, optimizer as optimizer_lib
 from learner.state import TrainState
 from pipeline import dataflow
 from pipeline import evaluate as evaluate_lib
@@ -59,8 +59,14 @@ def build_agent(config: ml_collections.ConfigDict, resolved: config_lib.Resolved
   """The env, network, action distribution and optimizer that `config` describes."""
   env = envs.make(config.env_name)
   dist = distributions.for_action_space(env.action_space)
-  model = networks.ActorCritic(dist=dist, hidden_sizes=tuple(config.network.hidden_sizes),
-                               activation=config.network.activation, shared_trunk=config.network.shared_trunk)
+  net = config.network
+  if net.kind == "entity":
+    model = entity_network.EntityActorCritic(dist=dist, hidden_sizes=tuple(net.hidden_sizes), activation=net.activation,
+                                             width=net.entity_width, layers=net.entity_layers, heads=net.entity_heads,
+                                             qkv_features=net.entity_qkv)
+  else:
+    model = networks.ActorCritic(dist=dist, hidden_sizes=tuple(net.hidden_sizes), activation=net.activation,
+                                 shared_trunk=net.shared_trunk)
   optimizer = optimizer_lib.make_optimizer(resolved.learning_rate, config.max_grad_norm, config.anneal_lr,
                                            resolved.total_gradient_steps)
   return iteration_lib.Agent(env=env, model=model, dist=dist, optimizer=optimizer)
