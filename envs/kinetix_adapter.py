@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from envs import base, entities, extras
+from envs.registry import UnknownEnvError
 
 SIZES = ("s", "m", "l")
 FILTER_SAMPLE_RATIO = 2  # kinetix-env ppo-base.yaml: level_filter_sample_ratio
@@ -155,3 +156,30 @@ class KinetixEnv(base.Environment):
         terminated=jnp.asarray(terminated, bool),
         truncated=jnp.asarray(time_out, bool),
     )
+
+
+def solve_levels(spec: str) -> dict[str, list[str]]:
+  """`eval.solve_levels` ("s,m,l", sizes and / or shipped level names, comma-separated) -> size -> level names."""
+  import_kinetix()
+  shipped = shipped_levels()
+  out: dict[str, list[str]] = {}
+  for item in (x.strip() for x in spec.split(",") if x.strip()):
+    names = [n for n in shipped if n.startswith(item + "/")] if item in SIZES else [item]
+    for name in names:
+      if name not in shipped:
+        raise UnknownEnvError(f'"{name}" is neither a Kinetix size (s, m, l) nor a shipped level; kinetix-env ships: '
+                              + ", ".join(shipped))
+      size = name.split("/")[0]
+      if name not in out.setdefault(size, []):
+        out[size].append(name)
+  return out
+
+
+def stacked_levels(names: list[str], observation: str):
+  """One env for levels of one size (its step and observations) and their start states stacked [L, ...]."""
+  _, _, _, _, _, saving = import_kinetix()
+  loaded = [saving.load_from_json_file(saving.get_correct_path_of_json_level(n)) for n in names]
+  if any(static != loaded[0][1] for _, static, _ in loaded):
+    raise ValueError(f"levels {names} have different static env params: evaluate them apart")
+  env = KinetixEnv(names[0], observation=observation)
+  return env, jax.tree.map(lambda *x: jnp.stack(x), *[level for level, _, _ in loaded])

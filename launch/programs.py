@@ -27,6 +27,7 @@ from learner import distributions, entity_network, networks, optimizer as optimi
 from learner.state import TrainState
 from pipeline import dataflow
 from pipeline import evaluate as evaluate_lib
+from pipeline import solve_rate as solve_rate_lib
 from pipeline import iteration as iteration_lib
 from sharding import Layout, make_mesh, split_mesh
 
@@ -44,6 +45,7 @@ class Programs:
   update: Callable | None = None  # TrainState -> (TrainState, UpdateMetrics), donating its input
   pipeline: dataflow.PipelineFns | None = None  # the staged pipeline's compiled stages, bound to their meshes
   evaluate: Callable | None = None  # (params, key, obs_norm) -> mean deterministic return
+  solve_rates: Callable | None = None  # (params, key) -> {level: solve rate}, per config.eval.solve_levels
   compile_time: float = 0.0  # seconds spent compiling update / stages and evaluation
   compiled: dict = dataclasses.field(default_factory=dict)  # name -> jax.stages.Compiled (for memory_analysis)
 
@@ -85,8 +87,33 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
   agent = agent or build_agent(config, resolved)
   actor_mesh, learner_mesh = split_mesh(mesh if mesh is not None else make_mesh(config.mesh.data),
                                         config.pipeline.actor_devices)
-  return make_programs(agent, resolved, Layout(learner_mesh), Layout(actor_mesh), mode=mode or config.pipeline.mode,
-                       eval_episodes=config.eval_episodes if eval_episodes is None else eval_episodes, **kwargs)
+  progs = make_programs(agent, resolved, Layout(learner_mesh), Layout(actor_mesh), mode=mode or config.pipeline.mode,
+                        eval_episodes=config.eval_episodes if eval_episodes is None else eval_episodes, **kwargs)
+  if not config.eval.solve_levels or not progs.evaluate:
+    return progs
+  t0 = time.time()
+  solve = _solve_rates(agent, config.eval.solve_levels, config.eval.solve_attempts, progs.abstract_state.params)
+  return dataclasses.replace(progs, solve_rates=solve, compile_time=progs.compile_time + time.time() - t0)
+
+
+def _solve_rates(agent, spec: str, attempts: int, params) -> Callable:
+  """Kinetix solve rates (pipeline/solve_rate.py): one compiled program per level size."""
+  from envs import kinetix_adapter  # pylint: disable=import-outside-toplevel
+  shipped, groups = kinetix_adapter.shipped_levels(), []
+  for names in kinetix_adapter.solve_levels(spec).values():
+    env, levels = kinetix_adapter.stacked_levels(names, agent.env.observation)
+    ids = jax.numpy.asarray([shipped.index(n) for n in names], jax.numpy.int32)
+    levels, ids = jax.device_put((levels, ids), jax.tree.leaves(params)[0].sharding)  # next to the params
+    fn = jax.jit(solve_rate_lib.make_solve_rates(env, agent.apply, agent.dist, attempts))
+    groups.append((names, fn.lower(params, jax.eval_shape(jax.random.PRNGKey, 0), levels, ids).compile(), levels, ids))
+
+  def solve_rates(params, key) -> dict[str, float]:
+    out = {}
+    for names, fn, levels, ids in groups:
+      out.update(zip(names, (float(r) for r in jax.device_get(fn(params, key, levels, ids)))))
+    return out
+
+  return solve_rates
 
 
 def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, layout: Layout,
