@@ -132,6 +132,7 @@ def main(argv):
       from launch import memory  # pylint: disable=import-outside-toplevel
       from learner import code_path  # pylint: disable=import-outside-toplevel
       described["code_path"] = code_path.describe()  # "portable" with PPO_PORTABLE=1 or on an accelerator
+      described["memory_per_transition"] = memory.per_transition(config)  # shapes only: any num_envs, no compile
       if FLAGS.dry_run_memory:
         report = memory.plan(config)
         described["memory"] = report.as_dict()
