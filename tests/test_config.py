@@ -214,10 +214,13 @@ def test_every_config_key_is_in_the_schema_with_a_resume_policy():
       assert resume.policy != "must_match" or must_match[name]  # with the reason
   # The policies the resume check applies (hand-written: moving a key between them changes what a resume allows).
   assert set(must_match) == {"env_name", "num_envs", "seed", "anneal_lr", "obs_norm", "reset_pool.size",
-                             "network.hidden_sizes", "network.activation", "network.shared_trunk", "ewma.enabled"}
+                             "network.hidden_sizes", "network.activation", "network.shared_trunk", "ewma.enabled",
+                             "network.kind", "network.entity_width", "network.entity_layers", "network.entity_heads",
+                             "network.entity_qkv"}
   assert set(free) == {"log_every", "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints",
                        "restore_from", "mesh.data", "pipeline.actor_devices", "pipeline.mode",
                        "pipeline.max_policy_lag", "log_checkpoints", "wandb.project", "wandb.entity", "wandb.name",
+                       "eval.solve_levels", "eval.solve_attempts",
                        "wandb.mode"}
 
 
