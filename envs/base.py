@@ -2,7 +2,9 @@
 
 Environments are written for a single instance; the pipeline vmaps them over the env axis. Termination (the MDP
 ended: no bootstrap) and truncation (a time limit cut the episode: bootstrap from the final observation) are
-reported separately so that GAE can treat them differently.
+reported separately so that GAE can treat them differently. An observation is one float32 vector (`observation_shape`)
+or any pytree of arrays (`observation_spec`, e.g. entities with masks and int indexes); the pipeline stores, packs,
+shards and checkpoints either leaf by leaf.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ ActionSpace = Discrete | MultiDiscrete | Box
 class StepResult(Generic[EnvStateT]):
   """What `Environment.step` returns for one env."""
   state: EnvStateT
-  obs: jax.Array
+  obs: PyTree  # an array, or a pytree of arrays (observation_spec)
   reward: jax.Array
   terminated: jax.Array  # bool: the episode ended inside the MDP; do not bootstrap
   truncated: jax.Array  # bool: a time limit cut the episode; bootstrap from `obs`
@@ -55,9 +57,14 @@ class Environment(abc.ABC, Generic[EnvStateT]):
   """A single pure-JAX environment. Subclasses must be hashable (they are static arguments of jitted code)."""
 
   @property
-  @abc.abstractmethod
   def observation_shape(self) -> tuple[int, ...]:
-    """Shape of one observation (float32)."""
+    """Shape of one flat observation (float32). Envs with pytree observations define `observation_spec` instead."""
+    raise NotImplementedError(f"{type(self).__name__} defines neither observation_shape nor observation_spec")
+
+  @property
+  def observation_spec(self) -> PyTree:
+    """One observation's structure: a pytree of jax.ShapeDtypeStruct (default: one float32 `observation_shape`)."""
+    return jax.ShapeDtypeStruct(tuple(self.observation_shape), jnp.float32)
 
   @property
   @abc.abstractmethod
@@ -82,11 +89,21 @@ class Environment(abc.ABC, Generic[EnvStateT]):
 class AutoResetStep:
   """One auto-reset step: `obs`/`state` already belong to the next episode where it ended."""
   state: PyTree
-  obs: jax.Array
+  obs: PyTree
   reward: jax.Array
   terminated: jax.Array
   truncated: jax.Array
-  final_obs: jax.Array  # the true next observation, before any reset (used to bootstrap truncations)
+  final_obs: PyTree  # the true next observation, before any reset (used to bootstrap truncations)
+
+
+def is_flat(spec: PyTree) -> bool:
+  """Whether an observation spec is one array (the MLP's and obs_norm's input) rather than a structure."""
+  return isinstance(spec, jax.ShapeDtypeStruct)
+
+
+def zeros_like_spec(spec: PyTree, batch: tuple[int, ...] = ()) -> PyTree:
+  """Zero observations of `spec`, with leading `batch` axes (e.g. to initialise a network)."""
+  return jax.tree.map(lambda s: jnp.zeros(batch + tuple(s.shape), s.dtype), spec)
 
 
 def tree_select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
@@ -102,7 +119,7 @@ def auto_reset_step(env: Environment, key: jax.Array, state: PyTree, action: jax
   reset_state, reset_obs = env.reset(reset_key)
   return AutoResetStep(
       state=tree_select(done, reset_state, res.state),
-      obs=jnp.where(done, reset_obs, res.obs),
+      obs=tree_select(done, reset_obs, res.obs),
       reward=res.reward.astype(jnp.float32),
       terminated=res.terminated,
       truncated=jnp.logical_and(res.truncated, jnp.logical_not(res.terminated)),

@@ -1,4 +1,4 @@
-"""Adapter for Kinetix (kinetix-env), the paper's domain: symbolic (flat) observations, multi-discrete actions.
+"""Adapter for Kinetix (kinetix-env), the paper's domain: flat or entity observations, multi-discrete actions.
 
 - `kinetix:<s|m|l>`: a random level of that size at every reset, sampled as kinetix-env's PPO setting documents
   (configs/learning/ppo-base.yaml: filter_levels, level_filter_sample_ratio=2, level_filter_n_steps=64): draw 2
@@ -6,11 +6,15 @@
   levels keep weight 0.001, as in kinetix-env). A reset therefore costs ~2×64 physics steps: use the reset pool.
 - `kinetix:<level file>`: a hand-designed level shipped with kinetix-env (e.g. `s/h0_weak_thrust`) or a path to a
   level json; every episode starts from it.
+- A suffix picks the observation: `@flat` (default: kinetix-env's flat symbolic vector, for the MLP) or `@entity`
+  (kinetix-env's entity observation as envs/entities.EntityObs: shapes, joints, thrusters, masks, indexes and the
+  4-channel attention mask, for network.kind=entity), e.g. `kinetix:s@entity`.
 
 Kinetix's `done` covers reaching the goal, touching a bad shape, NaN physics and the time limit. The time limit is
 reported as truncation unless the goal was reached on the same step; a bad contact exactly at the time limit is
 indistinguishable from it in kinetix-env's outputs and counts as truncation.
-kinetix-env requires jax <= 0.9.0, so it lives in its own virtual environment (scripts/setup_kinetix.sh).
+kinetix-env requires jax <= 0.9.0, so it lives in its own virtual environment (bash scripts/test_kinetix.sh creates
+.venv-kinetix, or: pip install -e ".[kinetix]" in a venv with jax<=0.9.0).
 """
 from __future__ import annotations
 
@@ -20,13 +24,16 @@ import os
 import jax
 import jax.numpy as jnp
 
-from envs import base, extras
+from envs import base, entities, extras
+from envs.registry import UnknownEnvError
 
 SIZES = ("s", "m", "l")
 FILTER_SAMPLE_RATIO = 2  # kinetix-env ppo-base.yaml: level_filter_sample_ratio
 FILTER_STEPS = 64  # kinetix-env ppo-base.yaml: level_filter_n_steps
 SOLVED_WEIGHT = 0.001  # kinetix-env's weight for levels that the no-op policy solves
-NOTE = " in a virtual environment with jax<=0.9.0 (kinetix-env requires it): bash scripts/setup_kinetix.sh"
+NOTE = (" in a virtual environment with jax<=0.9.0 (kinetix-env requires it); bash scripts/test_kinetix.sh creates one "
+        "(.venv-kinetix) and runs the Kinetix tests")
+OBSERVATIONS = ("flat", "entity")
 
 
 def import_kinetix():
@@ -48,9 +55,11 @@ def shipped_levels() -> list[str]:
 class KinetixEnv(base.Environment):
   """Random levels of one size, or one fixed level."""
 
-  def __init__(self, level: str, filter_levels: bool = True):
+  def __init__(self, level: str, filter_levels: bool = True, observation: str = "flat"):
     kenv, env_state, spaces, utils, ued, saving = import_kinetix()
-    self.level, self.filter_levels = level, filter_levels
+    if observation not in OBSERVATIONS:
+      raise ValueError(f"observation {observation!r}: use one of {OBSERVATIONS}")
+    self.level, self.filter_levels, self.observation = level, filter_levels, observation
     if level in SIZES:
       self._static = utils.static_env_params_from_size(level)
       self._params = env_state.EnvParams()
@@ -61,21 +70,39 @@ class KinetixEnv(base.Environment):
       if not os.path.exists(path):
         raise FileNotFoundError(path)
       self._fixed_level, self._static, self._params = saving.load_from_json_file(path)
-    self._env = kenv.make_kinetix_env(spaces.ActionType.MULTI_DISCRETE, spaces.ObservationType.SYMBOLIC_FLAT, None,
+    obs_type = spaces.ObservationType.SYMBOLIC_ENTITY if observation == "entity" else spaces.ObservationType.SYMBOLIC_FLAT
+    self._env = kenv.make_kinetix_env(spaces.ActionType.MULTI_DISCRETE, obs_type, None,
                                       self._params, self._static, auto_reset=False)
     nvec = self._env.action_type.number_of_dims_per_distribution
     self._space = base.MultiDiscrete(tuple(int(n) for n in nvec))
-    self._obs_shape = tuple(int(d) for d in self._env.observation_space(self._params).shape)
+    self._spec = jax.eval_shape(self._obs, self._fixed_level if self._fixed_level is not None
+                                else jax.eval_shape(self._random_level, jax.random.PRNGKey(0)))
 
   def __hash__(self):
-    return hash((type(self), self.level, self.filter_levels))
+    return hash((type(self), self.level, self.filter_levels, self.observation))
 
   def __eq__(self, other):
-    return type(other) is type(self) and (other.level, other.filter_levels) == (self.level, self.filter_levels)
+    return type(other) is type(self) and ((other.level, other.filter_levels, other.observation)
+                                          == (self.level, self.filter_levels, self.observation))
+
+  @property
+  def observation_spec(self):
+    return self._spec
 
   @property
   def observation_shape(self):
-    return self._obs_shape
+    if self.observation != "flat":
+      raise NotImplementedError("entity observations are a pytree: see observation_spec")
+    return self._spec.shape
+
+  def _obs(self, state):
+    obs = self._env.get_obs(state)
+    if self.observation == "flat":
+      return obs.astype(jnp.float32)
+    fields = {f: getattr(obs, f) for f in entities.EntityObs.__dataclass_fields__}
+    cast = {f: x.astype(bool if f.endswith("mask") else jnp.int32 if f.endswith("indexes") else jnp.float32)
+            for f, x in fields.items()}
+    return entities.EntityObs(**cast)
 
   @property
   def action_space(self):
@@ -111,7 +138,7 @@ class KinetixEnv(base.Environment):
 
   def reset(self, key):
     state = self._fixed_level if self._fixed_level is not None else self._random_level(key)
-    return state, self._env.get_obs(state).astype(jnp.float32)
+    return state, self._obs(state)
 
   def success(self, result: base.StepResult) -> jax.Array:
     """Kinetix's own success measure, for evaluation: this step ended the episode at the goal (the only episode end
@@ -119,13 +146,40 @@ class KinetixEnv(base.Environment):
     return result.terminated & (result.reward > 0.5)
 
   def step(self, key, state, action):
-    obs, new_state, reward, done, info = self._env.step_env(key, state, action, self._params)
+    _, new_state, reward, done, info = self._env.step_env(key, state, action, self._params)
     time_out = new_state.timestep >= self._params.max_timesteps
     terminated = done & (~time_out | info["GoalR"])
     return base.StepResult(
         state=new_state,
-        obs=obs.astype(jnp.float32),
+        obs=self._obs(new_state),
         reward=jnp.asarray(reward, jnp.float32),
         terminated=jnp.asarray(terminated, bool),
         truncated=jnp.asarray(time_out, bool),
     )
+
+
+def solve_levels(spec: str) -> dict[str, list[str]]:
+  """`eval.solve_levels` ("s,m,l", sizes and / or shipped level names, comma-separated) -> size -> level names."""
+  import_kinetix()
+  shipped = shipped_levels()
+  out: dict[str, list[str]] = {}
+  for item in (x.strip() for x in spec.split(",") if x.strip()):
+    names = [n for n in shipped if n.startswith(item + "/")] if item in SIZES else [item]
+    for name in names:
+      if name not in shipped:
+        raise UnknownEnvError(f'"{name}" is neither a Kinetix size (s, m, l) nor a shipped level; kinetix-env ships: '
+                              + ", ".join(shipped))
+      size = name.split("/")[0]
+      if name not in out.setdefault(size, []):
+        out[size].append(name)
+  return out
+
+
+def stacked_levels(names: list[str], observation: str):
+  """One env for levels of one size (its step and observations) and their start states stacked [L, ...]."""
+  _, _, _, _, _, saving = import_kinetix()
+  loaded = [saving.load_from_json_file(saving.get_correct_path_of_json_level(n)) for n in names]
+  if any(static != loaded[0][1] for _, static, _ in loaded):
+    raise ValueError(f"levels {names} have different static env params: evaluate them apart")
+  env = KinetixEnv(names[0], observation=observation)
+  return env, jax.tree.map(lambda *x: jnp.stack(x), *[level for level, _, _ in loaded])

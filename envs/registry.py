@@ -1,7 +1,7 @@
 """Maps a config's `env_name` to an environment instance.
 
 Built-ins are plain names; adapters are chosen by prefix (`gymnax:<id>`, `brax:<name>[@<backend>]`,
-`kinetix:<s|m|l|level>`, `craftax:<id>`, and `cartpole_substeps:<K>`: CartPole integrated in K substeps, a
+`kinetix:<s|m|l|level>[@flat|@entity]`, `craftax:<id>`, and `cartpole_substeps:<K>`: CartPole integrated in K substeps, a
 benchmark env whose step cost is tunable). Unknown names raise UnknownEnvError listing what is available and a
 missing optional suite raises extras.MissingExtraError naming the install command, so config validation can report
 either before anything compiles.
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from envs import base, cartpole, toy
+from envs import base, cartpole, entities, toy
 
 BUILTIN: dict[str, Callable[[], base.Environment]] = {
     "CartPole-v1": cartpole.CartPole,
     "cue": toy.CueEnv,
+    "cue_entities": entities.CueEntitiesEnv,
 }
 PREFIXES = ("gymnax", "brax", "kinetix", "craftax", "cartpole_substeps")
 
@@ -46,8 +47,12 @@ def _make_brax(spec: str) -> base.Environment:
 def _make_kinetix(level: str) -> base.Environment:
   from envs import kinetix_adapter  # pylint: disable=import-outside-toplevel
   kinetix_adapter.import_kinetix()
+  level, _, observation = level.partition("@")
+  if observation and observation not in kinetix_adapter.OBSERVATIONS:
+    raise UnknownEnvError(f'"@{observation}": Kinetix observations are ' + ", ".join(
+        f"@{o}" for o in kinetix_adapter.OBSERVATIONS))
   try:
-    return kinetix_adapter.KinetixEnv(level)
+    return kinetix_adapter.KinetixEnv(level, observation=observation or "flat")
   except FileNotFoundError as e:
     raise UnknownEnvError(
         f'"{level}" is neither a Kinetix size (s, m, l) nor a level file ({e}); kinetix-env ships: '

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Int
 
 from envs import base
 
@@ -26,8 +26,16 @@ from envs import base
 class ResetPool:
   """`size` start states of one env, stacked."""
   state: Any  # env state pytree, leaves [P, ...]
-  obs: Float[Array, "P obs"]
+  obs: Any  # observations [P, ...] (an array or the env's observation pytree)
   cursor: Int[Array, ""]  # first entry of the next refresh batch
+
+
+def pool_size(pool: ResetPool) -> int:
+  return jax.tree.leaves(pool.obs)[0].shape[0]
+
+
+def _take(tree, index):
+  return jax.tree.map(lambda x: x[index], tree)
 
 
 def init_pool(env: base.Environment, key: jax.Array, size: int) -> ResetPool:
@@ -35,19 +43,19 @@ def init_pool(env: base.Environment, key: jax.Array, size: int) -> ResetPool:
   return ResetPool(state=state, obs=obs, cursor=jnp.zeros((), jnp.int32))
 
 
-def draw_many(pool: ResetPool, key: jax.Array, num: int) -> tuple[Any, Float[Array, "M obs"]]:
+def draw_many(pool: ResetPool, key: jax.Array, num: int) -> tuple[Any, Any]:
   """`num` start states drawn uniformly from the pool (how the runner starts when the pool is on, so that an
   expensive reset is neither paid nor compiled once more for the first episodes)."""
-  index = jax.random.randint(key, (num,), 0, pool.obs.shape[0])
-  return jax.tree.map(lambda x: x[index], pool.state), pool.obs[index]
+  index = jax.random.randint(key, (num,), 0, pool_size(pool))
+  return _take(pool.state, index), _take(pool.obs, index)
 
 
 def refresh(env: base.Environment, pool: ResetPool, key: jax.Array, count: int) -> ResetPool:
   """Re-samples the `count` oldest entries (`count` divides the pool size, so a batch never wraps)."""
-  size = pool.obs.shape[0]
+  size = pool_size(pool)
   state, obs = jax.vmap(env.reset)(jax.random.split(key, count))
   put = lambda old, new: jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), pool.cursor, axis=0)
-  return ResetPool(state=jax.tree.map(put, pool.state, state), obs=put(pool.obs, obs),
+  return ResetPool(state=jax.tree.map(put, pool.state, state), obs=jax.tree.map(put, pool.obs, obs),
                    cursor=(pool.cursor + count) % size)
 
 
@@ -57,11 +65,11 @@ def pooled_auto_reset_step(env: base.Environment, pool: ResetPool, key: jax.Arra
   step_key, draw_key = jax.random.split(key)
   res = env.step(step_key, state, action)
   done = jnp.logical_or(res.terminated, res.truncated)
-  index = jax.random.randint(draw_key, (), 0, pool.obs.shape[0])
-  reset_state = jax.tree.map(lambda x: x[index], pool.state)
+  index = jax.random.randint(draw_key, (), 0, pool_size(pool))
+  reset_state = _take(pool.state, index)
   return base.AutoResetStep(
       state=base.tree_select(done, reset_state, res.state),
-      obs=jnp.where(done, pool.obs[index], res.obs),
+      obs=base.tree_select(done, _take(pool.obs, index), res.obs),
       reward=res.reward.astype(jnp.float32),
       terminated=res.terminated,
       truncated=jnp.logical_and(res.truncated, jnp.logical_not(res.terminated)),

@@ -13,7 +13,7 @@ from typing import Any
 
 import ml_collections
 
-from envs import registry
+from envs import base, entities, registry
 from launch import wandb_sink
 from launch.config_schema import SCHEMA
 from learner import ewma, outer_step
@@ -130,7 +130,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
     err("wandb.project", wandb_sink.missing_message())
   if valid("env_name"):
     try:
-      registry.make(flat["env_name"])
+      _check_observations(flat, registry.make(flat["env_name"]), err)
     except (registry.UnknownEnvError, ImportError) as e:
       err("env_name", str(e))
   if errors:  # the divisibility rules below assume the basic types are right
@@ -165,6 +165,24 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
     err("total_env_steps", f"{flat['total_env_steps'] // batch_size:,} updates are more than {MAX_INDEX:,} (2^31 - 1), "
         "the most the int32 update counter holds; lower total_env_steps or raise num_envs * num_steps")
   return errors
+
+
+def _check_observations(flat: dict[str, Any], env, err) -> None:
+  """The network, obs_norm and solve-rate levels against the env's observations."""
+  spec, name, kind = env.observation_spec, flat["env_name"], flat["network.kind"]
+  if base.is_flat(spec) == (kind == "entity") or (kind == "entity" and not isinstance(spec, entities.EntityObs)):
+    err("network.kind", f"{kind} needs " + ("flat observations" if kind == "mlp" else "entity observations (e.g. "
+        "env_name='kinetix:s@entity')") + f"; {name} observes {'a flat vector' if base.is_flat(spec) else 'a pytree'}")
+  elif kind == "entity" and flat["network.entity_heads"] % spec.attention_mask.shape[0]:
+    err("network.entity_heads", f"must be a multiple of {name}'s {spec.attention_mask.shape[0]} attention channels")
+  if flat["obs_norm"] and not base.is_flat(spec):
+    err("obs_norm", f"normalises flat observations only; {name} observes a pytree (entities with masks and indexes)")
+  if flat["eval.solve_levels"]:
+    from envs import kinetix_adapter  # pylint: disable=import-outside-toplevel
+    try:
+      kinetix_adapter.solve_levels(flat["eval.solve_levels"])
+    except (registry.UnknownEnvError, ImportError) as e:
+      err("eval.solve_levels", str(e))
 
 
 def chunk_size(sgd_chunk_size: int, minibatch_size: int, diagnostics: bool = False, shards: int = 1) -> int:
@@ -260,40 +278,3 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool 
                   total_gradient_steps=(num_updates - first[0]) * config.update_epochs * scaled.num_minibatches,
                   max_policy_lag=config.pipeline.max_policy_lag if config.pipeline.mode == "overlap" else 0,
                   first_update=first[0], first_env_steps=first[1], first_grad_steps=first[2], lr_fraction=lr_fraction)
-
-
-def unknown_override_keys(args: list[str]) -> list[str]:
-  """The `--config.KEY=VALUE` command-line overrides whose KEY is not in the schema."""
-  prefixes = {k.rsplit(".", i)[0] for k in SCHEMA.names() for i in range(k.count(".") + 1)}
-  unknown = []
-  for arg in args:
-    if arg.startswith("--config."):
-      key = arg[len("--config."):].split("=", 1)[0]
-      if key not in prefixes:
-        unknown.append(key)
-  return unknown
-
-
-def describe(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> dict[str, Any]:
-  """The fully resolved config as plain JSON-able data: every key plus the derived values."""
-  resolved = resolve(config, num_devices, planning=True, num_processes=num_processes)
-  out = config.to_dict()
-  out["network"]["hidden_sizes"] = list(out["network"]["hidden_sizes"])
-  out["derived"] = {
-      "batch_size": resolved.batch_size,
-      "minibatch_size": resolved.minibatch_size,
-      "sgd_chunk_size": resolved.ppo.sgd_chunk_size,
-      "num_minibatches": resolved.ppo.num_minibatches,
-      "learning_rate": resolved.learning_rate,
-      "ewma_decay": resolved.ppo.ewma_decay,
-      "num_updates": resolved.num_updates,
-      "env_steps": resolved.env_steps,
-      "total_gradient_steps": resolved.total_gradient_steps,
-      "max_policy_lag": resolved.max_policy_lag,
-      "num_devices": num_devices,
-      "num_processes": num_processes,
-  }
-  if resolved.num_updates == 0:  # waived for planning; a real run rejects it
-    out["warnings"] = [f"config.total_env_steps={config.total_env_steps} is less than one batch "
-                       f"({resolved.batch_size}): a run with this config is rejected; raise total_env_steps"]
-  return out

@@ -12,167 +12,14 @@ Resume policies — how a key may change when a run resumes from its own checkpo
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
-from collections.abc import Callable, Iterator
-from typing import Any
 
-import ml_collections
-
+from launch.config_keys import (BOOL, FREE, POLICIES, WARN, Key, Resume, Rule, Schema, is_int, is_number,  # noqa: F401
+                                must_match, non_negative_int, non_negative_number, one_of, positive_int,
+                                positive_number, unit_interval)
 from learner import networks
 
-POLICIES = ("must_match", "warn", "free")
-
-
-@dataclasses.dataclass(frozen=True)
-class Resume:
-  """How a key may change on resume; `reason` (required for must_match) says what in the saved state depends on it."""
-  policy: str
-  reason: str = ""
-
-  def __post_init__(self):
-    if self.policy not in POLICIES:
-      raise ValueError(f"resume policy {self.policy!r}: must be one of {list(POLICIES)}")
-    if self.policy == "must_match" and not self.reason:
-      raise ValueError("a must_match resume policy needs the reason (what in the saved state depends on the key)")
-
-
-def must_match(reason: str) -> Resume:
-  return Resume("must_match", reason)
-
-
-WARN = Resume("warn")
-FREE = Resume("free")
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-  """A per-key validation rule: `ok(value)`, else `message` (reported as "config.KEY=VALUE: message").
-
-  `summary` replaces the message in listings where the message alone would mislead (it may assume a cross-key rule).
-  """
-  ok: Callable[[Any], bool]
-  message: str
-  summary: str = ""
-
-  def __call__(self, value: Any) -> str | None:
-    return None if self.ok(value) else self.message
-
-
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def positive_int(message: str = "must be a positive integer") -> Rule:
-  return Rule(lambda v: _is_int(v) and v > 0, message)
-
-
-def non_negative_int(message: str = "must be a non-negative integer", summary: str = "") -> Rule:
-  return Rule(lambda v: _is_int(v) and v >= 0, message, summary)
-
-
-def positive_number() -> Rule:
-  return Rule(lambda v: _is_number(v) and v > 0, "must be a positive number")
-
-
-def non_negative_number(message: str = "must be a non-negative number") -> Rule:
-  return Rule(lambda v: _is_number(v) and v >= 0, message)
-
-
-def unit_interval(open_: bool = False) -> Rule:
-  if open_:
-    return Rule(lambda v: _is_number(v) and 0 < v < 1, "must be in (0, 1)")
-  return Rule(lambda v: _is_number(v) and 0 <= v <= 1, "must be in [0, 1]")
-
-
-def one_of(*choices: str) -> Rule:
-  return Rule(lambda v: v in choices, f"must be one of {list(choices)}")
-
-
-BOOL = Rule(lambda v: isinstance(v, bool), "must be True or False")
-
-
-@dataclasses.dataclass(frozen=True)
-class Key:
-  """One config key. `name` is dotted ("network.activation"); every field is required."""
-  name: str
-  default: Any
-  type: type
-  doc: str
-  rule: Rule
-  resume: Resume
-
-  def __post_init__(self):
-    where = f"config schema key {self.name!r}"
-    if not isinstance(self.resume, Resume):
-      raise TypeError(f"{where}: resume must be must_match(reason), WARN or FREE, not {self.resume!r}")
-    if not isinstance(self.rule, Rule):
-      raise TypeError(f"{where}: rule must be a Rule, not {self.rule!r}")
-    if not self.doc or "\n" in self.doc:
-      raise ValueError(f"{where}: needs a one-line doc")
-    if not isinstance(self.default, self.type) or self.rule(self.default) is not None:
-      raise ValueError(f"{where}: default {self.default!r} is not a valid {self.type.__name__}")
-
-
-class Schema:
-  """The keys in order, looked up by dotted name; refuses duplicates."""
-
-  def __init__(self, *keys: Key):
-    self._keys = {}
-    for key in keys:
-      if not isinstance(key, Key):
-        raise TypeError(f"config schema: {key!r} is not a Key")
-      if key.name in self._keys:
-        raise ValueError(f"config schema: {key.name!r} is defined twice")
-      self._keys[key.name] = key
-
-  def __iter__(self) -> Iterator[Key]:
-    return iter(self._keys.values())
-
-  def __getitem__(self, name: str) -> Key:
-    return self._keys[name]
-
-  def __contains__(self, name: str) -> bool:
-    return name in self._keys
-
-  def names(self) -> tuple[str, ...]:
-    return tuple(self._keys)
-
-  def config(self) -> ml_collections.ConfigDict:
-    """A new ConfigDict holding every key's default (groups as nested ConfigDicts)."""
-    config = ml_collections.ConfigDict()
-    for key in self:
-      *groups, leaf = key.name.split(".")
-      node = config
-      for g in groups:
-        if g not in node:
-          node[g] = ml_collections.ConfigDict()
-        node = node[g]
-      node[leaf] = key.default
-    return config
-
-  def must_match(self) -> dict[str, str]:
-    """must_match keys → reason, in schema order."""
-    return {k.name: k.resume.reason for k in self if k.resume.policy == "must_match"}
-
-  def free_keys(self) -> tuple[str, ...]:
-    return tuple(k.name for k in self if k.resume.policy == "free")
-
-  def listing(self, values: dict[str, Any] | None = None) -> str:
-    """Human-readable: per key its value (default, unless `values` has it), type, rule, resume policy and doc."""
-    lines = ["resume policies: must_match = a change is refused on resume; warn = allowed, resuming warns that it is "
-             "no longer the uninterrupted run; free = does not change the trajectory", ""]
-    for k in self:
-      value = k.default if values is None else values.get(k.name, k.default)
-      note = "" if values is None or value == k.default else f" (default {k.default!r})"
-      resume = k.resume.policy + (f" ({k.resume.reason})" if k.resume.reason else "")
-      lines += [f"{k.name}: {k.type.__name__} = {value!r}{note}", f"    {k.doc}",
-                f"    rule: {k.rule.summary or k.rule.message}; resume: {resume}"]
-    return "\n".join(lines)
+_SHAPES = "the saved params have these shapes"
 
 
 SCHEMA = Schema(
@@ -183,7 +30,7 @@ SCHEMA = Schema(
     Key("num_envs", 32, int, "parallel envs, split over the mesh's data axis", positive_int(),
         must_match("there is one saved env state per env")),
     Key("seed", 0, int, "the only source of randomness; results do not depend on the device count",
-        Rule(_is_int, "must be an integer"), must_match("the saved PRNG key continues that seed's run")),
+        Rule(is_int, "must be an integer"), must_match("the saved PRNG key continues that seed's run")),
     Key("num_steps", 128, int, "env steps per env per update (rollout length T)", positive_int(), WARN),
     Key("total_env_steps", 800_000, int, "stop after this many env steps (rounded down to whole updates)",
         positive_int(), WARN),
@@ -231,13 +78,26 @@ SCHEMA = Schema(
         positive_int(), WARN),
     # The network.
     Key("network.hidden_sizes", (64, 64), tuple, "MLP widths of each trunk",
-        Rule(lambda v: isinstance(v, (tuple, list)) and bool(v) and all(_is_int(s) and s > 0 for s in v),
+        Rule(lambda v: isinstance(v, (tuple, list)) and bool(v) and all(is_int(s) and s > 0 for s in v),
              "must be a non-empty sequence of positive integers, e.g. (64, 64)"),
         must_match("the saved params have these shapes")),
     Key("network.activation", "tanh", str, "hidden-layer nonlinearity", one_of(*sorted(networks.ACTIVATIONS)),
         must_match("the saved params were trained for it")),
     Key("network.shared_trunk", False, bool, "one trunk for actor and critic instead of two", BOOL,
         must_match("the saved params have this structure")),
+    # Entity observations (pytrees, e.g. "kinetix:s@entity"): the entity transformer, and Kinetix solve rates.
+    Key("network.kind", "mlp", str, "mlp: flat observations | entity: transformer over entity observations",
+        one_of("mlp", "entity"), must_match("the saved params have this structure")),
+    Key("network.entity_width", 128, int, "entity network: embedding width", positive_int(), must_match(_SHAPES)),
+    Key("network.entity_layers", 2, int, "entity network: transformer layers", positive_int(), must_match(_SHAPES)),
+    Key("network.entity_heads", 8, int, "entity network: attention heads (a multiple of the attention-mask channels)",
+        positive_int(), must_match(_SHAPES)),
+    Key("network.entity_qkv", 16, int, "entity network: total query/key/value width over all heads",
+        positive_int(), must_match(_SHAPES)),
+    Key("eval.solve_levels", "", str, 'Kinetix solve rates at eval points: "s,m,l" (shipped levels), level names, ""',
+        Rule(lambda v: isinstance(v, str), "must be a comma-separated list of sizes / level names"), FREE),
+    Key("eval.solve_attempts", 20, int, "sampled-policy episodes per level for solve rates (kinetix-env: 20)",
+        positive_int(), FREE),
     # The staged pipeline. mode / max_policy_lag are free here: fused and sync give identical results, and the
     # resume check refuses a change of the overlap policy lag on its own (it shapes the saved in-flight params).
     Key("pipeline.mode", "fused", str, "fused: one jitted update | sync: staged, identical results | overlap: "
@@ -264,9 +124,9 @@ SCHEMA = Schema(
     Key("outer_step.samples_per_kl", 1e6, float, "samples_per_kl: batch size / KL per update aimed at",
         positive_number(), WARN),
     Key("outer_step.factor", 1.5, float, "the most the lr is multiplied or divided by per update",
-        Rule(lambda v: _is_number(v) and v > 1, "must be a number > 1"), WARN),
+        Rule(lambda v: is_number(v) and v > 1, "must be a number > 1"), WARN),
     Key("outer_step.max_scale", 10.0, float, "the controlled lr stays in [lr / max_scale, lr * max_scale]",
-        Rule(lambda v: _is_number(v) and v >= 1, "must be a number >= 1"), WARN),
+        Rule(lambda v: is_number(v) and v >= 1, "must be a number >= 1"), WARN),
     Key("plateau.share", 0.25, float, "say once when eval return has not improved over this share of the run (0: off)",
         unit_interval(), FREE),
     # Diagnostics and PPO-EWMA.
@@ -280,7 +140,7 @@ SCHEMA = Schema(
         non_negative_number("must be a non-negative number (0 = the current params)"), WARN),
     # Devices.
     Key("mesh.data", -1, int, "devices on the `data` (env) axis; -1 = all visible devices",
-        Rule(lambda v: _is_int(v) and (v == -1 or v >= 1),
+        Rule(lambda v: is_int(v) and (v == -1 or v >= 1),
              "must be -1 (all devices) or between 1 and the number of visible devices"),
         FREE),
     # Weights & Biases (optional extra: pip install -e ".[wandb]"); logging only.

@@ -94,3 +94,15 @@ def summary_lines(rows: list[dict[str, Any]], first_update: int, first_env_steps
       f" (compile {compile_time:.1f} s)" if compile_time is not None else "")
   head = f"summary: {ev} | {last.get('env_steps', 0):,} env steps | {wall} | {sps} (training)"
   return [head] + [f"  {name:<11} {path}" for name, path in files.items()]
+
+
+def solve_rate_table(rates: dict[str, float]) -> list[str]:
+  """The last evaluation's Kinetix solve rate per level (config.eval.solve_levels), by size; [] when off."""
+  if not rates:
+    return []
+  lines = ["solve rates (sampled policy, last evaluation):"]
+  for size in sorted({n.split("/")[0] for n in rates}):
+    names = [n for n in rates if n.split("/")[0] == size]
+    lines.append(f"  {size}: {sum(rates[n] for n in names) / len(names):.2f} over {len(names)} levels")
+    lines += [f"    {n:<32} {rates[n]:.2f}" for n in names]
+  return lines + [f"  all: {sum(rates.values()) / len(rates):.2f} over {len(rates)} levels"]

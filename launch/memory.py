@@ -144,6 +144,30 @@ def plan(config: ml_collections.ConfigDict) -> MemoryReport:
   return analyse(programs.build(config, resolved=resolved))
 
 
+def per_transition(config: ml_collections.ConfigDict, num_devices: int | None = None) -> dict[str, Any]:
+  """Bytes one transition (one env step of one env) takes in the update, from the config's shapes alone: the stored
+  trajectory (observation leaves as the env gives them, action, log-prob, value, reward, flags, the behaviour head
+  with diagnostics on) and the packed minibatch row (pipeline/batch_rows.py: float32 columns, 32-bit integers as two).
+  `rollout_total` = both × num_envs × num_steps, and per device over `num_devices` (default: the mesh's data axis)."""
+  import math  # pylint: disable=import-outside-toplevel
+  import envs  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from learner import distributions  # pylint: disable=import-outside-toplevel
+  env = envs.make(config.env_name)
+  dist = distributions.for_action_space(env.action_space)
+  action = jax.eval_shape(dist.sample, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((dist.param_size,), "float32"))
+  head = dist.param_size if config.diagnostics.enabled else 0
+  leaves = jax.tree.leaves(env.observation_spec) + [action]
+  size = lambda s: math.prod(s.shape) * np.dtype(s.dtype).itemsize
+  stored = sum(size(s) for s in leaves) + 4 * (4 + head) + 2  # log-prob, value, reward, truncation value; 2 flags
+  columns = sum(math.prod(s.shape) * (2 if np.dtype(s.dtype).itemsize == 4 and s.dtype != np.float32 else 1)
+                for s in leaves) + 4 + head  # + log-prob, value, advantage, target
+  devices = num_devices or (jax.device_count() if config.mesh.data == -1 else config.mesh.data)
+  total = (stored + 4 * columns) * config.num_envs * config.num_steps
+  return {"trajectory_bytes": stored, "packed_row_bytes": 4 * columns, "per_transition_bytes": stored + 4 * columns,
+          "rollout_total_gib": total / GIB, "rollout_per_device_gib": total / GIB / devices, "devices": devices}
+
+
 def check_fits(progs, config: ml_collections.ConfigDict) -> MemoryReport:
   """The report, or config_lib.ConfigError (exit 2) naming the memory needed and what to change when it won't fit."""
   report = analyse(progs)

@@ -23,10 +23,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import envs
 from launch import config_lib, xla_options
-from learner import distributions, networks, optimizer as optimizer_lib
+from learner import distributions, entity_network, networks, optimizer as optimizer_lib
 from learner.state import TrainState
 from pipeline import dataflow
 from pipeline import evaluate as evaluate_lib
+from pipeline import solve_rate as solve_rate_lib
 from pipeline import iteration as iteration_lib
 from pipeline import rollout as rollout_lib
 from sharding import Layout, make_mesh, split_mesh
@@ -46,6 +47,7 @@ class Programs:
   pipeline: dataflow.PipelineFns | None = None  # the staged pipeline's compiled stages, bound to their meshes
   evaluate: Callable | None = None  # (params, key, obs_norm) -> mean deterministic return
   resize_runner: Callable | None = None  # (runner at another num_envs, key) -> runner placed per state_shardings
+  solve_rates: Callable | None = None  # (params, key) -> {level: solve rate}, per config.eval.solve_levels
   compile_time: float = 0.0  # seconds spent compiling update / stages and evaluation
   compiled: dict = dataclasses.field(default_factory=dict)  # name -> jax.stages.Compiled (for memory_analysis)
 
@@ -61,8 +63,14 @@ def build_agent(config: ml_collections.ConfigDict, resolved: config_lib.Resolved
   """The env, network, action distribution and optimizer that `config` describes."""
   env = envs.make(config.env_name)
   dist = distributions.for_action_space(env.action_space)
-  model = networks.ActorCritic(dist=dist, hidden_sizes=tuple(config.network.hidden_sizes),
-                               activation=config.network.activation, shared_trunk=config.network.shared_trunk)
+  net = config.network
+  if net.kind == "entity":
+    model = entity_network.EntityActorCritic(dist=dist, hidden_sizes=tuple(net.hidden_sizes), activation=net.activation,
+                                             width=net.entity_width, layers=net.entity_layers, heads=net.entity_heads,
+                                             qkv_features=net.entity_qkv)
+  else:
+    model = networks.ActorCritic(dist=dist, hidden_sizes=tuple(net.hidden_sizes), activation=net.activation,
+                                 shared_trunk=net.shared_trunk)
   # After a change of num_envs the anneal continues from the share of the learning rate it had left (elastic.py).
   optimizer = optimizer_lib.make_optimizer(resolved.learning_rate * resolved.lr_fraction, config.max_grad_norm,
                                            config.anneal_lr, resolved.total_gradient_steps, resolved.first_grad_steps)
@@ -82,8 +90,33 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
   agent = agent or build_agent(config, resolved)
   actor_mesh, learner_mesh = split_mesh(mesh if mesh is not None else make_mesh(config.mesh.data),
                                         config.pipeline.actor_devices)
-  return make_programs(agent, resolved, Layout(learner_mesh), Layout(actor_mesh), mode=mode or config.pipeline.mode,
-                       eval_episodes=config.eval_episodes if eval_episodes is None else eval_episodes, **kwargs)
+  progs = make_programs(agent, resolved, Layout(learner_mesh), Layout(actor_mesh), mode=mode or config.pipeline.mode,
+                        eval_episodes=config.eval_episodes if eval_episodes is None else eval_episodes, **kwargs)
+  if not config.eval.solve_levels or not progs.evaluate:
+    return progs
+  t0 = time.time()
+  solve = _solve_rates(agent, config.eval.solve_levels, config.eval.solve_attempts, progs.abstract_state.params)
+  return dataclasses.replace(progs, solve_rates=solve, compile_time=progs.compile_time + time.time() - t0)
+
+
+def _solve_rates(agent, spec: str, attempts: int, params) -> Callable:
+  """Kinetix solve rates (pipeline/solve_rate.py): one compiled program per level size."""
+  from envs import kinetix_adapter  # pylint: disable=import-outside-toplevel
+  shipped, groups = kinetix_adapter.shipped_levels(), []
+  for names in kinetix_adapter.solve_levels(spec).values():
+    env, levels = kinetix_adapter.stacked_levels(names, agent.env.observation)
+    ids = jax.numpy.asarray([shipped.index(n) for n in names], jax.numpy.int32)
+    levels, ids = jax.device_put((levels, ids), jax.tree.leaves(params)[0].sharding)  # next to the params
+    fn = jax.jit(solve_rate_lib.make_solve_rates(env, agent.apply, agent.dist, attempts))
+    groups.append((names, fn.lower(params, jax.eval_shape(jax.random.PRNGKey, 0), levels, ids).compile(), levels, ids))
+
+  def solve_rates(params, key) -> dict[str, float]:
+    out = {}
+    for names, fn, levels, ids in groups:
+      out.update(zip(names, (float(r) for r in jax.device_get(fn(params, key, levels, ids)))))
+    return out
+
+  return solve_rates
 
 
 def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, layout: Layout,

@@ -29,7 +29,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from launch import config_lib, config_schema, console
+from launch import config_cli, config_lib, config_schema, console
 
 EXIT_CONFIG_ERROR = 2
 EXIT_PREEMPTED = 3
@@ -61,7 +61,7 @@ if __name__ == "__main__":
     _configs = sorted(n for n in os.listdir(os.path.join(os.path.dirname(__file__), "configs"))
                       if n.endswith(".py") and not n.startswith("_"))
     _fail(f"could not load --config={_file}: no such file (the configs in launch/configs/ are {', '.join(_configs)})")
-  _unknown = config_lib.unknown_override_keys(sys.argv[1:])
+  _unknown = config_cli.unknown_override_keys(sys.argv[1:])
   if _unknown:
     _fail("invalid config:\n  " + "\n  ".join(
         f"config.{k}: unknown key (known keys are those of launch/configs/default.py)" for k in _unknown))
@@ -128,10 +128,11 @@ def main(argv):
   preemption.EXIT_AT_ONCE = True  # this process is ours: a second signal, or a stop during compilation, ends it now
   try:
     if FLAGS.dry_run:
-      described = config_lib.describe(config, jax.device_count(), jax.process_count())
+      described = config_cli.describe(config, jax.device_count(), jax.process_count())
       from launch import memory  # pylint: disable=import-outside-toplevel
       from learner import code_path  # pylint: disable=import-outside-toplevel
       described["code_path"] = code_path.describe()  # "portable" with PPO_PORTABLE=1 or on an accelerator
+      described["memory_per_transition"] = memory.per_transition(config)  # shapes only: any num_envs, no compile
       if FLAGS.dry_run_memory:
         report = memory.plan(config)
         described["memory"] = report.as_dict()

@@ -21,6 +21,7 @@ from launch import workdir as workdir_lib
 from learner import code_path
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
+from pipeline import solve_rate as solve_rate_lib
 from pipeline import updates as updates_lib
 from sharding import distributed
 
@@ -155,6 +156,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
   last_time, last_steps, first_update_time = time.time(), resolved.env_steps_at(start), None
   row: dict[str, Any] = out.last_row or {}
   stopped = completed = handed_over = False
+  level_rates: dict[str, float] = {}
   try:
     for result in results:
       update = result.update
@@ -180,6 +182,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
           with learner_lock:
             eval_return = evaluate(result.snapshot.state, jax.random.fold_in(eval_key, update))
           row["eval_return"] = float(eval_return)
+          if progs.solve_rates:  # Kinetix solve rates (config.eval.solve_levels): sampled policy, per level
+            with learner_lock:
+              level_rates = progs.solve_rates(result.snapshot.state.params, jax.random.fold_in(eval_key, update))
+            row.update(solve_rate_lib.summarize(level_rates))
           eval_seconds = time.time() - eval_start
         now = time.time()
         row["wall_time"] = now - run_start
@@ -225,5 +231,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
     for line in console.summary_lines(sinks.read_jsonl(out.jsonl_path), start, resolved.env_steps_at(start), {
         "checkpoint": ckpts.step_path(resolved.num_updates), "metrics": out.jsonl_path, "plots": out.plot_path,
         "tensorboard": f"{workdir}/tensorboard"}):
+      console.say(line)
+    for line in console.solve_rate_table(level_rates):
       console.say(line)
   return row, False

@@ -8,6 +8,7 @@ forward pass of the updated params over the batch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -105,7 +106,7 @@ def sampled_quantile(x: Float[Array, "*B"], q: float, key: jax.Array,
   return jnp.quantile(flat, q)
 
 
-def compute(old_params, new_params, obs: Float[Array, "T N obs"], behaviour_head: Float[Array, "T N P"],
+def compute(old_params, new_params, obs: Any, behaviour_head: Float[Array, "T N P"],
             value: Float[Array, "T N"], target: Float[Array, "T N"], grad_noise: GradNoiseStats, *,
             apply_fn: Callable, dist: distributions.Distribution, kl_quantile: float, key: jax.Array) -> Diagnostics:
   """All diagnostics of one update; `value` is the behaviour critic's, `behaviour_head` the rollout policy's.
@@ -114,7 +115,7 @@ def compute(old_params, new_params, obs: Float[Array, "T N obs"], behaviour_head
   """
   # The updated policy over the batch, a few time steps at a time: at a million envs the whole batch's activations
   # would not fit in memory, and small blocks stay in the CPU caches.
-  steps_per_block = max(1, min(obs.shape[0], _BLOCK_SAMPLES // max(obs.shape[1], 1)))
+  steps_per_block = max(1, min(value.shape[0], _BLOCK_SAMPLES // max(value.shape[1], 1)))
   kl = jax.lax.map(lambda x: dist.kl(x[1], apply_fn(new_params, x[0])[0]), (obs, behaviour_head),
                    batch_size=steps_per_block)
   kl_mean = kl.mean()

@@ -7,6 +7,7 @@ policy, and the behaviour policy enters only through the importance weight π_pr
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,7 @@ from learner import distributions
 @struct.dataclass
 class Minibatch:
   """The SGD inputs for M samples."""
-  obs: Float[Array, "M obs"]
+  obs: Any  # [M, obs], or the env's observation pytree with leaves [M, ...]
   action: Array  # [M] int32 or [M, A]
   log_prob: Float[Array, "M"]  # behaviour policy log-prob of `action`
   value: Float[Array, "M"]  # behaviour critic's value, for value clipping

@@ -78,7 +78,7 @@ class LearnAux:
 class Agent:
   """The pieces the pipeline needs to act and learn, built once from the config."""
   env: base.Environment
-  model: networks.ActorCritic
+  model: networks.ActorCritic  # or learner/entity_network.EntityActorCritic: the same interface
   dist: distributions.Distribution
   optimizer: optax.GradientTransformation
 
@@ -86,7 +86,7 @@ class Agent:
     return self.model.apply(params, obs)
 
   def value(self, params, obs):
-    return self.model.apply(params, obs, method=networks.ActorCritic.value)
+    return self.model.apply(params, obs, method=type(self.model).value)
 
 
 def _global_norm(tree) -> jax.Array:
@@ -98,7 +98,7 @@ def init_train_state(agent: Agent, key: jax.Array, num_envs: int, ppo: PPOSettin
   at the initial params), observation statistics and a reset pool (in the runner)."""
   ppo = ppo or _PLAIN
   key, params_key, env_key = jax.random.split(key, 3)
-  params = agent.model.init(params_key, jnp.zeros(agent.env.observation_shape, jnp.float32))
+  params = agent.model.init(params_key, base.zeros_like_spec(agent.env.observation_spec))
   runner = rollout_lib.init_runner(agent.env, env_key, num_envs, obs_norm=ppo.obs_norm,
                                    reset_pool_size=ppo.reset_pool_size)
   return TrainState(params=params, opt_state=agent.optimizer.init(params), runner=runner, key=key,

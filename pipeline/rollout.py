@@ -24,7 +24,7 @@ from pipeline import obs_norm as obs_norm_lib
 class RunnerState:
   """The actors' state: the live envs, sharded over the env axis N, and what they share (replicated)."""
   env_state: Any  # env-specific pytree, leaves [N, ...]
-  obs: Float[Array, "N obs"]  # raw observations
+  obs: Any  # raw observations: [N, obs], or the env's observation pytree with leaves [N, ...]
   episode_return: Float[Array, "N"]  # return so far of each env's current episode
   obs_norm: obs_norm_lib.RunningMeanStd | None = None  # running observation statistics (config.obs_norm)
   reset_pool: reset_pool_lib.ResetPool | None = None  # pre-sampled start states (config.reset_pool.size > 0)
@@ -37,7 +37,7 @@ class RunnerState:
 @struct.dataclass
 class Trajectory:
   """One rollout, time-major."""
-  obs: Float[Array, "T N obs"]
+  obs: Any  # [T, N, obs], or the env's observation pytree with leaves [T, N, ...]
   action: Array  # [T, N] int32 or [T, N, A]
   log_prob: Float[Array, "T N"]
   head: Float[Array, "T N P"] | None  # the behaviour policy's distribution params (exact KL diagnostic), if kept
@@ -65,7 +65,7 @@ def init_runner(env: base.Environment, key: jax.Array, num_envs: int, obs_norm: 
     env_state, obs = reset_pool_lib.draw_many(pool, key, num_envs)
   else:
     env_state, obs = jax.vmap(env.reset)(jax.random.split(key, num_envs))
-  stats = obs_norm_lib.update(obs_norm_lib.init(env.observation_shape), obs) if obs_norm else None
+  stats = obs_norm_lib.update(obs_norm_lib.init(env.observation_spec.shape), obs) if obs_norm else None
   return RunnerState(env_state=env_state, obs=obs, episode_return=jnp.zeros((num_envs,), jnp.float32),
                      obs_norm=stats, reset_pool=pool)
 
@@ -82,7 +82,7 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
   step's new observations; with `runner.reset_pool`, `pool_refresh` entries are re-sampled per step and finished
   episodes restart from the pool.
   """
-  num_envs = runner.obs.shape[0]
+  num_envs = runner.episode_return.shape[0]
   norm = (lambda stats, obs: obs) if runner.obs_norm is None else obs_norm_lib.normalize
 
   def step(carry, step_key):

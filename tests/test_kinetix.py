@@ -21,25 +21,65 @@ NVEC = (3, 3, 3, 3, 2, 2)  # size s: 4 motors (forward, backward, off) and 2 thr
 
 
 def test_kinetix_random_levels_train_from_a_reset_pool():
+  """The config's debug variant: entity observations and the entity network, from a reset pool."""
   config = kinetix_config.get_config("debug")
   progs = programs.build(config, eval_episodes=0)
   agent = progs.agent
   env = agent.env
-  assert env.action_space == envs.MultiDiscrete(NVEC) and env.observation_shape == (140,)
+  assert env.action_space == envs.MultiDiscrete(NVEC) and env.observation_spec.polygons.shape == (5, 27)
   assert env.max_episode_steps == 256
   state = progs.init(jax.random.PRNGKey(0))
   for _ in range(2):
     state, metrics = progs.update(state)
     for field in ("policy_loss", "value_loss", "entropy", "approx_kl", "param_norm", "episode_return_sum"):
       assert np.isfinite(jax.device_get(getattr(metrics, field))), field
-  assert state.runner.obs.shape == (config.num_envs, 140) and np.all(np.isfinite(state.runner.obs))
-  assert state.runner.reset_pool.obs.shape == (config.reset_pool.size, 140)
+  obs = state.runner.obs
+  assert obs.polygons.shape == (config.num_envs, 5, 27) and obs.joint_indexes.dtype == jnp.int32
+  assert obs.attention_mask.shape == (config.num_envs, 4, 7, 7) and np.all(np.isfinite(obs.polygons))
+  pool = state.runner.reset_pool.obs
+  assert pool.circles.shape == (config.reset_pool.size, 2, 19)
   # Random levels differ from one another; the multi-categorical head samples within every action's range.
-  assert len({np.asarray(o).tobytes() for o in state.runner.reset_pool.obs}) > 1
-  head, _ = agent.apply(state.params, state.runner.obs)
+  assert len({np.asarray(o).tobytes() for o in pool.polygons}) > 1
+  head, _ = agent.apply(state.params, obs)
   actions = agent.dist.sample(jax.random.PRNGKey(1), head)
   assert actions.shape == (config.num_envs, len(NVEC))
   assert bool(jnp.all((actions >= 0) & (actions < jnp.asarray(NVEC))))
+
+
+def test_solve_rates_equal_a_per_level_loop():
+  """pipeline/solve_rate.py (all levels of a size in one program) against each level played on its own."""
+  from envs import kinetix_adapter  # pylint: disable=import-outside-toplevel
+  from learner import distributions, entity_network  # pylint: disable=import-outside-toplevel
+  from pipeline import solve_rate  # pylint: disable=import-outside-toplevel
+  names, attempts = ["s/h0_weak_thrust", "s/h2_one_wheel_car", "s/h4_thrust_aim"], 3
+  env, levels = kinetix_adapter.stacked_levels(names, "entity")
+  dist = distributions.for_action_space(env.action_space)
+  model = entity_network.EntityActorCritic(dist, hidden_sizes=(16,), width=16, layers=1, heads=4, qkv_features=8)
+  params = model.init(jax.random.PRNGKey(0), env.reset(jax.random.PRNGKey(0))[1])
+  ids = jnp.arange(len(names), dtype=jnp.int32)
+  key = jax.random.PRNGKey(3)
+  rates = jax.jit(solve_rate.make_solve_rates(env, model.apply, dist, attempts))(params, key, levels, ids)
+
+  @jax.jit
+  def one_attempt(level, attempt_key):  # scans every step of the time limit, keeps the first episode's outcome
+    def step(carry, t):
+      state, done, solved = carry
+      act_key, env_key = jax.random.split(jax.random.fold_in(attempt_key, t))
+      head, _ = model.apply(params, env._obs(state))  # pylint: disable=protected-access
+      res = env.step(env_key, state, dist.sample(act_key, head))
+      solved = solved | (~done & env.success(res))
+      return (res.state, done | res.terminated | res.truncated, solved), None
+    (_, _, solved), _ = jax.lax.scan(step, (level, False, False), jnp.arange(env.max_episode_steps))
+    return solved
+
+  for i, name in enumerate(names):
+    level = jax.tree.map(lambda x: x[i], levels)
+    keys = jax.random.split(jax.random.fold_in(key, i), attempts)
+    want = np.mean([bool(one_attempt(level, k)) for k in keys])
+    assert float(rates[i]) == want, name
+  summary = solve_rate.summarize(dict(zip(names, map(float, rates))))
+  assert summary["solve_rate_s"] == summary["solve_rate"] == pytest.approx(float(np.mean(rates)))
+  assert "m" in kinetix_adapter.solve_levels("s,m/h0_unicycle") and len(kinetix_adapter.solve_levels("l")["l"]) == 40
 
 
 def test_kinetix_named_level_starts_every_episode_from_it():
