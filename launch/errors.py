@@ -160,7 +160,7 @@ def install_console_filters() -> None:
 
 # What TensorStore prints (from C++, to fd 2) for each callback of a failed restore's other reads that completes after
 # orbax closed the restore's event loop; it may land during the next read.
-_LOOP_CLOSED = re.compile(rb"Traceback \(most recent call last\):\n(?:  .*\n)*?RuntimeError: Event loop is closed\n")
+LOOP_CLOSED = re.compile(rb"Traceback \(most recent call last\):\n(?:  .*\n)*?RuntimeError: Event loop is closed\n")
 _LINGER_S = 0.3  # after a failed read, for its other reads' callbacks to land here rather than later
 
 
@@ -188,6 +188,6 @@ def stderr_kept_if_failed() -> Iterator[None]:
       os.close(saved)
       if not failed:
         held.seek(0)
-        text = _LOOP_CLOSED.sub(b"", held.read())
+        text = LOOP_CLOSED.sub(b"", held.read())
         if text:
           os.write(2, text)
