@@ -277,12 +277,7 @@ def test_non_finite_stops_naming_the_update_and_keeps_the_last_good_checkpoint(j
 
 def _debug_config(**overrides):
   config = debug.get_config()
-  for k, v in overrides.items():
-    node = config
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  config.update_from_flattened_dict(overrides)  # "a.b" keys, type-checked as assignments
   return config
 
 

@@ -26,12 +26,7 @@ def _config(**overrides):
   config.total_env_steps = TOTAL
   config.log_every = config.eval_every = 2
   config.checkpoint_every = 100
-  for key, value in overrides.items():
-    *path, leaf = key.split(".")
-    node = config
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)  # "a.b" keys, type-checked as assignments
   return config
 
 

@@ -25,12 +25,7 @@ def _config(**overrides):
   config.network.entity_heads, config.network.entity_qkv = 4, 8
   config.reset_pool.size, config.reset_pool.refresh = 8, 2
   config.total_env_steps = 8 * 16 * 4
-  for k, v in overrides.items():
-    node = config
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  config.update_from_flattened_dict(overrides)  # "a.b" keys, type-checked as assignments
   return config
 
 

@@ -125,12 +125,7 @@ def test_running_moments_match_numpy():
 
 def _debug(**overrides):
   config = debug.get_config()
-  for k, v in overrides.items():
-    node = config
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  config.update_from_flattened_dict(overrides)  # "a.b" keys, type-checked as assignments
   return config
 
 

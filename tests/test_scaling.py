@@ -22,12 +22,7 @@ def _config(**overrides):
   config.num_envs, config.num_steps, config.total_env_steps = 8, 16, 1 << 20
   config.num_minibatches, config.learning_rate, config.mesh.data = 2, 1e-3, 1
   config.scaling.base_num_envs = 8
-  for k, v in overrides.items():
-    node = config
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  config.update_from_flattened_dict(overrides)  # "a.b" keys, type-checked as assignments
   return config
 
 

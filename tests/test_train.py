@@ -18,12 +18,7 @@ COMPARED = ("param_norm", "policy_loss", "value_loss", "entropy", "approx_kl")
 
 def _debug_config(**overrides):
   config = debug.get_config()
-  for k, v in overrides.items():
-    node = config
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  config.update_from_flattened_dict(overrides)  # "a.b" keys, type-checked as assignments
   return config
 
 
