@@ -12,6 +12,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from typing import Any
 
 import matplotlib
@@ -20,6 +21,7 @@ from etils import epath
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+from matplotlib import ticker  # pylint: disable=wrong-import-position
 
 from launch.sinks import read_jsonl  # pylint: disable=wrong-import-position
 
@@ -99,9 +101,12 @@ def seed_groups(workdirs: list[str]) -> list[list[str]]:
 
 
 def _series(runs: list[list[dict[str, Any]]], key: str, positive: bool) -> tuple[np.ndarray, np.ndarray]:
-  """(env steps, values [steps, runs]) of `key` over the runs' rows; NaN where a run has no (usable) value."""
-  values = [{r["env_steps"]: r[key] for r in rows
-             if r.get(key) is not None and np.isfinite(r[key]) and (r[key] > 0 or not positive)} for rows in runs]
+  """(env steps, values [steps, runs]) of `key` over the rows that have it; NaN where a run's value is null (or not
+  positive, for a log scale), which leaves a gap in the line. Empty when no row has a value."""
+  usable = lambda v: v is not None and np.isfinite(v) and (v > 0 or not positive)
+  values = [{r["env_steps"]: (r[key] if usable(r[key]) else np.nan) for r in rows if key in r} for rows in runs]
+  if not any(np.isfinite(v) for run in values for v in run.values()):
+    return np.zeros(0), np.zeros((0, len(runs)))
   x = np.array(sorted(set().union(*values)), dtype=float)
   y = np.array([[v.get(s, np.nan) for v in values] for s in x], dtype=float).reshape(len(x), len(runs))
   return x, y
@@ -121,14 +126,18 @@ def diagnostics_figure(workdirs: list[str]):
         x, y = _series([rows[w] for w in group], key, positive=log)
         if not len(x):
           continue
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # a row where every seed's value is null: NaN, a gap
+          warnings.simplefilter("ignore", RuntimeWarning)
           mean = np.nanmean(y, axis=1)
         label = ", ".join(s for s in ((name if len(groups) > 1 else ""), what) if s) or None
-        ax.plot(x, mean, style, color=color, label=label, marker="." if key == "eval_return" else None)
+        ax.plot(x, mean, style, color=color, label=label, marker=".", markersize=6 if key == "eval_return" else 3)
         if len(group) > 1:
-          ax.fill_between(x, np.nanmin(y, axis=1), np.nanmax(y, axis=1), color=color, alpha=0.2, linewidth=0)
+          with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ax.fill_between(x, np.nanmin(y, axis=1), np.nanmax(y, axis=1), color=color, alpha=0.2, linewidth=0)
     ax.set_title(title)
     ax.set_xlabel("env steps")
+    ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))  # 200k, 1M: not 200000 running into 400000
     ax.set_ylabel(ylabel)
     if log and ax.lines:
       ax.set_yscale("log")
