@@ -3,7 +3,9 @@
 These make the paper's view of PPO observable: the outer step (KL between the behaviour and the updated policy, and
 the update size ‖Δθ‖) against the noise (the gradient noise scale B_simple of McCandlish et al. 2018), and the data
 spent per unit of divergence. All are computed inside the jitted update from values it already has, plus one
-forward pass of the updated params over the batch.
+forward pass of the updated params over the batch. The noise is measured for the whole gradient and for the
+policy's and the critic's own params apart (learner/networks.py `param_groups`). A metrics row (`summarize`) holds
+means over its interval and, for the noise scales and samples per KL, ratios of those means.
 """
 from __future__ import annotations
 
