@@ -47,7 +47,8 @@ def minibatch_grad(params, rows: batch_rows.Rows, advantage: Float[Array, "T N"]
   grad_fn = jax.grad(lambda p, mb: loss_fn(p, mb, advantage_stats=stats), has_aux=True)
   if num_chunks == 1:
     grads, aux = grad_fn(params, take(idx))
-    return MinibatchGrad(grads=grads, aux=aux, chunk_sq_norm=diagnostics.group_sq_norms(grads) if chunk_sq_norms else None)
+    return MinibatchGrad(grads=grads, aux=aux,
+                         chunk_sq_norm=diagnostics.group_sq_norms(grads) if chunk_sq_norms else None)
 
   def chunk(carry, chunk_idx):
     total, sq = carry
@@ -57,6 +58,7 @@ def minibatch_grad(params, rows: batch_rows.Rows, advantage: Float[Array, "T N"]
     return (jax.tree.map(jnp.add, total, grads), sq), None
 
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, take(idx[:chunk_size])))
-  (total, sq), _ = jax.lax.scan(chunk, (zeros, jnp.zeros((len(networks.PARAM_GROUPS),), jnp.float32)), idx.reshape(num_chunks, chunk_size))
+  no_norms = jnp.zeros((len(networks.PARAM_GROUPS),), jnp.float32)
+  (total, sq), _ = jax.lax.scan(chunk, (zeros, no_norms), idx.reshape(num_chunks, chunk_size))
   grads, aux = jax.tree.map(lambda x: x / num_chunks, total)
   return MinibatchGrad(grads=grads, aux=aux, chunk_sq_norm=sq / num_chunks if chunk_sq_norms else None)
