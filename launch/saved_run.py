@@ -61,6 +61,12 @@ def _read_host(directory: epath.Path, step: int) -> dict[str, Any]:
     manager.close()
 
 
+def saved_config(workdir: str) -> dict[str, Any]:
+  """The config saved with the newest checkpoint of a run, as a nested dict (its host record only: no arrays)."""
+  directory, step = newest_step(workdir)
+  return _read_host(directory, step)["config"]
+
+
 _OBS_NORM = "['runner'].obs_norm."  # the statistics' leaves in the runner item's layout
 
 

@@ -1,5 +1,5 @@
 """Host-side metric sinks: metrics.jsonl, TensorBoard event files, the console progress bar with ETA, optional extra
-sinks (launch/wandb_sink.py), and at the end of a completed run the learning-curve plot.
+sinks (launch/wandb_sink.py), and at the end of a completed run the learning-curve and diagnostics plots.
 
 Only the lead process writes (`enabled=False` elsewhere). Rows are plain dicts of JSON scalars; None marks a value
 with no data in its interval (e.g. no training episode finished).
@@ -53,14 +53,15 @@ class JsonlFile:
 
 class MetricsSinks:
   """Appends rows to DIR/metrics.jsonl, DIR/tensorboard and the `extra` sinks (e.g. launch.wandb_sink), drives a
-  progress bar over env steps, and on a completed run's close writes DIR/learning_curve.png (sent to the extras)."""
+  progress bar over env steps, and on a completed run's close writes DIR/learning_curve.png and DIR/diagnostics.png
+  (launch/plot.py; both sent to the extras)."""
 
   def __init__(self, workdir: str, total_env_steps: int, initial_env_steps: int = 0, enabled: bool = True,
                resume_update: int = 0, extra: tuple[Any, ...] = ()):
     """Rows after `resume_update` (from a run that went further than its last checkpoint) are dropped first."""
     self.enabled = enabled
     self.last_row = None  # the last row kept, if any
-    self.plot_path = None  # set by close(plot=True)
+    self.plot_path = self.diagnostics_path = None  # set by close(plot=True)
     self._extra = extra
     if not enabled:
       return
@@ -108,8 +109,10 @@ class MetricsSinks:
       if plot:
         from launch import plot as plot_lib  # pylint: disable=import-outside-toplevel  (plot imports this module)
         self.plot_path = plot_lib.plot_runs([self._workdir], f"{self._workdir}/learning_curve.png")
+        self.diagnostics_path = plot_lib.plot_diagnostics([self._workdir], f"{self._workdir}/diagnostics.png")
         for sink in self._extra:
           sink.log_image("learning_curve", self.plot_path)
+          sink.log_image("diagnostics", self.diagnostics_path)
     finally:
       for sink in self._extra:
         sink.close(exit_code=0 if plot else 1)

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 import time
 from typing import Any
@@ -18,7 +17,7 @@ from absl import logging
 from launch import checkpoint, config_lib, console, elastic, memory, plateau, preemption, programs, sinks, wandb_sink
 from launch import workdir_lock
 from launch import workdir as workdir_lib
-from learner import code_path
+from learner import code_path, diagnostics as diagnostics_lib
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
 from pipeline import solve_rate as solve_rate_lib
@@ -39,11 +38,17 @@ def summarize(metrics: list[iteration_lib.UpdateMetrics]) -> dict[str, Any]:
       "episodes": episodes,
   }
   for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"):
-    row[key] = float(getattr(stacked, key).mean())
-  row["param_norm"] = float(stacked.param_norm[-1])
-  if stacked.diagnostics is not None:  # means over the interval's updates
-    row.update({k: float(np.mean(v)) for k, v in dataclasses.asdict(stacked.diagnostics).items()})
+    row[key] = _finite(getattr(stacked, key).mean())
+  row["param_norm"] = _finite(stacked.param_norm[-1])
+  if stacked.diagnostics is not None:  # means over the interval's updates, and ratios of those means
+    row.update(diagnostics_lib.summarize(stacked.diagnostics))
   return row
+
+
+def _finite(x) -> float | None:
+  """A row's value; None (JSON null) when not finite, e.g. a metric the checkpoint of another version lacked."""
+  x = float(x)
+  return x if np.isfinite(x) else None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> dict[str, Any]:
@@ -229,8 +234,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
     return row, True
   if lead:
     for line in console.summary_lines(sinks.read_jsonl(out.jsonl_path), start, resolved.env_steps_at(start), {
-        "checkpoint": ckpts.step_path(resolved.num_updates), "metrics": out.jsonl_path, "plots": out.plot_path,
-        "tensorboard": f"{workdir}/tensorboard"}):
+        "checkpoint": ckpts.step_path(resolved.num_updates), "metrics": out.jsonl_path,
+        "plots": f"{out.plot_path} {out.diagnostics_path}", "tensorboard": f"{workdir}/tensorboard"}):
       console.say(line)
     for line in console.solve_rate_table(level_rates):
       console.say(line)

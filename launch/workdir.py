@@ -44,7 +44,8 @@ def move_tree(src: epath.Path, dst: epath.Path) -> None:
 
 
 # A run's files in its workdir, for the history check, --fresh and leaving a failed start's workdir as it was.
-RUN_FILES = ("metrics.jsonl", "tensorboard", "checkpoints", "checkpoints_corrupt", "learning_curve.png")
+RUN_FILES = ("metrics.jsonl", "tensorboard", "checkpoints", "checkpoints_corrupt", "learning_curve.png",
+             "diagnostics.png")
 
 
 class HistoryError(Exception):

@@ -15,8 +15,30 @@ from jaxtyping import Array, Float
 
 from learner import code_path, distributions
 
+# Which loss a parameter's gradient comes from, by the module names below (learner/diagnostics.py reports the
+# gradient noise of each group): a separate actor trunk and the policy head only get the policy objective's gradient
+# (surrogate + entropy), a separate critic trunk and the value head only the value loss's; a shared trunk (or the
+# entity encoder) gets both and is neither.
+POLICY_MODULES = ("actor", "policy_head", "log_std")
+VALUE_MODULES = ("critic", "value_head")
+PARAM_GROUPS = ("policy", "value", "shared")
+
 THIN = 8  # products with at most this many inputs (or half as many outputs) are written elementwise
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu}
+
+
+def param_groups(params) -> list[int]:
+  """Per leaf of `params` (in jax.tree.leaves order), its index in PARAM_GROUPS: the first module name on its path
+  that is a policy or a value module decides; a leaf under neither is shared."""
+  def group(path) -> int:
+    for entry in path:
+      name = getattr(entry, "key", getattr(entry, "name", None))
+      if name in POLICY_MODULES:
+        return 0
+      if name in VALUE_MODULES:
+        return 1
+    return 2
+  return [group(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
 def _vecmat(v, m):

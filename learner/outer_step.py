@@ -5,11 +5,12 @@ is checkpointed and a resumed run continues it exactly, and changing it recompil
 
   adaptive_kl     the baseline Brax / rsl_rl / Sample Factory ship: KL per update above 2 x kl_target divides the
                   learning rate by `factor`, below kl_target / 2 multiplies it by `factor`, in between keeps it.
-  samples_per_kl  targets the data spent per unit of divergence (learner/diagnostics.py `samples_per_kl` = batch
-                  size / mean KL). For small steps KL ≈ ½ Δθᵀ F Δθ with Δθ ∝ lr, so samples per KL ∝ lr⁻²: the
-                  scale that would meet the target is scale · sqrt(samples_per_kl / target); it moves there, by at
-                  most `factor` per update.
-Either way the scale stays in [1 / max_scale, max_scale]; a non-finite measurement leaves it unchanged.
+  samples_per_kl  targets the data spent per unit of divergence: batch size / the update's mean KL (the metrics
+                  rows' `samples_per_kl` is the same over a log interval, learner/diagnostics.py). For small steps
+                  KL ≈ ½ Δθᵀ F Δθ with Δθ ∝ lr, so samples per KL ∝ lr⁻²: the scale that would meet the target
+                  is scale · sqrt(samples_per_kl / target); it moves there, by at most `factor` per update.
+Either way the scale stays in [1 / max_scale, max_scale]; a non-finite KL leaves it unchanged, and a KL ≤ 0 (no
+measurable step, or float rounding of a tiny one) reads as a step far too small.
 """
 from __future__ import annotations
 
@@ -54,15 +55,13 @@ def samples_per_kl(scale: jax.Array, measured: jax.Array, target: float, factor:
   return scale * jnp.clip(jnp.sqrt(measured / target), 1.0 / factor, factor)
 
 
-def step(settings: OuterSettings, state: OuterState, kl_mean: jax.Array, measured_samples_per_kl: jax.Array
-         ) -> OuterState:
-  """The scale for the next update, from this update's KL (mean over its states) and samples per KL."""
+def step(settings: OuterSettings, state: OuterState, kl_mean: jax.Array, samples: jax.Array | int) -> OuterState:
+  """The scale for the next update, from this update's KL (mean over its `samples` states)."""
   scale = state.lr_scale
   if settings.mode == "adaptive_kl":
-    signal, new = kl_mean, adaptive_kl(scale, kl_mean, settings.kl_target, settings.factor)
-  else:
-    signal, new = measured_samples_per_kl, samples_per_kl(scale, measured_samples_per_kl, settings.samples_per_kl,
-                                                           settings.factor)
-  # samples_per_kl is batch / max(KL, 1e-30): a zero KL reads as a huge ratio (finite), i.e. "step larger".
-  new = jnp.where(jnp.isfinite(signal), new, scale)
+    new = adaptive_kl(scale, kl_mean, settings.kl_target, settings.factor)
+  else:  # samples per KL; a KL <= 0 is an unbounded ratio, which moves the scale up by the factor
+    measured = jnp.where(kl_mean > 0, samples / jnp.where(kl_mean > 0, kl_mean, 1.0), jnp.inf)
+    new = samples_per_kl(scale, measured, settings.samples_per_kl, settings.factor)
+  new = jnp.where(jnp.isfinite(kl_mean), new, scale)
   return OuterState(lr_scale=jnp.clip(new, 1.0 / settings.max_scale, settings.max_scale).astype(jnp.float32))

@@ -197,7 +197,7 @@ def make_iteration(agent: Agent, ppo: PPOSettings,
     params, opt_state, proximal, aux = stages.learn(state.params, state.opt_state, state.proximal, batch, sgd_key,
                                                     lr_scale=None if outer is None else outer.lr_scale)
     if outer is not None:  # the next update's learning-rate scale, from this one's measured KL
-      outer = outer_step_lib.step(ppo.outer_step, outer, aux.diagnostics.kl_mean, aux.diagnostics.samples_per_kl)
+      outer = outer_step_lib.step(ppo.outer_step, outer, aux.diagnostics.kl_mean, aux.diagnostics.samples)
     new_state = TrainState(params=params, opt_state=opt_state, runner=out.runner, key=key, update=state.update + 1,
                            proximal=proximal, outer=outer)
     return new_state, stages.metrics(aux, params, out.stats)

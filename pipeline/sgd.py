@@ -54,7 +54,7 @@ def sgd_epochs(params, opt_state, batch: losses.Minibatch, key: jax.Array, *, lo
     fn = loss_fn if proximal is None else functools.partial(loss_fn, proximal_params=proximal.params)
     out = sgd_chunks.minibatch_grad(params, rows, batch.advantage, idx, loss_fn=fn, chunk_size=chunk_size,
                                     constrain=constrain, chunk_sq_norms=track_grad_noise)
-    noise = (out.chunk_sq_norm, diagnostics.sq_norm(out.grads)) if track_grad_noise else ()
+    noise = (out.chunk_sq_norm, diagnostics.group_sq_norms(out.grads)) if track_grad_noise else ()
     updates, opt_state = optimizer.update(out.grads, opt_state, params)
     if lr_scale is not None:
       updates = jax.tree.map(lambda u: u * lr_scale, updates)
@@ -70,9 +70,9 @@ def sgd_epochs(params, opt_state, batch: losses.Minibatch, key: jax.Array, *, lo
   (params, opt_state, proximal), (aux, noise) = jax.lax.scan(epoch, (params, opt_state, proximal),
                                                              jax.random.split(key, update_epochs))
   stats = None
-  if track_grad_noise:  # noise leaves are [epochs, minibatches]: average the first epoch's
+  if track_grad_noise:  # noise leaves are [epochs, minibatches, groups]: average the first epoch's
     small_sq, big_sq = noise
-    stats = diagnostics.GradNoiseStats(mean_small_sq=small_sq[0].mean(), big_sq=big_sq[0].mean(),
+    stats = diagnostics.GradNoiseStats(mean_small_sq=small_sq[0].mean(0), big_sq=big_sq[0].mean(0),
                                        b_small=chunk_size, b_big=minibatch_size)
   return SGDResult(params=params, opt_state=opt_state, loss=jax.tree.map(jnp.mean, aux), proximal=proximal,
                    grad_noise=stats)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Float, Int
 
-from learner import diagnostics
+from learner import diagnostics, networks
 from pipeline import batch_rows
 
 
@@ -24,7 +24,8 @@ class MinibatchGrad:
   """One minibatch's gradient and what the loss reported, averaged over its chunks."""
   grads: Any  # the gradient of the minibatch's mean loss, a pytree like the params
   aux: Any  # the loss's auxiliary outputs (learner.losses.LossAux for the PPO loss)
-  chunk_sq_norm: jax.Array | None = None  # mean over chunks of |chunk gradient|²; None unless asked for
+  # Mean over chunks of |chunk gradient|², per parameter group (learner/networks.py PARAM_GROUPS); None unless asked.
+  chunk_sq_norm: Float[Array, "3"] | None = None
 
 
 def minibatch_grad(params, rows: batch_rows.Rows, advantage: Float[Array, "T N"], idx: Int[Array, "M"], *,
@@ -34,8 +35,9 @@ def minibatch_grad(params, rows: batch_rows.Rows, advantage: Float[Array, "T N"]
   (pipeline/batch_rows.py); `advantage` is the batch's advantage leaf, for the minibatch's statistics.
 
   `loss_fn(params, mb, advantage_stats=...)` must be a mean over the samples of `mb`. `chunk_size` divides M.
-  With `chunk_sq_norms` the result's `chunk_sq_norm` is the mean over chunks of |chunk gradient|²: the chunks are
-  disjoint random subsets of the minibatch at the same params, the small batch of the gradient noise scale.
+  With `chunk_sq_norms` the result's `chunk_sq_norm` is the mean over chunks of |chunk gradient|² per parameter
+  group: the chunks are disjoint random subsets of the minibatch at the same params, the small batch of the gradient
+  noise scale.
   """
   minibatch_size = idx.shape[0]
   num_chunks = minibatch_size // chunk_size
@@ -45,16 +47,18 @@ def minibatch_grad(params, rows: batch_rows.Rows, advantage: Float[Array, "T N"]
   grad_fn = jax.grad(lambda p, mb: loss_fn(p, mb, advantage_stats=stats), has_aux=True)
   if num_chunks == 1:
     grads, aux = grad_fn(params, take(idx))
-    return MinibatchGrad(grads=grads, aux=aux, chunk_sq_norm=diagnostics.sq_norm(grads) if chunk_sq_norms else None)
+    return MinibatchGrad(grads=grads, aux=aux,
+                         chunk_sq_norm=diagnostics.group_sq_norms(grads) if chunk_sq_norms else None)
 
   def chunk(carry, chunk_idx):
     total, sq = carry
     grads = grad_fn(params, take(chunk_idx))
     if chunk_sq_norms:
-      sq = sq + diagnostics.sq_norm(grads[0])
+      sq = sq + diagnostics.group_sq_norms(grads[0])
     return (jax.tree.map(jnp.add, total, grads), sq), None
 
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, take(idx[:chunk_size])))
-  (total, sq), _ = jax.lax.scan(chunk, (zeros, jnp.zeros((), jnp.float32)), idx.reshape(num_chunks, chunk_size))
+  no_norms = jnp.zeros((len(networks.PARAM_GROUPS),), jnp.float32)
+  (total, sq), _ = jax.lax.scan(chunk, (zeros, no_norms), idx.reshape(num_chunks, chunk_size))
   grads, aux = jax.tree.map(lambda x: x / num_chunks, total)
   return MinibatchGrad(grads=grads, aux=aux, chunk_sq_norm=sq / num_chunks if chunk_sq_norms else None)

@@ -1,8 +1,12 @@
 """Each outer-loop diagnostic against a brute-force computation on a small batch; PPO-EWMA's weights and loss."""
 import dataclasses
+import functools
+import glob
 import itertools
+import json
 import os
 import re
+import shutil
 import sys
 
 import jax
@@ -13,10 +17,11 @@ import pytest
 
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from launch import trainer
+import envs
+from launch import plot, trainer
 from launch.configs import debug
 from launch.sinks import read_jsonl
-from learner import diagnostics, distributions, ewma, losses
+from learner import diagnostics, distributions, entity_network, ewma, losses, networks
 from learner.state import TrainState
 from pipeline import batch_rows, iteration, permutation, rollout, sgd, sgd_chunks
 
@@ -60,7 +65,9 @@ def test_update_diagnostics_against_brute_force():
   new = jax.tree.map(lambda x: x + 0.3 * jnp.asarray(rng.normal(size=x.shape), jnp.float32), old)
   target = jnp.asarray(rng.normal(size=(T, N)), jnp.float32)
   behaviour_head, value = _linear(old, obs)
-  noise = diagnostics.GradNoiseStats(mean_small_sq=jnp.array(3.0), big_sq=jnp.array(1.0), b_small=4, b_big=12)
+  # Per parameter group (policy, value, shared): squared norms of chunk (4 samples) and minibatch (12) gradients.
+  noise = diagnostics.GradNoiseStats(mean_small_sq=jnp.array([1.0, 2.0, 0.0]), big_sq=jnp.array([0.5, 0.5, 0.0]),
+                                     b_small=4, b_big=12)
   d = diagnostics.compute(old, new, obs, behaviour_head, value, target, noise, apply_fn=_linear,
                           dist=distributions.Categorical(A), kl_quantile=0.9, key=jax.random.PRNGKey(0))
 
@@ -72,12 +79,15 @@ def test_update_diagnostics_against_brute_force():
     kls.append(sum(p[a] * np.log(p[a] / q[a]) for a in range(A)))
   np.testing.assert_allclose(d.kl_mean, np.mean(kls), rtol=1e-4)
   np.testing.assert_allclose(d.kl_quantile, np.quantile(kls, 0.9), rtol=1e-4)
-  np.testing.assert_allclose(d.samples_per_kl, T * N / np.mean(kls), rtol=1e-4)
+  assert d.samples == T * N
   delta = np.concatenate([(np.asarray(new[k]) - np.asarray(old[k])).ravel() for k in ("W", "v")])
   np.testing.assert_allclose(d.update_norm, np.sqrt((delta**2).sum()), rtol=1e-5)
   v, y = np.asarray(value, np.float64).ravel(), np.asarray(target, np.float64).ravel()
   np.testing.assert_allclose(d.explained_variance, 1 - np.var(y - v) / np.var(y), rtol=1e-4)
-  # |G|² = (12·1 − 4·3)/8 = 0, tr Σ = (3 − 1)/(1/4 − 1/12) = 12: the hand-worked two-batch-size equations.
+  # |G|² = (12 big − 4 small)/8, tr Σ = (small − big)/(1/4 − 1/12): the hand-worked two-batch-size equations, per
+  # group (policy 0.25 and 3, value −0.25 and 9) and for the whole gradient (their sums: 0 and 12).
+  np.testing.assert_allclose([d.grad_sq_norm_policy, d.grad_trace_cov_policy], [0.25, 3.0], rtol=1e-6)
+  np.testing.assert_allclose([d.grad_sq_norm_value, d.grad_trace_cov_value], [-0.25, 9.0], rtol=1e-6)
   np.testing.assert_allclose(d.grad_sq_norm, 0.0, atol=1e-6)
   np.testing.assert_allclose(d.grad_trace_cov, 12.0, rtol=1e-6)
 
@@ -103,7 +113,7 @@ def test_kl_quantile_cost_is_bounded_at_a_million_envs():
   T, N, D, A = 128, 2**20, 5, 3
   f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   params = {"W": f32(D, A), "v": f32(D)}
-  noise = diagnostics.GradNoiseStats(mean_small_sq=f32(), big_sq=f32(), b_small=4, b_big=12)
+  noise = diagnostics.GradNoiseStats(mean_small_sq=f32(3), big_sq=f32(3), b_small=4, b_big=12)
 
   def fn(old, new, obs, head, value, target, noise, key):
     return diagnostics.compute(old, new, obs, head, value, target, noise, apply_fn=_linear,
@@ -155,12 +165,13 @@ def test_grad_noise_scale_from_explicit_per_example_gradients():
   assert (noise.b_small, noise.b_big) == (b_small, b_big)
   g_sq = (b_big * big - b_small * small) / (b_big - b_small)
   trace = (small - big) / (1 / b_small - 1 / b_big)
-  got = diagnostics.noise_scale(noise)
-  np.testing.assert_allclose(got, [g_sq, trace, trace / g_sq], rtol=1e-4)
+  got = [x.sum() for x in diagnostics.noise_estimates(noise)]  # a bare array: one group (shared)
+  np.testing.assert_allclose(got, [g_sq, trace], rtol=1e-4)
   # Over random minibatch partitions the estimates are unbiased for the batch's own gradient statistics:
   # E[tr Σ] = the unbiased per-example covariance trace, E[|G|²] = |mean g|² − tr Σ / batch.
   keys = jax.random.split(jax.random.PRNGKey(7), 400)
-  traces, sqs = jax.vmap(lambda k: diagnostics.noise_scale(_grad_noise(batch, k, K, b_small)[1])[1::-1])(keys)
+  sqs, traces = jax.vmap(lambda k: [x.sum() for x in diagnostics.noise_estimates(_grad_noise(batch, k, K, b_small)[1])]
+                         )(keys)
   cov_trace = np.trace(np.cov(per_example.T, ddof=1))
   np.testing.assert_allclose(np.mean(traces), cov_trace, rtol=0.03)
   full = np.sum(per_example.mean(0)**2)
@@ -192,7 +203,110 @@ def test_sgd_results_are_named_whatever_the_options():
 
 def test_grad_noise_undefined_with_one_chunk():
   _, noise = _grad_noise(_regression_batch(), jax.random.PRNGKey(0), 4, None)
-  assert np.all(np.isnan(diagnostics.noise_scale(noise)))
+  assert np.all(np.isnan(diagnostics.noise_estimates(noise)))
+
+
+def _ppo_batch(T=4, N=8, seed=0):
+  rng = np.random.default_rng(seed)
+  f = lambda x: jnp.asarray(x, jnp.float32)
+  return losses.Minibatch(obs=f(rng.normal(size=(T, N, 4))), action=jnp.asarray(rng.integers(0, 2, (T, N)), jnp.int32),
+                          log_prob=f(np.log(rng.uniform(0.3, 0.7, (T, N)))), value=f(rng.normal(size=(T, N))),
+                          advantage=f(rng.normal(size=(T, N)) + 0.5), target=f(rng.normal(size=(T, N))))
+
+
+def test_policy_and_value_noise_from_per_example_gradients():
+  """The SGD stage splits the total loss's chunk and minibatch gradients by parameter group; the policy's and the
+  critic's estimates equal the two-batch-size estimates from explicit per-example gradients of the policy objective
+  alone (surrogate + entropy bonus) and of the value loss alone."""
+  dist, vf_coef, ent_coef = distributions.Categorical(2), 0.5, 0.01
+  model = networks.ActorCritic(dist, (8, 8))
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))
+  loss_fn = functools.partial(losses.ppo_loss, apply_fn=model.apply, dist=dist, clip_eps=0.2, vf_coef=vf_coef,
+                              ent_coef=ent_coef)
+  batch, key, K, C = _ppo_batch(), jax.random.PRNGKey(5), 2, 4  # 32 samples: 2 minibatches × 4 chunks of 4
+  result = sgd.sgd_epochs(params, optax.set_to_zero().init(params), batch, key, loss_fn=loss_fn,
+                          optimizer=optax.set_to_zero(), update_epochs=1, num_minibatches=K, chunk_size=32 // K // C,
+                          track_grad_noise=True)
+  g_sq, trace = (np.asarray(x, np.float64) for x in diagnostics.noise_estimates(result.grad_noise))
+
+  flat = jax.tree.map(lambda x: x.reshape((32,) + x.shape[2:]), batch)
+  objectives = {"policy": lambda aux: aux.policy_loss - ent_coef * aux.entropy,
+                "value": lambda aux: vf_coef * aux.value_loss}
+
+  def per_example(objective, idx, stats):  # [M, all params]: each sample's gradient with its minibatch's statistics
+    one = jax.tree.map(lambda x: x[idx][:, None], flat)
+    grads = jax.vmap(lambda ex: jax.grad(lambda p: objective(loss_fn(p, ex, advantage_stats=stats)[1]))(params))(one)
+    return np.concatenate([np.asarray(g, np.float64).reshape(len(idx), -1) for g in jax.tree.leaves(grads)], 1)
+
+  perm = np.asarray(permutation.random_permutation(jax.random.split(key, 1)[0], 32)).reshape(K, C, -1)
+  b_small, b_big = 32 // K // C, 32 // K
+  for group, objective in objectives.items():
+    small, big = [], []
+    for minibatch in perm:
+      adv = flat.advantage[minibatch.reshape(-1)]
+      g = per_example(objective, minibatch.reshape(-1), (adv.mean(), adv.std())).reshape(C, b_small, -1)
+      small += [np.sum(chunk.mean(0)**2) for chunk in g]
+      big.append(np.sum(g.reshape(b_big, -1).mean(0)**2))
+    small, big = np.mean(small), np.mean(big)
+    want = [(b_big * big - b_small * small) / (b_big - b_small), (small - big) / (1 / b_small - 1 / b_big)]
+    i = networks.PARAM_GROUPS.index(group)
+    np.testing.assert_allclose([g_sq[i], trace[i]], want, rtol=2e-3, atol=1e-4 * small, err_msg=group)
+    assert want[1] > 0
+  assert g_sq[2] == trace[2] == 0  # separate trunks: no shared params
+
+
+def test_param_groups_follow_what_each_output_depends_on():
+  """A leaf is a policy param when only the policy head depends on it, a value param when only the value does, and
+  shared when both do (a shared trunk, the entity encoder): per leaf, by the gradients of each output alone."""
+  obs = jax.random.normal(jax.random.PRNGKey(0), (6, 4))
+  env = envs.make("cue_entities")
+  entity_obs = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), 6))[1]
+  cases = [(networks.ActorCritic(distributions.Categorical(2), (8, 8)), obs, {0, 1}),
+           (networks.ActorCritic(distributions.DiagGaussian(2), (8,)), obs, {0, 1}),  # + log_std
+           (networks.ActorCritic(distributions.Categorical(2), (8, 8), shared_trunk=True), obs, {0, 1, 2}),
+           (entity_network.EntityActorCritic(distributions.for_action_space(env.action_space), hidden_sizes=(8,),
+                                             width=8, layers=1, heads=2, qkv_features=4), entity_obs, {0, 1, 2})]
+  for model, x, groups_present in cases:
+    params = model.init(jax.random.PRNGKey(1), x)
+    head, value = (jax.grad(lambda p, i=i: model.apply(p, x)[i].sum())(params) for i in (0, 1))
+    groups = networks.param_groups(params)
+    assert set(groups) == groups_present, type(model).__name__
+    for group, h, v in zip(groups, jax.tree.leaves(head), jax.tree.leaves(value)):
+      uses = (bool(np.any(h != 0)), bool(np.any(v != 0)))
+      assert uses in ({0: (True, False), 1: (False, True), 2: (True, True)}[group], (False, False)), (group, uses)
+
+
+def _interval(**fields):
+  """The per-update Diagnostics of a hand-made interval (host arrays): the given fields, every other one 1."""
+  n = len(next(iter(fields.values())))
+  return diagnostics.Diagnostics(**{f.name: np.asarray(fields.get(f.name, [1.0] * n), np.float32)
+                                    for f in dataclasses.fields(diagnostics.Diagnostics)})
+
+
+def test_metrics_row_takes_ratios_of_the_intervals_means():
+  # Late in a run the |G|² estimates of single updates straddle 0; the mean of their ratios is then a negative
+  # "noise scale" (how the default CartPole run once ended at grad_noise_scale = -4443); the ratio of means is not.
+  g_sq, trace = [0.003, -0.0005, 0.002], [9.0, 6.0, 9.0]
+  assert np.mean(np.divide(trace, g_sq)) == pytest.approx(-1500)
+  row = diagnostics.summarize(_interval(
+      grad_sq_norm=g_sq, grad_trace_cov=trace, grad_sq_norm_policy=[0.4, -0.1, 0.3], grad_trace_cov_policy=[2, 3, 4],
+      grad_sq_norm_value=[-0.01, 0.002, 0.002], grad_trace_cov_value=[7, 8, 9], kl_mean=[0.0, 0.02, 0.01],
+      samples=[4096] * 3, explained_variance=[0.5, np.nan, 0.7]))
+  assert row["grad_noise_scale"] == pytest.approx(8.0 / 0.0015, rel=1e-5)
+  assert row["grad_noise_scale_policy"] == pytest.approx(3.0 / 0.2, rel=1e-5)
+  assert row["grad_sq_norm_value"] == pytest.approx(-0.002, rel=1e-4)  # the estimate itself is kept, ...
+  assert row["grad_noise_scale_value"] is None  # ... its ratio is undefined: no gradient signal measured
+  # Batch over the interval's mean KL; one update with KL 0 read through the old 1e-30 clamp averaged to 1.4e33.
+  assert row["samples_per_kl"] == pytest.approx(4096 / 0.01, rel=1e-5)
+  assert row["explained_variance"] is None and "samples" not in row  # unknown in one update: unknown
+  assert set(row) == ({f.name for f in dataclasses.fields(diagnostics.Diagnostics)} - {"samples"}
+                      | set(diagnostics.ROW_RATIOS))
+  json.dumps(row, allow_nan=False)  # JSON null, not NaN
+  row = diagnostics.summarize(_interval(grad_sq_norm=[-1.0, 1.0], grad_trace_cov=[5.0, 5.0], kl_mean=[0.0, 0.0],
+                                        grad_trace_cov_policy=[-2.0, 1.0]))
+  assert row["grad_sq_norm"] == 0.0 and row["grad_noise_scale"] is None and row["samples_per_kl"] is None
+  assert row["grad_noise_scale_policy"] is None  # a negative tr Σ estimate: no noise measured
+  assert row["grad_noise_scale_value"] == 1.0  # the other fields' 1 / 1
 
 
 def test_ewma_weights_by_hand(monkeypatch):
@@ -246,8 +360,8 @@ def test_decoupled_loss_by_hand():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """Debug runs: diagnostics on (default) and off with PPO-EWMA on."""
-  out = {}
+  """Debug runs: diagnostics on (default) and off with PPO-EWMA on; name -> rows, and "workdirs": name -> workdir."""
+  out = {"workdirs": {}}
   for name, overrides in (("on", {}), ("off_ewma", {"diagnostics.enabled": False, "ewma.enabled": True})):
     config = debug.get_config()
     for k, v in overrides.items():
@@ -256,11 +370,17 @@ def runs(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp(name))
     trainer.train_and_evaluate(config, workdir)
     out[name] = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    out["workdirs"][name] = workdir
   return out
 
 
-DIAGNOSTIC_KEYS = ("kl_mean", "kl_quantile", "update_norm", "grad_noise_scale", "grad_sq_norm", "grad_trace_cov",
-                   "samples_per_kl", "explained_variance")
+MEAN_KEYS = ("kl_mean", "kl_quantile", "update_norm", "grad_sq_norm", "grad_trace_cov", "grad_sq_norm_policy",
+             "grad_trace_cov_policy", "grad_sq_norm_value", "grad_trace_cov_value", "explained_variance")
+RATIO_KEYS = {"grad_noise_scale": ("grad_trace_cov", "grad_sq_norm"),
+              "grad_noise_scale_policy": ("grad_trace_cov_policy", "grad_sq_norm_policy"),
+              "grad_noise_scale_value": ("grad_trace_cov_value", "grad_sq_norm_value"),
+              "samples_per_kl": ("samples", "kl_mean")}
+DIAGNOSTIC_KEYS = MEAN_KEYS + tuple(RATIO_KEYS)
 
 
 def _brute_force_diagnostics(agent, old_params, new_params, batch: losses.Minibatch, kl_quantile: float):
@@ -273,13 +393,14 @@ def _brute_force_diagnostics(agent, old_params, new_params, batch: losses.Miniba
   delta = [np.asarray(a, np.float64) - np.asarray(b, np.float64)
            for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(old_params))]
   v, y = np.asarray(batch.value, np.float64).ravel(), np.asarray(batch.target, np.float64).ravel()
-  return {"kl_mean": kl.mean(), "kl_quantile": np.quantile(kl, kl_quantile), "samples_per_kl": kl.size / kl.mean(),
+  return {"kl_mean": kl.mean(), "kl_quantile": np.quantile(kl, kl_quantile), "samples": kl.size,
           "update_norm": np.sqrt(sum((d**2).sum() for d in delta)), "explained_variance": 1 - np.var(y - v) / np.var(y)}
 
 
 def test_diagnostics_of_real_updates_by_brute_force_and_in_metrics_jsonl(runs):
   """The debug run's first log interval replayed stage by stage: each update's diagnostics against a float64
-  recomputation from its batch and params, and metrics.jsonl's row = their mean over the interval."""
+  recomputation from its batch and params; metrics.jsonl's row holds their means over the interval and the ratios of
+  those means (null where a mean |G|² or KL is not positive), as strict JSON."""
   from launch import config_lib  # pylint: disable=import-outside-toplevel
   config = debug.get_config()
   resolved = config_lib.resolve(config, 1)
@@ -300,19 +421,67 @@ def test_diagnostics_of_real_updates_by_brute_force_and_in_metrics_jsonl(runs):
     for name, want in _brute_force_diagnostics(agent, state.params, params, batch, config.diagnostics.kl_quantile
                                                ).items():
       np.testing.assert_allclose(getattr(d, name), want, rtol=2e-3, err_msg=name)
-    np.testing.assert_allclose(d.grad_noise_scale, d.grad_trace_cov / d.grad_sq_norm, rtol=1e-5)
+    np.testing.assert_allclose(d.grad_sq_norm, d.grad_sq_norm_policy + d.grad_sq_norm_value, rtol=1e-4, atol=1e-7)
     assert d.kl_mean > 0 and d.update_norm > 0
     per_update.append(d)
     state = state.replace(params=params, opt_state=opt_state, proximal=proximal, runner=out.runner, key=key,
                           update=state.update + 1)
   row = runs["on"][0]
   assert row["update"] == config.log_every
-  for name in DIAGNOSTIC_KEYS:
-    np.testing.assert_allclose(row[name], np.mean([float(getattr(d, name)) for d in per_update]), rtol=1e-3,
-                               err_msg=name)
+  mean = lambda name: np.mean([float(getattr(d, name)) for d in per_update])
+  for name in MEAN_KEYS:
+    np.testing.assert_allclose(row[name], mean(name), rtol=1e-3, atol=1e-7, err_msg=name)
+  for name, (num, den) in RATIO_KEYS.items():
+    if mean(den) > 0:
+      np.testing.assert_allclose(row[name], mean(num) / mean(den), rtol=2e-3, err_msg=name)
+    else:
+      assert row[name] is None, name
+  workdir = runs["workdirs"]["on"]
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    strict = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl")) for line in f]
+  for row in strict:
+    assert all(row[k] is None or row[k] > 0 for k in RATIO_KEYS), row
   for row in runs["off_ewma"]:
     assert not set(DIAGNOSTIC_KEYS) & set(row)
     assert np.isfinite(row["policy_loss"]) and np.isfinite(row["param_norm"])
+
+
+def test_diagnostics_figure_at_the_end_of_a_run_and_with_seed_bands(runs, tmp_path):
+  """A run ends with DIR/diagnostics.png; the figure has the six panels, each drawn from the rows that have values;
+  runs whose saved configs differ only in the seed are one mean line with a band, other runs their own line."""
+  on, off = runs["workdirs"]["on"], runs["workdirs"]["off_ewma"]
+  with open(os.path.join(on, "diagnostics.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  titles = ["return", "KL per update", "samples per unit KL", "gradient noise scale", "clip fraction", "entropy"]
+  fig = plot.diagnostics_figure([on])
+  assert [ax.get_title() for ax in fig.axes] == titles == [p[0] for p in plot.DIAGNOSTIC_PANELS]
+  for ax, (_, _, log, series) in zip(fig.axes, plot.DIAGNOSTIC_PANELS):
+    with_values = [k for k, _, _ in series
+                   if any(r.get(k) is not None and (r[k] > 0 or not log) for r in runs["on"])]
+    assert len(ax.lines) == len(with_values) and not ax.collections, ax.get_title()  # nulls skipped, no band
+  assert len(fig.axes[0].lines) == 2 and len(fig.axes[1].lines) == 2  # returns and KL have values in every run
+  # A second seed of the same config (its saved config edited, its returns shifted) and a run of another config.
+  seed = str(tmp_path / "seed2")
+  shutil.copytree(on, seed)
+  for host in glob.glob(f"{seed}/checkpoints/*/host/metadata"):
+    with open(host, encoding="utf-8") as f:
+      record = json.load(f)
+    record["config"]["seed"] += 1
+    with open(host, "w", encoding="utf-8") as f:
+      json.dump(record, f)
+  rows = [{**r, "episode_return": r["episode_return"] and r["episode_return"] + 5.0} for r in runs["on"]]
+  with open(f"{seed}/metrics.jsonl", "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  assert plot.seed_groups([on, off, seed]) == [[on, seed], [off]]
+  fig = plot.diagnostics_figure([on, off, seed])
+  returns, kl = fig.axes[0], fig.axes[1]
+  assert len(returns.collections) == 2 and len(returns.lines) == 4  # a band each for training and evaluation
+  assert any("(2 seeds)" in line.get_label() for line in returns.lines)
+  assert len(kl.lines) == 2  # the run without diagnostics has no KL to draw
+  np.testing.assert_allclose(returns.lines[0].get_ydata(),  # the seeds' mean; a gap where no episode ended
+                             [np.nan if r["episode_return"] is None else r["episode_return"] + 2.5 for r in runs["on"]])
+  out = plot.plot_diagnostics([on, seed], str(tmp_path / "both.png"))
+  assert os.path.getsize(out) > 1000
 
 
 def test_ewma_state_lives_in_train_state():

@@ -232,7 +232,8 @@ def test_metrics_without_checkpoints_are_refused_unless_fresh(jax_cache, baselin
   assert _files(wd) == before
   proc = _run(jax_cache, wd, "--fresh")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "--fresh: moved the previous run's metrics.jsonl, tensorboard, learning_curve.png to" in proc.stderr
+  assert ("--fresh: moved the previous run's metrics.jsonl, tensorboard, learning_curve.png, diagnostics.png to"
+          in proc.stderr)
   (previous,) = [d for d in os.listdir(wd) if d.startswith("previous-")]
   assert _rows(os.path.join(wd, previous)) == _rows(baseline) == _rows(wd)
 

@@ -10,11 +10,11 @@ from learner import outer_step
 from tests.test_checkpoint import TIMING
 
 
-def _run(settings, signals):
-  """The scale after each update, fed (kl_mean, samples_per_kl) pairs."""
+def _run(settings, kls, samples=1e4):
+  """The scale after each update, fed its mean KL over `samples` states."""
   state, scales = outer_step.init(), []
-  for kl, spk in signals:
-    state = outer_step.step(settings, state, jnp.float32(kl), jnp.float32(spk))
+  for kl in kls:
+    state = outer_step.step(settings, state, jnp.float32(kl), jnp.float32(samples))
     scales.append(float(state.lr_scale))
   return scales
 
@@ -23,15 +23,16 @@ def test_adaptive_kl_moves_by_the_factor_outside_the_band():
   settings = outer_step.OuterSettings("adaptive_kl", kl_target=0.01, factor=2.0, max_scale=4.0)
   kls = [0.03, 0.03, 0.015, 0.006, 0.004, 0.001, 0.001, 0.001, 0.001, np.nan, 0.02]
   # > 2x target: halve; within [target/2, 2 target]: keep; < target/2: double; capped at max_scale; NaN: keep.
-  assert _run(settings, [(k, 0.0) for k in kls]) == [0.5, 0.25, 0.25, 0.25, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
-  assert _run(settings, [(1.0, 0.0)] * 5)[-1] == 0.25  # floored at 1 / max_scale
+  assert _run(settings, kls) == [0.5, 0.25, 0.25, 0.25, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
+  assert _run(settings, [1.0] * 5)[-1] == 0.25  # floored at 1 / max_scale
 
 
 def test_samples_per_kl_moves_toward_the_target_at_most_by_the_factor():
   settings = outer_step.OuterSettings("samples_per_kl", samples_per_kl=1e4, factor=1.5, max_scale=10.0)
-  # spk = 4x target: the lr that meets it is 2x (spk ∝ lr^-2), capped at 1.5x; at 1/4 target: 1/2, capped at 1/1.5.
-  got = _run(settings, [(0.0, 4e4), (0.0, 1.21e4), (0.0, 1e4), (0.0, 0.25e4), (0.0, np.inf)])
-  np.testing.assert_allclose(got, [1.5, 1.5 * 1.1, 1.5 * 1.1, 1.5 * 1.1 / 1.5, 1.5 * 1.1 / 1.5], rtol=1e-6)
+  # 1e4 samples: spk = 4x target: the lr that meets it is 2x (spk ∝ lr^-2), capped at 1.5x; at 1/4 target: 1/2,
+  # capped at 1/1.5; a NaN KL keeps the scale; a KL of 0 (no measurable step) is an unbounded spk: up by the factor.
+  got = _run(settings, [0.25, 1 / 1.21, 1.0, 4.0, np.nan, 0.0])
+  np.testing.assert_allclose(got, [1.5, 1.5 * 1.1, 1.5 * 1.1, 1.1, 1.1, 1.65], rtol=1e-6)
 
 
 def test_outer_step_needs_diagnostics_and_the_fused_update():
