@@ -94,12 +94,12 @@ def make_config(arm: str, seed: int):
   return config
 
 
-def summarize(rows: list[dict], spacing: int) -> dict:
+def summarize(rows: list[dict], spacing: int, total_env_steps: int) -> dict:
   """One run: its evaluation curve on the common grid, final / best / last-quarter mean, what the control did."""
   on_grid = [r for r in rows if r.get("eval_return") is not None and r["env_steps"] % spacing == 0]
   curve = [[r["env_steps"], r["eval_return"]] for r in on_grid]
   returns = [v for _, v in curve]
-  last_quarter = [v for s, v in curve if s > 0.75 * FLAGS.total_env_steps]
+  last_quarter = [v for s, v in curve if s > 0.75 * total_env_steps]
   scales = [r["lr_scale"] for r in on_grid if "lr_scale" in r]
   return {"final_eval_return": returns[-1] if returns else None, "best_eval_return": max(returns, default=None),
           "last_quarter_eval_return": float(np.mean(last_quarter)) if last_quarter else None,
@@ -147,7 +147,7 @@ def run_all() -> dict:
       run_start = time.time()
       trainer.train_and_evaluate(make_config(arm, seed), workdir)
       rows = sinks.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-      results["runs"][f"{arm}/{seed}"] = {**summarize(rows, spacing), "seconds": time.time() - run_start}
+      results["runs"][f"{arm}/{seed}"] = {**summarize(rows, spacing, FLAGS.total_env_steps), "seconds": time.time() - run_start}
       if not FLAGS.keep_workdirs:
         shutil.rmtree(workdir, ignore_errors=True)
       results["seconds"] = time.time() - start
