@@ -124,7 +124,7 @@ def cell(values: list) -> str:
   if not values:
     return "n/a"
   lo, hi = bootstrap_ci(values)
-  return f"{np.mean(values):.2f} [{lo:.2f}, {hi:.2f}] ({min(values):.2f}-{max(values):.2f})"
+  return f"{np.mean(values):.2f} [{lo:.2f}, {hi:.2f}] ({min(values):.2f} to {max(values):.2f})"
 
 
 def machine() -> str:
@@ -202,7 +202,7 @@ def report(results: dict) -> str:
            f"{flags_['eval_points']} evaluations of {flags_['eval_episodes']} episodes per run; "
            f"{results.get('seconds', 0) / 60:.1f} min in all"
            + (" — SMOKE RUN, measures nothing" if flags_["smoke"] else ""), "",
-           "Cells: mean over seeds [95% bootstrap CI of the mean] (min-max over seeds).", "",
+           "Cells: mean over seeds [95% bootstrap CI of the mean] (min to max over seeds).", "",
            "| arm | final eval return | best eval return | mean eval return, last quarter | minutes per run |",
            "| --- | --- | --- | --- | --- |"]
   for arm in ARMS:
@@ -211,6 +211,18 @@ def report(results: dict) -> str:
                  f"{cell([r['best_eval_return'] for r in runs])} | "
                  f"{cell([r['last_quarter_eval_return'] for r in runs])} | "
                  f"{np.mean([r['seconds'] for r in runs]) / 60:.1f} |")
+  # Paired by seed: the same seed gives the same initial params and, for the grown arm, the same run up to the
+  # growth, so the difference per seed removes the seeds' spread that the arms share.
+  lines += ["", "Difference to `unchanged`, paired by seed: mean [95% bootstrap CI] (min to max).", "",
+            "| arm - unchanged | final eval return | best eval return | mean eval return, last quarter |",
+            "| --- | --- | --- | --- |"]
+  base = {k.split("/")[1]: v for k, v in results["runs"].items() if k.startswith("unchanged/")}
+  for arm in ARMS[1:]:
+    pairs = [(v, base[k.split("/")[1]]) for k, v in results["runs"].items()
+             if k.startswith(arm + "/") and k.split("/")[1] in base]
+    cells = [cell([None if a[m] is None or b[m] is None else a[m] - b[m] for a, b in pairs])
+             for m in ("final_eval_return", "best_eval_return", "last_quarter_eval_return")]
+    lines.append(f"| {arm} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
