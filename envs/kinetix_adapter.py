@@ -75,8 +75,10 @@ class KinetixEnv(base.Environment):
                                       self._params, self._static, auto_reset=False)
     nvec = self._env.action_type.number_of_dims_per_distribution
     self._space = base.MultiDiscrete(tuple(int(n) for n in nvec))
+    # The observation's structure from an unfiltered level: the filter picks one of several such levels, and tracing
+    # it (a batch of levels, a scan of physics steps) costs tens of seconds for the same answer.
     self._spec = jax.eval_shape(self._obs, self._fixed_level if self._fixed_level is not None
-                                else jax.eval_shape(self._random_level, jax.random.PRNGKey(0)))
+                                else jax.eval_shape(self._sample_level, jax.random.PRNGKey(0)))
 
   def __hash__(self):
     return hash((type(self), self.level, self.filter_levels, self.observation))

@@ -8,6 +8,7 @@ either before anything compiles.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from envs import base, cartpole, entities, toy
@@ -44,6 +45,7 @@ def _make_brax(spec: str) -> base.Environment:
   return brax_adapter.BraxEnv(name, backend or None)
 
 
+@functools.lru_cache(maxsize=16)  # building one traces kinetix-env's level generator (seconds); envs are immutable
 def _make_kinetix(level: str) -> base.Environment:
   from envs import kinetix_adapter  # pylint: disable=import-outside-toplevel
   kinetix_adapter.import_kinetix()

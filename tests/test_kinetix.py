@@ -104,3 +104,9 @@ def test_kinetix_renders_frames_and_reports_success():
   assert images[0].std() > 0  # not a blank image
   goal = res.replace(terminated=jnp.asarray(True), reward=jnp.asarray(1.0))
   assert bool(env.success(goal)) and not bool(env.success(goal.replace(reward=jnp.asarray(-1.0))))
+
+
+def test_a_kinetix_env_is_built_once_per_name():
+  """Building one traces kinetix-env's level generator: config validation and the agent share one instance."""
+  assert envs.make("kinetix:s@entity") is envs.make("kinetix:s@entity")
+  assert envs.make("kinetix:s@entity") is not envs.make("kinetix:s@flat")
