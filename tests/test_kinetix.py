@@ -28,6 +28,8 @@ def test_kinetix_random_levels_train_from_a_reset_pool():
   env = agent.env
   assert env.action_space == envs.MultiDiscrete(NVEC) and env.observation_spec.polygons.shape == (5, 27)
   assert env.max_episode_steps == 256
+  # Building one traces kinetix-env's level generator: config validation and the agent share one instance.
+  assert envs.make(config.env_name) is env and envs.make("kinetix:s@flat") is not env
   state = progs.init(jax.random.PRNGKey(0))
   for _ in range(2):
     state, metrics = progs.update(state)
@@ -105,8 +107,3 @@ def test_kinetix_renders_frames_and_reports_success():
   goal = res.replace(terminated=jnp.asarray(True), reward=jnp.asarray(1.0))
   assert bool(env.success(goal)) and not bool(env.success(goal.replace(reward=jnp.asarray(-1.0))))
 
-
-def test_a_kinetix_env_is_built_once_per_name():
-  """Building one traces kinetix-env's level generator: config validation and the agent share one instance."""
-  assert envs.make("kinetix:s@entity") is envs.make("kinetix:s@entity")
-  assert envs.make("kinetix:s@entity") is not envs.make("kinetix:s@flat")
