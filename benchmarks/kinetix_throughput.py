@@ -39,6 +39,8 @@ flags.DEFINE_integer("nopool_num_steps", None, "num_steps of the no-pool variant
                      "reset is ~10x slower per step, so a smaller batch keeps their updates short.")
 flags.DEFINE_integer("repeats", 3, "Timed updates per variant and program (the median is reported).")
 flags.DEFINE_list("variants", list(VARIANTS), f"Variants to run, of {list(VARIANTS)}.")
+flags.DEFINE_bool("fused", True, "Also build and time the fused update (SPS from it); without it the SPS is the "
+                  "staged update's (the sum of its stages: the same computation, one compile less per variant).")
 flags.DEFINE_string("json_out", None, "Also append the results as JSON lines to this file.")
 FLAGS = flags.FLAGS
 
@@ -60,12 +62,14 @@ class Variant:
 
   def __init__(self, name: str):
     self.name, self.config = name, variant_config(name)
-    fused = programs.build(self.config, eval_episodes=0)  # no evaluation: solve-rate programs are not built
-    staged = programs.build(self.config, mode="sync", eval_episodes=0)
-    self.compile_s = {"update": fused.compile_time, "stages": staged.compile_time}
-    self.update, self.stages = fused.update, staged.pipeline
     key = jax.random.PRNGKey(self.config.seed)
-    self.state, self.staged_state = fused.init(key), staged.init(key)
+    self.update = None
+    if FLAGS.fused:
+      fused = programs.build(self.config, eval_episodes=0)  # no evaluation: solve-rate programs are not built
+      self.update, self.state = fused.update, fused.init(key)
+    staged = programs.build(self.config, mode="sync", eval_episodes=0)
+    self.compile_s = {"update": fused.compile_time if FLAGS.fused else None, "stages": staged.compile_time}
+    self.stages, self.staged_state = staged.pipeline, staged.init(key)
     self.times = {"update": [], "act": [], "advantage": [], "learn": [], "metrics": []}
 
   @property
@@ -73,6 +77,8 @@ class Variant:
     return self.config.num_envs * self.config.num_steps
 
   def run_update(self, timed: bool) -> None:
+    if self.update is None:
+      return
     t = time.perf_counter()
     self.state, metrics = self.update(self.state)
     jax.block_until_ready(metrics)
@@ -103,16 +109,19 @@ class Variant:
         self.times[name].append(seconds)
 
   def row(self) -> dict:
-    med = {k: statistics.median(v) for k, v in self.times.items()}
+    med = {k: statistics.median(v) for k, v in self.times.items() if v}
     rollout, learning = med["act"] + med["advantage"], med["learn"] + med["metrics"]
+    if "update" not in med:  # the staged update: its stages one after the other
+      med["update"] = statistics.median([sum(s) for s in zip(*(self.times[k] for k in ("act", "advantage", "learn",
+                                                                                          "metrics")))])
     return {"variant": self.name, "env_name": self.config.env_name, "network": self.config.network.kind,
             "reset_pool": self.config.reset_pool.size, "num_envs": self.config.num_envs,
-            "num_steps": self.config.num_steps, "sps": round(self.steps / med["update"]),
+            "num_steps": self.config.num_steps, "sps": round(self.steps / med["update"]), "sps_from": "fused" if self.update else "stages",
             "update_s": [round(t, 3) for t in self.times["update"]],
             "stages_median_s": {k: round(med[k], 3) for k in ("act", "advantage", "learn", "metrics")},
             "rollout_share": round(rollout / (rollout + learning), 3),
             "learn_share": round(learning / (rollout + learning), 3),
-            "rollout_sps": round(self.steps / rollout), "compile_s": {k: round(v, 1) for k, v in self.compile_s.items()}}
+            "rollout_sps": round(self.steps / rollout), "compile_s": {k: round(v, 1) for k, v in self.compile_s.items() if v is not None}}
 
 
 def main(argv):
@@ -129,7 +138,7 @@ def main(argv):
     for v in variants:
       v.run_update(timed=True)
       v.run_stages(timed=True)
-      print(f"round {i}: {v.name} update {v.times['update'][-1]:.2f}s, stages "
+      print(f"round {i}: {v.name} update {v.times['update'][-1] if v.times['update'] else float('nan'):.2f}s, stages "
             f"{ {k: round(x[-1], 2) for k, x in v.times.items() if k != 'update'} }", flush=True)
   rows = {v.name: v.row() for v in variants}
   for r in rows.values():
