@@ -145,10 +145,14 @@ def plan(config: ml_collections.ConfigDict) -> MemoryReport:
 
 
 def per_transition(config: ml_collections.ConfigDict, num_devices: int | None = None) -> dict[str, Any]:
-  """Bytes one transition (one env step of one env) takes in the update, from the config's shapes alone: the stored
-  trajectory (observation leaves as the env gives them, action, log-prob, value, reward, flags, the behaviour head
-  with diagnostics on) and the packed minibatch row (pipeline/batch_rows.py: float32 columns, 32-bit integers as two).
-  `rollout_total` = both × num_envs × num_steps, and per device over `num_devices` (default: the mesh's data axis)."""
+  """Bytes one transition (one env step of one env) takes in the update, from the config's shapes alone: what the
+  compiled update holds per transition at its peak (the SGD epochs), i.e. the stored trajectory (observation leaves
+  as the env gives them, action, log-prob, value, reward, truncation value, 2 flags, the behaviour head with
+  diagnostics on), the advantages and targets, and the packed minibatch rows (pipeline/batch_rows.py: float32
+  columns, 32-bit integers as two; observation, action, log-prob, value, advantage, target, not the head).
+  `rollout_total` = that × num_envs × num_steps, and per device over `num_devices` (default: the mesh's data axis).
+  Per env (the runner, one step's activations) and fixed costs (params, the reset pool, gradient chunks) are left
+  out: at 1,048,576 envs they are a few percent (benchmarks/kinetix_memory.py measures the difference)."""
   import math  # pylint: disable=import-outside-toplevel
   import envs  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -160,12 +164,15 @@ def per_transition(config: ml_collections.ConfigDict, num_devices: int | None = 
   leaves = jax.tree.leaves(env.observation_spec) + [action]
   size = lambda s: math.prod(s.shape) * np.dtype(s.dtype).itemsize
   stored = sum(size(s) for s in leaves) + 4 * (4 + head) + 2  # log-prob, value, reward, truncation value; 2 flags
+  advantages = 4 * 2  # GAE's advantage and target
   columns = sum(math.prod(s.shape) * (2 if np.dtype(s.dtype).itemsize == 4 and s.dtype != np.float32 else 1)
-                for s in leaves) + 4 + head  # + log-prob, value, advantage, target
+                for s in leaves) + 4  # + log-prob, value, advantage, target
   devices = num_devices or (jax.device_count() if config.mesh.data == -1 else config.mesh.data)
-  total = (stored + 4 * columns) * config.num_envs * config.num_steps
-  return {"trajectory_bytes": stored, "packed_row_bytes": 4 * columns, "per_transition_bytes": stored + 4 * columns,
-          "rollout_total_gib": total / GIB, "rollout_per_device_gib": total / GIB / devices, "devices": devices}
+  per = stored + advantages + 4 * columns
+  total = per * config.num_envs * config.num_steps
+  return {"trajectory_bytes": stored, "advantage_bytes": advantages, "packed_row_bytes": 4 * columns,
+          "per_transition_bytes": per, "rollout_total_gib": total / GIB, "rollout_per_device_gib": total / GIB / devices,
+          "devices": devices}
 
 
 def check_fits(progs, config: ml_collections.ConfigDict) -> MemoryReport:

@@ -29,22 +29,31 @@ class Rows:
 
 
 def pack(batch) -> Rows:
-  """`batch`: a pytree whose leaves are [T, N, ...]."""
+  """`batch`: a pytree whose leaves are [T, N, ...].
+
+  Packed one time step at a time: packed at once, XLA may materialise the converted non-float32 leaves of the whole
+  batch beside the rows (for entity observations, their masks and indexes: ~1 KB per transition on Kinetix), and
+  they would be live at the update's memory peak; per step they are [N, F] at most."""
   leaves, treedef = jax.tree.flatten(batch)
-  parts, columns, offset = [], [], 0
+  columns, offset = [], 0
   for x in leaves:
     dtype = np.dtype(x.dtype)
     if dtype.itemsize > 4:
       raise TypeError(f"batch_rows packs 32-bit or narrower leaves, got {dtype}")
-    flat = x.reshape(x.shape[:2] + (-1,))
-    if dtype != np.float32 and dtype.itemsize == 4:  # 32-bit integers: low and high 16 bits
-      bits = jax.lax.bitcast_convert_type(flat, jnp.uint32)
-      flat = jnp.concatenate([bits & 0xFFFF, bits >> 16], axis=-1)
-    flat = flat.astype(jnp.float32)
-    parts.append(flat)
     columns.append((offset, x.shape[2:], dtype))  # 2 × the elements wide for 32-bit integers
-    offset += flat.shape[-1]
-  return Rows(data=jnp.concatenate(parts, axis=-1), treedef=treedef, columns=tuple(columns))
+    offset += int(np.prod(x.shape[2:], dtype=int)) * (2 if dtype != np.float32 and dtype.itemsize == 4 else 1)
+
+  def step(xs):
+    parts = []
+    for x in xs:
+      flat = x.reshape(x.shape[:1] + (-1,))
+      if x.dtype != jnp.float32 and np.dtype(x.dtype).itemsize == 4:  # 32-bit integers: low and high 16 bits
+        bits = jax.lax.bitcast_convert_type(flat, jnp.uint32)
+        flat = jnp.concatenate([bits & 0xFFFF, bits >> 16], axis=-1)
+      parts.append(flat.astype(jnp.float32))
+    return jnp.concatenate(parts, axis=-1)
+
+  return Rows(data=jax.lax.map(step, leaves), treedef=treedef, columns=tuple(columns))
 
 
 def unpack(rows: Rows, data: Float[Array, "M F"]):
