@@ -125,9 +125,12 @@ def main(argv):
   except (config_lib.ConfigError, envs.UnknownEnvError, ImportError) as e:
     _fail(str(e))
   spec = run.policy.spec
-  if tuple(env.observation_shape) != spec.observation_shape or env.action_space != spec.action_space:
-    _fail(f"--env_name={env_name}: its observation shape {env.observation_shape} / action space {env.action_space} "
-          f"differ from the run's ({spec.observation_shape} / {spec.action_space})")
+  from learner import policy as policy_lib  # pylint: disable=import-outside-toplevel
+  observation = policy_lib.describe_observation(env.observation_spec)
+  if observation != (spec.observation_shape, spec.observation_leaves) or env.action_space != spec.action_space:
+    what = observation[1] or observation[0]
+    _fail(f"--env_name={env_name}: its observation {what} / action space {env.action_space} "
+          f"differ from the run's ({spec.observation_leaves or spec.observation_shape} / {spec.action_space})")
   key = jax.random.PRNGKey(FLAGS.seed)
   eval_key, video_key = jax.random.split(key)
   mode = "deterministic" if FLAGS.deterministic else "sampled"

@@ -113,10 +113,14 @@ def spec_for(config: ml_collections.ConfigDict, obs_norm: policy_lib.ObsNorm | N
              env_name: str | None = None) -> policy_lib.PolicySpec:
   """The policy description of a run's config (the env is built only for its spaces)."""
   env = envs.make(env_name or config.env_name)
-  return policy_lib.PolicySpec(hidden_sizes=tuple(config.network.hidden_sizes), activation=config.network.activation,
-                               shared_trunk=bool(config.network.shared_trunk), action_space=env.action_space,
-                               observation_shape=tuple(env.observation_shape), obs_norm=obs_norm,
-                               env_name=env_name or config.env_name)
+  net = config.network
+  entity = ((int(net.entity_width), int(net.entity_layers), int(net.entity_heads), int(net.entity_qkv))
+            if net.get("kind", "mlp") == "entity" else None)
+  shape, leaves = policy_lib.describe_observation(env.observation_spec)
+  return policy_lib.PolicySpec(hidden_sizes=tuple(net.hidden_sizes), activation=net.activation,
+                               shared_trunk=bool(net.shared_trunk), action_space=env.action_space,
+                               observation_shape=shape, obs_norm=obs_norm, env_name=env_name or config.env_name,
+                               entity=entity, observation_leaves=leaves)
 
 
 def load(workdir: str) -> SavedRun:

@@ -4,8 +4,9 @@
   action = jax.jit(policy.act)(obs, key, True)
 
 The directory holds `params.safetensors` (the network's params, flattened to "a/b/c" names; no pickle) and
-`policy.json` (network kind, sizes, activation, trunk; action space; observation shape; the observation statistics
-when the run normalised observations). This module imports only the network and distributions, nothing of the
+`policy.json` (network kind — the MLP or the entity transformer — sizes, activation, trunk; action space; the
+observation: a flat shape, or the entity observation's leaves with their shapes and dtypes; the observation
+statistics when the run normalised observations). This module imports only the network and distributions, nothing of the
 training loop (pipeline/, launch/), so a policy can be used wherever JAX and Flax are installed.
 """
 from __future__ import annotations
@@ -21,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from envs import base
-from learner import distributions, networks
+from envs import base, entities
+from learner import distributions, entity_network, networks
 
 FORMAT = "ppo-million-policy/1"
 PARAMS_FILE = "params.safetensors"
@@ -48,18 +49,34 @@ class PolicySpec:
   observation_shape: tuple[int, ...]
   obs_norm: ObsNorm | None = None
   env_name: str = ""  # informational: the env the policy was trained on
+  # network.kind=entity: EntityActorCritic's (width, layers, heads, qkv_features); None for the MLP.
+  entity: tuple[int, int, int, int] | None = None
+  # Entity observations: field -> (shape, dtype) of one env's EntityObs; None for a flat observation_shape.
+  observation_leaves: tuple[tuple[str, tuple[int, ...], str], ...] | None = None
 
   @property
   def dist(self) -> distributions.Distribution:
     return distributions.for_action_space(self.action_space)
 
-  def model(self) -> networks.ActorCritic:
+  def model(self) -> networks.ActorCritic | entity_network.EntityActorCritic:
+    if self.entity is not None:
+      width, layers, heads, qkv = self.entity
+      return entity_network.EntityActorCritic(dist=self.dist, hidden_sizes=tuple(self.hidden_sizes),
+                                              activation=self.activation, width=width, layers=layers, heads=heads,
+                                              qkv_features=qkv)
     return networks.ActorCritic(dist=self.dist, hidden_sizes=tuple(self.hidden_sizes), activation=self.activation,
                                 shared_trunk=self.shared_trunk)
 
+  def observation(self) -> Any:
+    """One observation's structure as jax.ShapeDtypeStructs: an array, or an EntityObs of them."""
+    if self.observation_leaves is None:
+      return jax.ShapeDtypeStruct(tuple(self.observation_shape), jnp.float32)
+    return entities.EntityObs(**{name: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+                                 for name, shape, dtype in self.observation_leaves})
+
   def param_shapes(self) -> Any:
     """The params pytree as jax.ShapeDtypeStructs (no computation)."""
-    obs = jnp.zeros(self.observation_shape, jnp.float32)
+    obs = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.observation())
     return jax.eval_shape(self.model().init, jax.random.PRNGKey(0), obs)
 
   def to_json(self) -> dict[str, Any]:
@@ -70,24 +87,34 @@ class PolicySpec:
       action = {"kind": "multi_discrete", "nvec": list(space.nvec)}
     else:
       action = {"kind": "box", "shape": list(space.shape), "low": list(space.low), "high": list(space.high)}
-    return {
+    network = {"kind": "actor_critic_mlp", "hidden_sizes": list(self.hidden_sizes), "activation": self.activation,
+               "shared_trunk": self.shared_trunk, "distribution": type(self.dist).__name__}
+    if self.entity is not None:
+      network.update(kind="entity_transformer", **dict(zip(ENTITY_KEYS, self.entity)))
+    out = {
         "format": FORMAT,
         "env_name": self.env_name,
-        "network": {"kind": "actor_critic_mlp", "hidden_sizes": list(self.hidden_sizes),
-                    "activation": self.activation, "shared_trunk": self.shared_trunk,
-                    "distribution": type(self.dist).__name__},
+        "network": network,
         "action_space": action,
         "observation_shape": list(self.observation_shape),
         "obs_norm": None if self.obs_norm is None else dataclasses.asdict(self.obs_norm),
     }
+    if self.observation_leaves is not None:
+      out["observation_leaves"] = {name: {"shape": list(shape), "dtype": dtype}
+                                   for name, shape, dtype in self.observation_leaves}
+    return out
 
   @classmethod
   def from_json(cls, data: dict[str, Any]) -> PolicySpec:
     if data.get("format") != FORMAT:
       raise ValueError(f"not a policy description of format {FORMAT!r}: format={data.get('format')!r}")
     net, action = data["network"], data["action_space"]
-    if net["kind"] != "actor_critic_mlp":
+    if net["kind"] not in ("actor_critic_mlp", "entity_transformer"):
       raise ValueError(f"unknown network kind {net['kind']!r}")
+    entity = tuple(int(net[k]) for k in ENTITY_KEYS) if net["kind"] == "entity_transformer" else None
+    leaves = data.get("observation_leaves")
+    if leaves is not None:
+      leaves = tuple((name, tuple(int(d) for d in leaf["shape"]), str(leaf["dtype"])) for name, leaf in leaves.items())
     if action["kind"] == "discrete":
       space = base.Discrete(int(action["n"]))
     elif action["kind"] == "multi_discrete":
@@ -103,7 +130,18 @@ class PolicySpec:
                observation_shape=tuple(int(d) for d in data["observation_shape"]),
                obs_norm=None if norm is None else ObsNorm(mean=tuple(norm["mean"]), var=tuple(norm["var"]),
                                                           clip=float(norm["clip"]), eps=float(norm["eps"])),
-               env_name=data.get("env_name", ""))
+               env_name=data.get("env_name", ""), entity=entity, observation_leaves=leaves)
+
+
+ENTITY_KEYS = ("width", "layers", "heads", "qkv_features")
+
+
+def describe_observation(spec: Any) -> tuple[tuple[int, ...], tuple[tuple[str, tuple[int, ...], str], ...] | None]:
+  """An env's `observation_spec` as PolicySpec's (observation_shape, observation_leaves)."""
+  if isinstance(spec, entities.EntityObs):
+    return (), tuple((name, tuple(getattr(spec, name).shape), np.dtype(getattr(spec, name).dtype).name)
+                     for name in entities.EntityObs.__dataclass_fields__)
+  return tuple(spec.shape), None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +160,8 @@ def make_act(spec: PolicySpec, params: Any) -> Callable[..., jax.Array]:
   model, dist, norm = spec.model(), spec.dist, spec.obs_norm
 
   def act(obs, key, deterministic=True):
-    obs = jnp.asarray(obs, jnp.float32)
+    # A flat observation as float32; an entity observation's leaves keep their dtypes (masks, indexes).
+    obs = jnp.asarray(obs, jnp.float32) if spec.observation_leaves is None else jax.tree.map(jnp.asarray, obs)
     if norm is not None:
       mean, var = jnp.asarray(norm.mean, jnp.float32), jnp.asarray(norm.var, jnp.float32)
       obs = jnp.clip((obs - mean) * jax.lax.rsqrt(var + norm.eps), -norm.clip, norm.clip)

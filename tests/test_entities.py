@@ -10,9 +10,9 @@ import pytest
 
 import envs
 from envs import entities
-from launch import checkpoint, config_lib, programs
+from launch import checkpoint, config_lib, export, programs, saved_run
 from launch.configs import debug
-from learner import distributions, entity_network
+from learner import distributions, entity_network, policy as policy_lib
 from pipeline import batch_rows, dataflow
 
 
@@ -153,6 +153,24 @@ def test_entity_observation_resume_is_exact(built, tmp_path):
   state, metrics = _updates(progs, snapshot.state, 2)
   got = jax.device_get((state.params, state.runner, metrics))
   jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_an_entity_run_exports_and_acts_as_the_trainer(built, tmp_path):
+  """launch.saved_run / launch.export / learner.policy with the entity network and EntityObs observations."""
+  config, progs = _config(), built[1]
+  state, _ = _updates(progs, progs.init(jax.random.PRNGKey(0)), 1)
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path / "run"), config)
+  ckpts.maybe_save(dataflow.Snapshot(state=state), 1, [], [], 0.0, force=True)
+  ckpts.close()
+  export.export(str(tmp_path / "run"), str(tmp_path / "policy"))
+  policy = policy_lib.load_policy(str(tmp_path / "policy"))
+  assert policy.spec.entity == (16, 1, 4, 8) and dict((n, s) for n, s, _ in policy.spec.observation_leaves)[
+      "joint_indexes"] == progs.agent.env.observation_spec.joint_indexes.shape
+  obs = jax.device_get(state.runner.obs)
+  head, _ = progs.agent.apply(jax.device_get(state.params), obs)
+  want = progs.agent.dist.mode(head)
+  for p in (saved_run.load(str(tmp_path / "run")).policy, policy):
+    np.testing.assert_array_equal(jax.jit(p.act, static_argnums=2)(obs, jax.random.PRNGKey(0), True), want)
 
 
 def test_config_rules_for_pytree_observations():
