@@ -16,6 +16,11 @@ block between them, which splits the update into rollout (act: policy, env steps
 learning (learn: SGD epochs and diagnostics; metrics). Compile times are printed apart. Every variant runs one
 untimed update of each program first; then the variants' timed updates alternate, so that load from other processes
 falls on all of them. Prints one JSON line per variant, then the ratios entity/flat and pool/no-pool.
+
+All four variants with the fused update are eight large compiled Kinetix programs in one process: on Linux's default
+`vm.max_map_count` (65,530) XLA:CPU's code allocator ran out of mappings while compiling the last of them
+("LLVM compilation error: Cannot allocate memory" with 22 GB free; 2026-12-02). Raise the limit
+(`sysctl -w vm.max_map_count=262144`), or run fewer variants per process (`--variants`) or `--nofused`.
 """
 from __future__ import annotations
 
