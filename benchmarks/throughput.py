@@ -12,6 +12,14 @@ apart, as the trainer's metrics do); then their timed updates alternate (ours, n
 other processes falls on both. Printed per size: median SPS over the timed updates, compile time, the peak RSS of
 the process while that implementation's updates ran, the ratio, and the fraction of the FLOP ceiling: a
 [65536, 64] × [64, 64] matmul timed here, divided by the matmul FLOPs one transition costs.
+
+Also printed for ours, for the memory side: bytes per transition held at the update's peak (launch/memory.py's
+`per_transition`, what `--dry_run` prints: trajectory + advantages/targets + packed rows), and the memory traffic
+those bytes imply at the measured SPS: a lower bound that counts each stored byte written once and read once per
+pass over it (rollout writes the trajectory, GAE and the packing read it, the packing writes the rows, each epoch
+reads every row once), against the copy bandwidth of a 1 GiB array timed in the same process. A fraction near 1
+means the update streams at the machine's bandwidth; XLA's own cost analysis cannot give the traffic here, since
+it counts a loop's body once, not once per iteration.
 """
 from __future__ import annotations
 
@@ -101,6 +109,30 @@ class PeakRSS:
     return float("nan")
 
 
+def copy_gbps(repeats: int = 5) -> float:
+  """Memory bandwidth: GB/s read + written by a jitted copy (x + 1) of a 1 GiB float32 array, median of `repeats`."""
+  x = jax.numpy.zeros((2**28,), jax.numpy.float32)
+  f = jax.jit(lambda x: x + 1)
+  f(x).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(x).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * x.nbytes / statistics.median(times) / 1e9
+
+
+def streamed_bytes_per_transition(config) -> tuple[dict, int]:
+  """(launch/memory.per_transition's figures, the traffic lower bound per transition and update; module docstring)."""
+  from launch import memory  # pylint: disable=import-outside-toplevel
+  per = memory.per_transition(config)
+  traj, adv, rows = per["trajectory_bytes"], per["advantage_bytes"], per["packed_row_bytes"]
+  # rollout writes the trajectory; GAE reads it (rewards, values, flags: counted whole) and writes adv/targets;
+  # packing reads trajectory + adv/targets and writes the rows; each epoch reads every row once.
+  streamed = traj + (traj + adv) + (traj + adv + rows) + config.update_epochs * rows
+  return per, streamed
+
+
 def build_ours(num_envs: int, num_updates: int):
   """The trainer's programs (launch/programs.py): sharded state, jitted, donated update compiled with its options."""
   config = reference_config(num_envs, num_updates)
@@ -143,21 +175,27 @@ def measure(num_envs: int, impls: list[str], repeats: int, ceiling_gflops: float
       run["peak_rss_gb"] = max(run["peak_rss_gb"], rss.gb())
   rows = []
   sps_ceiling = ceiling_gflops * 1e9 / flops_per_transition()
+  per, streamed = streamed_bytes_per_transition(reference_config(num_envs, repeats + 1))
   for name, run in runs.items():
     sps = num_envs * NUM_STEPS / statistics.median(run["times"])
     rows.append({"impl": name, "num_envs": num_envs, "sps": sps, "update_s": [round(t, 3) for t in run["times"]],
                  "first_update_s": run["first"],
                  "compile_s": run["compile_time"], "peak_rss_gb": run["peak_rss_gb"],
                  "ceiling_fraction": sps / sps_ceiling})
+    if name == "ours":
+      rows[-1].update(bytes_per_transition=per["per_transition_bytes"], streamed_bytes_per_transition=streamed,
+                      streamed_gbps=streamed * sps / 1e9)
   return rows
 
 
 def main(argv):
   del argv
   ceiling = matmul_gflops()
+  bandwidth = copy_gbps()
   flops = flops_per_transition()
   print(f"devices: {jax.devices()}  matmul [65536,64]x[64,64]: {ceiling:.1f} GFLOP/s; "
-        f"{flops / 1e3:.1f} kFLOP/transition -> ceiling {ceiling * 1e9 / flops / 1e3:.0f}k SPS", flush=True)
+        f"{flops / 1e3:.1f} kFLOP/transition -> ceiling {ceiling * 1e9 / flops / 1e3:.0f}k SPS; "
+        f"copy bandwidth {bandwidth:.1f} GB/s", flush=True)
   all_rows = []
   for n in (int(x) for x in FLAGS.num_envs):
     impls = [i for i in FLAGS.impls if i != "naive" or n <= FLAGS.naive_max_envs]
@@ -167,6 +205,11 @@ def main(argv):
       print(f"num_envs={n:>8} {r['impl']:>5}: {r['sps'] / 1e3:7.1f}k SPS  compile {r['compile_s']:5.1f}s  "
             f"peak RSS {r['peak_rss_gb']:5.2f} GB  {100 * r['ceiling_fraction']:4.1f}% of ceiling  "
             f"updates {r['update_s']} (first {r['first_update_s']:.3f})", flush=True)
+      if "bytes_per_transition" in r:
+        print(f"num_envs={n:>8} {r['impl']:>5}: {r['bytes_per_transition']} bytes/transition held "
+              f"({r['bytes_per_transition'] * n * NUM_STEPS / 2**30:.2f} GiB), >= {r['streamed_bytes_per_transition']} "
+              f"streamed per update -> >= {r['streamed_gbps']:.1f} GB/s = "
+              f"{100 * r['streamed_gbps'] / bandwidth:.0f}% of the copy bandwidth", flush=True)
     if "ours" in by_impl and "naive" in by_impl:
       ratio = by_impl["ours"]["sps"] / by_impl["naive"]["sps"]
       by_impl["ours"]["ratio_vs_naive"] = ratio
@@ -175,7 +218,8 @@ def main(argv):
   if FLAGS.json_out:
     with open(FLAGS.json_out, "a", encoding="utf-8") as f:
       for r in all_rows:
-        f.write(json.dumps(dict(r, matmul_gflops=ceiling, kflop_per_transition=flops / 1e3)) + "\n")
+        f.write(json.dumps(dict(r, matmul_gflops=ceiling, kflop_per_transition=flops / 1e3,
+                                copy_gbps=bandwidth)) + "\n")
 
 
 if __name__ == "__main__":
