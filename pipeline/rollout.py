@@ -77,7 +77,8 @@ def init_runner(env: base.Environment, key: jax.Array, num_envs: int, obs_norm: 
 def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environment, apply_fn: Callable,
             value_fn: Callable, dist: distributions.Distribution, num_steps: int,
             constrain: Callable = lambda x: x, keep_head: bool = False,
-            pool_refresh: int = 0, buffer_ratio: float = 0.0) -> tuple[RunnerState, Trajectory, Float[Array, "N"], EpisodeStats]:
+            pool_refresh: int = 0,
+            buffer_ratio: float = 0.0) -> tuple[RunnerState, Trajectory, Float[Array, "N"], EpisodeStats]:
   """Steps all envs `num_steps` times. Returns the new runner, the trajectory, V(last obs) and episode stats.
 
   `constrain` pins the runner's env axis to the mesh (a no-op on one device). `keep_head` stores the policy's
