@@ -19,7 +19,7 @@ import statistics
 import time
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from launch import config_schema, programs
@@ -48,6 +48,7 @@ def main(_):
   t0 = time.time()
   progs = programs.build(config, eval_episodes=0, mode="fused", compile_rescore=True)
   compile_s = time.time() - t0
+  logging.info("compiled in %.0f s", compile_s)
   state, _ = progs.update(progs.init(jax.random.PRNGKey(0)))  # update 1 re-scores first (not timed)
   jax.block_until_ready(state)
   holder = {"state": state}
@@ -58,6 +59,7 @@ def main(_):
 
   update()  # warm
   update_s = _median_seconds(update, FLAGS.repeats)
+  logging.info("update: %.3f s", update_s)
   state = holder["state"]
   keys = iter(range(10**6))
 
