@@ -16,6 +16,7 @@ from envs import base, cartpole, entities, toy
 BUILTIN: dict[str, Callable[[], base.Environment]] = {
     "CartPole-v1": cartpole.CartPole,
     "cue": toy.CueEnv,
+    "levels": toy.LevelsEnv,
     "cue_entities": entities.CueEntitiesEnv,
 }
 PREFIXES = ("gymnax", "brax", "kinetix", "craftax", "cartpole_substeps")

@@ -75,3 +75,27 @@ def pooled_auto_reset_step(env: base.Environment, pool: ResetPool, key: jax.Arra
       truncated=jnp.logical_and(res.truncated, jnp.logical_not(res.terminated)),
       final_obs=res.obs,
   )
+
+
+def buffered_auto_reset_step(env: base.Environment, pool: ResetPool, buffer: Any, buffer_ratio: float,
+                             key: jax.Array, state: Any, action: jax.Array) -> tuple[base.AutoResetStep, jax.Array]:
+  """`pooled_auto_reset_step` with a level buffer (pipeline/sfl.py: any pytree with `state` and `obs` leaves
+  [K, ...]): a finished episode restarts from a uniformly drawn buffer level with probability `buffer_ratio`, else
+  from the pool. Also returns whether this step restarted from the buffer."""
+  step_key, draw_key, pick_key, buffer_key = jax.random.split(key, 4)
+  res = env.step(step_key, state, action)
+  done = jnp.logical_or(res.terminated, res.truncated)
+  from_buffer = jax.random.uniform(pick_key) < buffer_ratio
+  index = jax.random.randint(draw_key, (), 0, pool_size(pool))
+  buffer_index = jax.random.randint(buffer_key, (), 0, jax.tree.leaves(buffer.obs)[0].shape[0])
+  reset_state = base.tree_select(from_buffer, _take(buffer.state, buffer_index), _take(pool.state, index))
+  reset_obs = base.tree_select(from_buffer, _take(buffer.obs, buffer_index), _take(pool.obs, index))
+  out = base.AutoResetStep(
+      state=base.tree_select(done, reset_state, res.state),
+      obs=base.tree_select(done, reset_obs, res.obs),
+      reward=res.reward.astype(jnp.float32),
+      terminated=res.terminated,
+      truncated=jnp.logical_and(res.truncated, jnp.logical_not(res.terminated)),
+      final_obs=res.obs,
+  )
+  return out, done & from_buffer

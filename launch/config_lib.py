@@ -17,7 +17,7 @@ from envs import base, entities, registry
 from launch import wandb_sink
 from launch.config_schema import SCHEMA
 from learner import ewma, outer_step
-from pipeline import permutation
+from pipeline import permutation, sfl
 from pipeline.iteration import PPOSettings
 
 
@@ -126,6 +126,8 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
   outer = flat["outer_step.mode"] != "none"
   if valid("outer_step.mode") and outer and (not flat["diagnostics.enabled"] or mode != "fused"):
     err("outer_step.mode", "needs diagnostics.enabled=True (it reads the measured KL) and pipeline.mode='fused'")
+  if flat["level_sampler.kind"] == "sfl":
+    _check_sfl(flat, valid, err, mode, _shards(flat, num_devices)[2] if valid("mesh.data") else 1)
   if valid("wandb.project") and flat["wandb.project"] and not wandb_sink.installed():
     err("wandb.project", wandb_sink.missing_message())
   if valid("env_name"):
@@ -165,6 +167,29 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
     err("total_env_steps", f"{flat['total_env_steps'] // batch_size:,} updates are more than {MAX_INDEX:,} (2^31 - 1), "
         "the most the int32 update counter holds; lower total_env_steps or raise num_envs * num_steps")
   return errors
+
+
+def _check_sfl(flat: dict[str, Any], valid, err, mode: str, shards: int) -> None:
+  """SFL's settings against each other, the reset pool, the pipeline and the env (pipeline/sfl.py)."""
+  scored = flat["level_sampler.batch_size"] * flat["level_sampler.num_batches"]
+  if valid("level_sampler.buffer_size", "level_sampler.batch_size", "level_sampler.num_batches") and \
+      flat["level_sampler.buffer_size"] > scored:
+    err("level_sampler.buffer_size", f"must be at most the {scored:,} levels scored per re-scoring "
+        "(level_sampler.batch_size x level_sampler.num_batches)")
+  if valid("level_sampler.batch_size", "mesh.data") and flat["level_sampler.batch_size"] % shards:
+    err("level_sampler.batch_size", f"must be a multiple of the {shards} devices the scored levels are split over")
+  if valid("reset_pool.size") and not flat["reset_pool.size"]:
+    err("level_sampler.kind", "sfl draws its generator levels from the reset pool: set reset_pool.size > 0")
+  if valid("pipeline.mode") and mode != "fused":
+    err("level_sampler.kind", "sfl runs in the fused update only: use pipeline.mode='fused'")
+  if valid("env_name"):
+    try:
+      env = registry.make(flat["env_name"])
+    except (registry.UnknownEnvError, ImportError):
+      return  # reported for env_name
+    if not callable(getattr(env, "success", None)):
+      err("level_sampler.kind", f"sfl needs an env whose episodes restart from a stored start state and that says "
+          f"which episodes succeeded (`success`); {flat['env_name']} has no `success`")
 
 
 def _check_observations(flat: dict[str, Any], env, err) -> None:
@@ -272,7 +297,9 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool 
                     diagnostics=config.diagnostics.enabled, kl_quantile=float(config.diagnostics.kl_quantile),
                     ewma_decay=ewma.decay_from_center_of_mass(com) if config.ewma.enabled else None,
                     outer_step=None if config.outer_step.mode == "none" else outer_step.OuterSettings(
-                        **config.outer_step.to_dict()))
+                        **config.outer_step.to_dict()),
+                    sfl=None if config.level_sampler.kind == "uniform" else sfl.SFLSettings(
+                        **{k: v for k, v in config.level_sampler.to_dict().items() if k != "kind"}))
   return Resolved(ppo=ppo, batch_size=batch_size, minibatch_size=scaled.minibatch_size,
                   learning_rate=scaled.learning_rate, num_updates=num_updates,
                   total_gradient_steps=(num_updates - first[0]) * config.update_epochs * scaled.num_minibatches,

@@ -76,6 +76,20 @@ SCHEMA = Schema(
         must_match("the saved runner holds a reset pool of this size")),
     Key("reset_pool.refresh", 64, int, "pool entries re-sampled per env step; must divide reset_pool.size",
         positive_int(), WARN),
+    # Level curriculum (pipeline/sfl.py): Sampling For Learnability, kinetix-env's ued/sfl defaults.
+    Key("level_sampler.kind", "uniform", str, "uniform: levels as the env's reset draws them | sfl: a share of "
+        "resets from the levels the policy solves about half the time", one_of("uniform", "sfl"),
+        must_match("the saved runner holds SFL's level buffer only when it is on")),
+    Key("level_sampler.batch_size", 4096, int, "sfl: random levels scored per batch (divided over the devices)",
+        positive_int(), WARN),
+    Key("level_sampler.num_batches", 3, int, "sfl: batches scored per re-scoring", positive_int(), WARN),
+    Key("level_sampler.rollout_steps", 512, int, "sfl: sampled-policy steps per scored level", positive_int(), WARN),
+    Key("level_sampler.buffer_size", 1024, int, "sfl: the most learnable levels kept (<= the levels scored)",
+        positive_int(), must_match("the saved level buffer has this many levels")),
+    Key("level_sampler.rescore_every", 128, int, "sfl: updates between re-scorings (the first before update 1)",
+        positive_int(), WARN),
+    Key("level_sampler.buffer_ratio", 0.5, float, "sfl: share of resets drawn from the buffer (the rest from the "
+        "reset pool)", unit_interval(), WARN),
     # The network.
     Key("network.hidden_sizes", (64, 64), tuple, "MLP widths of each trunk",
         Rule(lambda v: isinstance(v, (tuple, list)) and bool(v) and all(is_int(s) and s > 0 for s in v),

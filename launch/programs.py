@@ -48,6 +48,7 @@ class Programs:
   evaluate: Callable | None = None  # (params, key, obs_norm) -> mean deterministic return
   resize_runner: Callable | None = None  # (runner at another num_envs, key) -> runner placed per state_shardings
   solve_rates: Callable | None = None  # (params, key) -> {level: solve rate}, per config.eval.solve_levels
+  rescore: Callable | None = None  # SFL's re-scoring alone, (params, runner, key) -> runner (compile_rescore=True)
   compile_time: float = 0.0  # seconds spent compiling update / stages and evaluation
   compiled: dict = dataclasses.field(default_factory=dict)  # name -> jax.stages.Compiled (for memory_analysis)
 
@@ -122,7 +123,7 @@ def _solve_rates(agent, spec: str, attempts: int, params) -> Callable:
 def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, layout: Layout,
                   actor_layout: Layout | None = None, *, mode: str = "fused", eval_episodes: int = 0,
                   compile_update: bool = True, num_seeds: int | None = None, updates_per_call: int = 1,
-                  compiler_options: dict[str, str] | None = None) -> Programs:
+                  compiler_options: dict[str, str] | None = None, compile_rescore: bool = False) -> Programs:
   """Builds and compiles the programs of a run from its parts.
 
   mode: "fused" (one update program) or "sync" / "overlap" (the pipeline's stages; the lag is the Pipeline's).
@@ -132,6 +133,8 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
     a leading seed axis (never split over devices), the update and evaluation are vmapped over it.
   updates_per_call: k > 1 scans k fused updates per call; the metrics then have a leading axis of k.
   compiler_options: default xla_options.compiler_options(jax.default_backend()).
+  compile_rescore: with level_sampler.kind=sfl also compile SFL's re-scoring as a program of its own (the fused
+    update runs it inside, every rescore_every updates; alone it is what benchmarks/sfl_cost.py times).
   """
   actor_layout = actor_layout or layout
   ppo = resolved.ppo
@@ -172,7 +175,7 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
 
   # Update step(s) and evaluation, compiled ahead of time.
   t0 = time.time()
-  update = pipeline = evaluate = None
+  update = pipeline = evaluate = rescore = None
   compiled = {}
   if mode == "fused":
     step = seeded(iteration_lib.make_iteration(agent, ppo, layout.constrain_envs))
@@ -181,6 +184,13 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
     update = jax.jit(step, in_shardings=(state_shardings,), out_shardings=(state_shardings, layout.replicated),
                      donate_argnums=0).lower(abstract_state).compile(compiler_options=compiler_options)
     compiled["update"] = update
+    if compile_rescore and ppo.sfl and not num_seeds:
+      rescore = jax.jit(iteration_lib.make_rescore(agent, ppo, layout.constrain_envs),
+                        in_shardings=(state_shardings.params, state_shardings.runner, layout.replicated),
+                        out_shardings=state_shardings.runner, donate_argnums=1).lower(
+                            abstract_state.params, abstract_state.runner, key).compile(
+                                compiler_options=compiler_options)
+      compiled["rescore"] = rescore
   else:
     pipeline = _compile_stages(agent, ppo, actor_layout, layout, abstract_state, compiler_options, compiled)
   if eval_episodes:
@@ -191,7 +201,7 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
     evaluate = jax.jit(evaluate_fn).lower(abstract_state.params, key, obs_norm).compile(
         compiler_options=compiler_options)
     compiled["evaluate"] = evaluate
-  return dataclasses.replace(progs, update=update, pipeline=pipeline, evaluate=evaluate,
+  return dataclasses.replace(progs, update=update, pipeline=pipeline, evaluate=evaluate, rescore=rescore,
                              compile_time=time.time() - t0, compiled=compiled)
 
 

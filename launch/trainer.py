@@ -20,6 +20,7 @@ from launch import workdir as workdir_lib
 from learner import code_path, diagnostics as diagnostics_lib
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
+from pipeline import sfl as sfl_lib
 from pipeline import solve_rate as solve_rate_lib
 from pipeline import updates as updates_lib
 from sharding import distributed
@@ -42,6 +43,8 @@ def summarize(metrics: list[iteration_lib.UpdateMetrics]) -> dict[str, Any]:
   row["param_norm"] = _finite(stacked.param_norm[-1])
   if stacked.diagnostics is not None:  # means over the interval's updates, and ratios of those means
     row.update(diagnostics_lib.summarize(stacked.diagnostics))
+  if stacked.sfl is not None:  # the level buffer's scores and the interval's share of resets drawn from it
+    row.update(sfl_lib.summarize(stacked.sfl))
   return row
 
 

@@ -19,7 +19,9 @@ from learner import diagnostics as diagnostics_lib, distributions, ewma as ewma_
 from learner import outer_step as outer_step_lib
 from learner.state import TrainState
 from pipeline import gae as gae_lib
+from pipeline import obs_norm as obs_norm_lib
 from pipeline import rollout as rollout_lib
+from pipeline import sfl as sfl_lib
 from pipeline import sgd as sgd_lib
 
 
@@ -43,6 +45,7 @@ class PPOSettings:
   reset_pool_size: int = 0  # 0: plain auto-reset; else finished episodes restart from a pool of this many states
   reset_pool_refresh: int = 0  # pool entries re-sampled per env step
   outer_step: outer_step_lib.OuterSettings | None = None  # learning rate controlled from the measured KL; None = off
+  sfl: sfl_lib.SFLSettings | None = None  # level sampler: Sampling For Learnability (pipeline/sfl.py); None = uniform
 
   @property
   def batch_size(self) -> int:
@@ -65,6 +68,7 @@ class UpdateMetrics:
   episode_return_sum: jax.Array
   episode_count: jax.Array
   diagnostics: diagnostics_lib.Diagnostics | None = None  # None when diagnostics are off
+  sfl: sfl_lib.SFLMetrics | None = None  # None unless level_sampler.kind=sfl
 
 
 @struct.dataclass
@@ -100,7 +104,8 @@ def init_train_state(agent: Agent, key: jax.Array, num_envs: int, ppo: PPOSettin
   key, params_key, env_key = jax.random.split(key, 3)
   params = agent.model.init(params_key, base.zeros_like_spec(agent.env.observation_spec))
   runner = rollout_lib.init_runner(agent.env, env_key, num_envs, obs_norm=ppo.obs_norm,
-                                   reset_pool_size=ppo.reset_pool_size)
+                                   reset_pool_size=ppo.reset_pool_size,
+                                   level_buffer_size=ppo.sfl.buffer_size if ppo.sfl else 0)
   return TrainState(params=params, opt_state=agent.optimizer.init(params), runner=runner, key=key,
                     update=jnp.zeros((), jnp.int32),
                     proximal=ewma_lib.init(params) if ppo.ewma_decay is not None else None,
@@ -148,7 +153,7 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
     runner, traj, last_value, stats = rollout_lib.rollout(
         params, runner, key, env=agent.env, apply_fn=agent.apply, value_fn=agent.value, dist=agent.dist,
         num_steps=ppo.num_steps, constrain=actor_constrain, keep_head=ppo.diagnostics,
-        pool_refresh=ppo.reset_pool_refresh)
+        pool_refresh=ppo.reset_pool_refresh, buffer_ratio=ppo.sfl.buffer_ratio if ppo.sfl else 0.0)
     return ActorOutput(runner=runner, traj=actor_constrain(traj, 1), last_value=last_value, stats=stats)
 
   def advantage(traj: rollout_lib.Trajectory, last_value) -> losses.Minibatch:
@@ -181,6 +186,20 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
   return Stages(act=act, advantage=advantage, learn=learn, metrics=metrics)
 
 
+def make_rescore(agent: Agent, ppo: PPOSettings, constrain_envs: Callable = lambda tree, axis=0: tree) -> Callable:
+  """SFL's re-scoring (pipeline/sfl.py) as `(params, runner, key) -> runner` with a new level buffer; the policy
+  sees observations normalised with the runner's statistics, as in the rollout."""
+
+  def rescore(params, runner: rollout_lib.RunnerState, key) -> rollout_lib.RunnerState:
+    stats = runner.obs_norm
+    normalize = (lambda obs: obs) if stats is None else (lambda obs: obs_norm_lib.normalize(stats, obs))
+    buffer = sfl_lib.rescore(params, key, env=agent.env, apply_fn=agent.apply, dist=agent.dist, settings=ppo.sfl,
+                             normalize=normalize, constrain=constrain_envs)
+    return runner.replace(level_buffer=buffer)
+
+  return rescore
+
+
 def make_iteration(agent: Agent, ppo: PPOSettings,
                    constrain_envs: Callable = lambda tree, axis=0: tree) -> Callable:
   """Returns the fused update `TrainState -> (TrainState, UpdateMetrics)`: all stages in one function.
@@ -188,10 +207,15 @@ def make_iteration(agent: Agent, ppo: PPOSettings,
   `constrain_envs(tree, axis)` pins the env axis of intermediate arrays to the mesh (sharding.Layout.constrain_envs).
   """
   stages = make_stages(agent, ppo, constrain_envs)
+  rescore = make_rescore(agent, ppo, constrain_envs) if ppo.sfl else None
 
   def iteration(state: TrainState) -> tuple[TrainState, UpdateMetrics]:
     key, rollout_key, sgd_key = split_update_key(state.key)
-    out = stages.act(state.params, state.runner, rollout_key)
+    runner = state.runner
+    if rescore is not None:  # SFL: a new level buffer before updates 1, 1 + rescore_every, ... (from state.key)
+      runner = jax.lax.cond(state.update % ppo.sfl.rescore_every == 0, rescore, lambda _, r, __: r, state.params,
+                            runner, jax.random.fold_in(state.key, sfl_lib.SFL_STREAM))
+    out = stages.act(state.params, runner, rollout_key)
     batch = stages.advantage(out.traj, out.last_value)
     outer = state.outer
     params, opt_state, proximal, aux = stages.learn(state.params, state.opt_state, state.proximal, batch, sgd_key,
@@ -200,6 +224,10 @@ def make_iteration(agent: Agent, ppo: PPOSettings,
       outer = outer_step_lib.step(ppo.outer_step, outer, aux.diagnostics.kl_mean, aux.diagnostics.samples)
     new_state = TrainState(params=params, opt_state=opt_state, runner=out.runner, key=key, update=state.update + 1,
                            proximal=proximal, outer=outer)
-    return new_state, stages.metrics(aux, params, out.stats)
+    metrics = stages.metrics(aux, params, out.stats)
+    if rescore is not None:
+      metrics = metrics.replace(sfl=sfl_lib.metrics(out.runner.level_buffer, out.stats.buffer_resets,
+                                                    out.stats.count))
+    return new_state, metrics
 
   return iteration

@@ -18,6 +18,7 @@ from envs import base
 from envs import reset_pool as reset_pool_lib
 from learner import distributions
 from pipeline import obs_norm as obs_norm_lib
+from pipeline import sfl as sfl_lib
 
 
 @struct.dataclass
@@ -28,10 +29,11 @@ class RunnerState:
   episode_return: Float[Array, "N"]  # return so far of each env's current episode
   obs_norm: obs_norm_lib.RunningMeanStd | None = None  # running observation statistics (config.obs_norm)
   reset_pool: reset_pool_lib.ResetPool | None = None  # pre-sampled start states (config.reset_pool.size > 0)
+  level_buffer: sfl_lib.LevelBuffer | None = None  # SFL's most learnable levels (config.level_sampler.kind=sfl)
 
   def per_env(self) -> RunnerState:
     """The parts with an env axis (the shared ones set to None)."""
-    return self.replace(obs_norm=None, reset_pool=None)
+    return self.replace(obs_norm=None, reset_pool=None, level_buffer=None)
 
 
 @struct.dataclass
@@ -53,10 +55,11 @@ class EpisodeStats:
   """Training episodes that finished during a rollout."""
   return_sum: jax.Array
   count: jax.Array
+  buffer_resets: jax.Array | None = None  # of those, episodes restarted from the SFL level buffer (when it is on)
 
 
 def init_runner(env: base.Environment, key: jax.Array, num_envs: int, obs_norm: bool = False,
-                reset_pool_size: int = 0) -> RunnerState:
+                reset_pool_size: int = 0, level_buffer_size: int = 0) -> RunnerState:
   """Fresh envs. With a reset pool the first episodes also start from it (an expensive reset is then neither paid
   nor compiled once more); with obs_norm the statistics start from the first observations' moments."""
   pool = None
@@ -66,27 +69,31 @@ def init_runner(env: base.Environment, key: jax.Array, num_envs: int, obs_norm: 
   else:
     env_state, obs = jax.vmap(env.reset)(jax.random.split(key, num_envs))
   stats = obs_norm_lib.update(obs_norm_lib.init(env.observation_spec.shape), obs) if obs_norm else None
+  buffer = sfl_lib.init_buffer(env, jax.random.fold_in(key, 2), level_buffer_size) if level_buffer_size else None
   return RunnerState(env_state=env_state, obs=obs, episode_return=jnp.zeros((num_envs,), jnp.float32),
-                     obs_norm=stats, reset_pool=pool)
+                     obs_norm=stats, reset_pool=pool, level_buffer=buffer)
 
 
 def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environment, apply_fn: Callable,
             value_fn: Callable, dist: distributions.Distribution, num_steps: int,
             constrain: Callable = lambda x: x, keep_head: bool = False,
-            pool_refresh: int = 0) -> tuple[RunnerState, Trajectory, Float[Array, "N"], EpisodeStats]:
+            pool_refresh: int = 0,
+            buffer_ratio: float = 0.0) -> tuple[RunnerState, Trajectory, Float[Array, "N"], EpisodeStats]:
   """Steps all envs `num_steps` times. Returns the new runner, the trajectory, V(last obs) and episode stats.
 
   `constrain` pins the runner's env axis to the mesh (a no-op on one device). `keep_head` stores the policy's
   distribution params in the trajectory (for the KL diagnostic; [T, N, P] floats more). With `runner.obs_norm` the
   policy sees normalised observations (the trajectory stores what it saw) and the statistics are updated with every
   step's new observations; with `runner.reset_pool`, `pool_refresh` entries are re-sampled per step and finished
-  episodes restart from the pool.
+  episodes restart from the pool; with `runner.level_buffer` as well, a `buffer_ratio` share of them from the buffer
+  (pipeline/sfl.py), counted in the stats' `buffer_resets`.
   """
   num_envs = runner.episode_return.shape[0]
   norm = (lambda stats, obs: obs) if runner.obs_norm is None else obs_norm_lib.normalize
 
   def step(carry, step_key):
     runner, stats, obs_stats, pool = carry
+    from_buffer = None
     act_key, env_key = jax.random.split(step_key)
     obs = norm(obs_stats, runner.obs)
     head, value = apply_fn(params, obs)
@@ -95,6 +102,10 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
     env_keys = jax.random.split(env_key, num_envs)
     if pool is None:
       out = jax.vmap(base.auto_reset_step, in_axes=(None, 0, 0, 0))(env, env_keys, runner.env_state, action)
+    elif level_buffer is not None:
+      pool = reset_pool_lib.refresh(env, pool, jax.random.fold_in(step_key, 1), pool_refresh)
+      out, from_buffer = jax.vmap(reset_pool_lib.buffered_auto_reset_step, in_axes=(None, None, None, None, 0, 0, 0))(
+          env, pool, level_buffer, buffer_ratio, env_keys, runner.env_state, action)
     else:
       pool = reset_pool_lib.refresh(env, pool, jax.random.fold_in(step_key, 1), pool_refresh)
       out = jax.vmap(reset_pool_lib.pooled_auto_reset_step, in_axes=(None, None, 0, 0, 0))(
@@ -104,7 +115,9 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
     episode_return = runner.episode_return + out.reward
     # Per env, summed once after the scan: a sum over the env axis here would be a cross-device reduction per step.
     stats = EpisodeStats(return_sum=stats.return_sum + jnp.where(done, episode_return, 0.0),
-                         count=stats.count + done.astype(jnp.int32))
+                         count=stats.count + done.astype(jnp.int32),
+                         buffer_resets=None if from_buffer is None else
+                         stats.buffer_resets + from_buffer.astype(jnp.int32))
     new_runner = constrain(RunnerState(env_state=out.state, obs=out.obs,
                                        episode_return=jnp.where(done, 0.0, episode_return)))
     if obs_stats is not None:
@@ -114,13 +127,15 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
                             truncation_value=truncation_value)
     return (new_runner, stats, obs_stats, pool), transition
 
+  level_buffer = runner.level_buffer
   stats0 = constrain(EpisodeStats(return_sum=jnp.zeros((num_envs,), jnp.float32),
-                                  count=jnp.zeros((num_envs,), jnp.int32)))
+                                  count=jnp.zeros((num_envs,), jnp.int32),
+                                  buffer_resets=None if level_buffer is None else jnp.zeros((num_envs,), jnp.int32)))
   (runner, stats, obs_norm, reset_pool), traj = jax.lax.scan(
       step, (runner.per_env(), stats0, runner.obs_norm, runner.reset_pool), jax.random.split(key, num_steps))
-  stats = EpisodeStats(return_sum=jnp.sum(stats.return_sum), count=jnp.sum(stats.count))
+  stats = jax.tree.map(jnp.sum, stats)
   last_value = value_fn(params, norm(obs_norm, runner.obs))
-  return runner.replace(obs_norm=obs_norm, reset_pool=reset_pool), traj, last_value, stats
+  return runner.replace(obs_norm=obs_norm, reset_pool=reset_pool, level_buffer=level_buffer), traj, last_value, stats
 
 
 RESIZE_STREAM = 0x656C6173  # folded into the run's key for the resets of envs added by a change of num_envs

@@ -216,7 +216,8 @@ def test_every_config_key_is_in_the_schema_with_a_resume_policy():
   assert set(must_match) == {"env_name", "num_envs", "seed", "anneal_lr", "obs_norm", "reset_pool.size",
                              "network.hidden_sizes", "network.activation", "network.shared_trunk", "ewma.enabled",
                              "outer_step.mode", "network.kind", "network.entity_width", "network.entity_layers",
-                             "network.entity_heads", "network.entity_qkv"}
+                             "network.entity_heads", "network.entity_qkv", "level_sampler.kind",
+                             "level_sampler.buffer_size"}
   assert set(free) == {"log_every", "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints",
                        "restore_from", "mesh.data", "pipeline.actor_devices", "pipeline.mode",
                        "pipeline.max_policy_lag", "log_checkpoints", "wandb.project", "wandb.entity", "wandb.name",

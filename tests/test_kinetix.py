@@ -109,4 +109,10 @@ def test_kinetix_renders_frames_and_reports_success():
   assert images[0].std() > 0  # not a blank image
   goal = res.replace(terminated=jnp.asarray(True), reward=jnp.asarray(1.0))
   assert bool(env.success(goal)) and not bool(env.success(goal.replace(reward=jnp.asarray(-1.0))))
+  # `success` is also what SFL's level sampler scores levels by (pipeline/sfl.py): Kinetix configs accept it.
+  from launch import config_lib  # pylint: disable=import-outside-toplevel
+  config = kinetix_config.get_config("debug")
+  config.level_sampler.kind = "sfl"
+  assert config_lib.check(config, num_devices=1) == []
+  assert config_lib.resolve(config, num_devices=1).ppo.sfl.buffer_size == 1024
 

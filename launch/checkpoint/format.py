@@ -29,6 +29,7 @@ import numpy as np
 from launch import config_lib
 from launch import packed_arrays
 from learner import diagnostics
+from pipeline import sfl
 from pipeline.dataflow import Snapshot
 from pipeline.iteration import UpdateMetrics
 
@@ -36,7 +37,9 @@ FORMAT = 2  # version of this layout; steps without it (or with another) were wr
 LEARNER, RUNNER = "learner", "runner"  # the packed items: the learner's devices, the actors'
 # Metrics a saved interval may lack (written by a version without them) that count something: absent means none
 # counted. Any other absent metric is NaN ("unknown") in the restored interval.
-COUNTS = {"episode_count": np.int32(0), "episode_return_sum": np.float32(0)}
+COUNTS = {"episode_count": np.int32(0), "episode_return_sum": np.float32(0), "sfl.buffer_resets": np.int32(0),
+          "sfl.resets": np.int32(0)}
+_GROUPS = ("diagnostics", "sfl")  # UpdateMetrics' optional parts, saved as `<group>.<name>`
 
 
 def parts(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
@@ -127,10 +130,11 @@ def make_packer(example: dict[str, Any]):
 
 
 def _metric_fields(m: UpdateMetrics) -> dict[str, Any]:
-  """The per-update scalars by name, the diagnostics' (if on) as `diagnostics.<name>`."""
-  out = {f.name: getattr(m, f.name) for f in dataclasses.fields(UpdateMetrics) if f.name != "diagnostics"}
-  if m.diagnostics is not None:
-    out.update({f"diagnostics.{k}": v for k, v in dataclasses.asdict(m.diagnostics).items()})
+  """The per-update scalars by name, the diagnostics' and SFL's (if on) as `diagnostics.<name>` / `sfl.<name>`."""
+  out = {f.name: getattr(m, f.name) for f in dataclasses.fields(UpdateMetrics) if f.name not in _GROUPS}
+  for group in _GROUPS:
+    if getattr(m, group) is not None:
+      out.update({f"{group}.{k}": v for k, v in dataclasses.asdict(getattr(m, group)).items()})
   return out
 
 
@@ -141,16 +145,17 @@ def metrics_to_json(metrics: list[UpdateMetrics]) -> dict[str, Any]:
           for name, value in (rows[0].items() if rows else ())}
 
 
-def metrics_from_json(data: dict[str, Any], with_diagnostics: bool,
-                      required: tuple[str, ...] = ()) -> tuple[UpdateMetrics, ...] | None:
+def metrics_from_json(data: dict[str, Any], with_diagnostics: bool, required: tuple[str, ...] = (),
+                      with_sfl: bool = False) -> tuple[UpdateMetrics, ...] | None:
   """The saved metrics as this version's UpdateMetrics (with diagnostics when this run has them on), whatever
   version saved them: a metric saved but no longer computed is dropped; one not saved is NaN, or 0 for COUNTS.
   None if one of `required` was not saved."""
   count = len(next(iter(data.values()))["values"]) if data else 0
   if count and any(k not in data for k in required):
     return None
-  names = [f.name for f in dataclasses.fields(UpdateMetrics) if f.name != "diagnostics"]
+  names = [f.name for f in dataclasses.fields(UpdateMetrics) if f.name not in _GROUPS]
   diag_names = [f.name for f in dataclasses.fields(diagnostics.Diagnostics)] if with_diagnostics else []
+  sfl_names = [f.name for f in dataclasses.fields(sfl.SFLMetrics)] if with_sfl else []
 
   def value(name: str, i: int) -> np.ndarray:
     if name in data:
@@ -160,5 +165,6 @@ def metrics_from_json(data: dict[str, Any], with_diagnostics: bool,
   out = []
   for i in range(count):
     diag = diagnostics.Diagnostics(**{k: value(f"diagnostics.{k}", i) for k in diag_names}) if diag_names else None
-    out.append(UpdateMetrics(**{k: value(k, i) for k in names}, diagnostics=diag))
+    sfl_metrics = sfl.SFLMetrics(**{k: value(f"sfl.{k}", i) for k in sfl_names}) if sfl_names else None
+    out.append(UpdateMetrics(**{k: value(k, i) for k in names}, diagnostics=diag, sfl=sfl_metrics))
   return tuple(out)

@@ -183,7 +183,8 @@ class RunCheckpoints:
       snapshot = dataclasses.replace(snapshot, state=state.replace(runner=self._resize_runner(state.runner, state.key)))
     if int(snapshot.state.update) != step or host["update"] != step:
       raise ValueError(f"holds update {int(snapshot.state.update)}, not {step}")
-    pending = format_lib.metrics_from_json(host["pending_metrics"], self._config.diagnostics.enabled, CHECKED_METRICS)
+    pending = format_lib.metrics_from_json(host["pending_metrics"], self._config.diagnostics.enabled, CHECKED_METRICS,
+                                           with_sfl=self._config.level_sampler.kind == "sfl")
     lags = tuple(int(x) for x in host["pending_lags"])
     if pending is None:  # the non-finite guard needs them: the next row covers the updates from here on only
       logging.warning("%s: the unfinished log interval's metrics lack %s; not carried on", self.step_path(step),

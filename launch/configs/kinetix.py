@@ -6,7 +6,8 @@ versions of that file say 0.5), filtered random levels; model-transformer.yaml: 
 128, qkv width 16, "dummy and mean" pooling; model-base.yaml: 5 × 128 tanh actor and critic layers, no RNN).
 Differences: no RNN, resets from a reset pool (a filtered level costs ~128 physics steps), and the network
 differences listed in learner/entity_network.py. Solve rates: every eval_every updates on all 74 shipped levels
-(s 10, m 24, l 40), 20 sampled attempts each. `:flat` is the flat observation with an MLP; `:debug` is tiny.
+(s 10, m 24, l 40), 20 sampled attempts each. `:flat` is the flat observation with an MLP; `:sfl` adds SFL's
+level curriculum (pipeline/sfl.py, kinetix-env's ued/sfl settings); `:debug` is tiny.
 
   python -m launch.train --workdir=/tmp/kinetix --config=launch/configs/kinetix.py
   python -m launch.train --workdir=/tmp/kinetix --config=launch/configs/kinetix.py --config.env_name=kinetix:m@entity
@@ -62,7 +63,9 @@ def get_config(arg: str | None = None):
     config.reset_pool.size = 8
     config.reset_pool.refresh = 2
     config.mesh.data = 1
+  elif arg == "sfl":  # the released agents' level curriculum: Sampling For Learnability, kinetix-env's ued/sfl settings
+    config.level_sampler.kind = "sfl"
   elif arg not in (None, "", "flat"):
-    raise ValueError(f"unknown variant {arg!r} (use :debug, :flat or nothing)")
+    raise ValueError(f"unknown variant {arg!r} (use :debug, :flat, :sfl or nothing)")
   config.scaling.base_num_envs = config.num_envs  # scaling rules start from this config's own sizes
   return config
