@@ -144,6 +144,8 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
     raise ValueError("the fused update runs on one mesh: actors and learner must share it")
   if mode != "fused" and (num_seeds or updates_per_call != 1):
     raise ValueError("num_seeds and updates_per_call apply to the fused update only")
+  if num_seeds and ppo.sfl:  # vmapped, the update's lax.cond would run the re-scoring on every update
+    raise ValueError("num_seeds with level_sampler.kind='sfl' is not supported: build one program per seed")
   seeded = (lambda f: jax.vmap(f)) if num_seeds else (lambda f: f)
 
   # Shard: shapes → shardings → an init that creates the state already placed.

@@ -92,6 +92,9 @@ def test_config_errors_name_the_key():
   assert "config.level_sampler.batch_size=12: must be a multiple of the 8 devices" in errors(
       **{"level_sampler.batch_size": 12, "mesh.data": -1})
   assert errors() == ""
+  from launch import programs  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="num_seeds with level_sampler.kind='sfl'"):
+    programs.build(_config(), eval_episodes=0, num_seeds=2)  # refused before anything is compiled
 
 
 def test_buffer_holds_the_half_the_time_levels():
