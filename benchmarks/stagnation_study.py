@@ -47,9 +47,10 @@ _define("list")("games", ["Breakout-MinAtar", "SpaceInvaders-MinAtar"], "gymnax 
 _define("list")("num_envs", ["8", "64", "512"], "N values (the first is scaling.base_num_envs): spans 64x.")
 _define("list")("rules", ["recipe", "fixed_minibatches", "sqrt_lr"], "Scaling rules of experiment 1.")
 _define("integer")("total_env_steps", 2**21, "The equal env-step budget of every arm.")
-_define("integer")("long_factor", 8, "The slower rules at the largest N also run this many times the budget.")
-_define("list")("lr_sweep", ["6.25e-4", "1.25e-3", "5e-3"], "Experiment 4: other learning rates at the base N.")
-_define("list")("ewma_com", ["3.5", "16", "64"], "Experiment 4: PPO-EWMA centres of mass at the base N; the first "
+_define("integer")("long_factor", 4, "The long_rules at the largest N also run this many times the budget.")
+_define("list")("long_rules", ["fixed_minibatches"], "Rules also run for long_factor x the budget at the largest N.")
+_define("list")("lr_sweep", ["1.25e-3", "5e-3"], "Experiment 4: other learning rates at the base N.")
+_define("list")("ewma_com", ["3.5", "16"], "Experiment 4: PPO-EWMA centres of mass at the base N; the first "
                   "= (epochs x minibatches - 1) / 2, the control.")
 _define("integer")("num_steps", 32, "Rollout length T.")
 _define("float")("learning_rate", 2.5e-3, "Base learning rate (constant: an anneal would hide or cause a plateau).")
@@ -91,8 +92,8 @@ def arms() -> list[Arm]:
   for game in FLAGS.games:
     out.append(Arm(game, "recipe", ns[0], e, lr))  # the base: every rule is this run at the base N
     out += [Arm(game, rule, n, e, lr) for rule in FLAGS.rules for n in ns[1:]]
-    out += [Arm(game, rule, ns[-1], e * FLAGS.long_factor, lr) for rule in FLAGS.rules if rule != "recipe"
-            and FLAGS.long_factor > 1]
+    out += [Arm(game, rule, ns[-1], e * FLAGS.long_factor, lr) for rule in FLAGS.long_rules
+            if FLAGS.long_factor > 1]
     out += [Arm(game, "recipe", ns[0], e, float(x), experiment="baselines") for x in FLAGS.lr_sweep]
     out += [Arm(game, "recipe", ns[0], e, lr, float(c), experiment="baselines") for c in FLAGS.ewma_com]
   return out
@@ -124,31 +125,11 @@ def run_arm(arm: Arm) -> dict:
   batch = resolved.batch_size
   if FLAGS.eval_spacing % batch or arm.budget % FLAGS.eval_spacing:
     raise ValueError(f"{arm.name}: eval_spacing {FLAGS.eval_spacing} must be a multiple of the batch {batch} "
-                         f"and divide the budget {arm.budget}")
-  chunk = FLAGS.eval_spacing // batch
-  progs = programs.build(config, resolved=resolved, num_seeds=FLAGS.seeds, updates_per_call=chunk)
+                     f"and divide the budget {arm.budget}")
+  progs = programs.build(config, resolved=resolved, num_seeds=FLAGS.seeds,
+                         updates_per_call=FLAGS.eval_spacing // batch)
   keys = jax.random.split(jax.random.PRNGKey(config.seed), FLAGS.seeds)
-  eval_keys = jax.random.split(jax.random.PRNGKey(10_000 + config.seed), FLAGS.seeds)  # the same for every arm
-  state = progs.init(keys)
-
-  def evaluate(state, point):
-    k = jax.vmap(jax.random.fold_in, (0, None))(eval_keys, point)
-    return np.asarray(jax.device_get(progs.evaluate_state(state, k))).tolist()
-
-  points = [{"env_steps": 0, "eval_return": evaluate(state, 0)}]
-  t0 = time.time()
-  for i in range(arm.budget // FLAGS.eval_spacing):
-    state, m = progs.update(state)
-    m = jax.device_get(m)  # leaves [chunk, seeds]
-    point = {"env_steps": (i + 1) * FLAGS.eval_spacing, "eval_return": evaluate(state, i + 1),
-             "train_return": (m.episode_return_sum.sum(0) / np.maximum(m.episode_count.sum(0), 1)).tolist()}
-    for k in ("entropy", "clip_fraction"):
-      point[k] = getattr(m, k).mean(0).tolist()
-    for k in ("kl_mean", "grad_sq_norm", "grad_trace_cov", "grad_sq_norm_policy", "grad_trace_cov_policy"):
-      point[k] = np.nanmean(getattr(m.diagnostics, k), 0).tolist()
-    points.append(point)
-    print(f"  {arm.name} {point['env_steps']:>10,} eval {np.round(point['eval_return'], 1).tolist()}", flush=True)
-  run_time = time.time() - t0
+  state, points, run_time = train_and_evaluate(progs, progs.init(keys), arm.budget, arm.name)
   if arm == base_arm(arm.game):
     save_plateau(state, arm)
   return {"arm": dataclasses.asdict(arm), "name": arm.name, "seeds": FLAGS.seeds, "batch_size": batch,
@@ -157,6 +138,32 @@ def run_arm(arm: Arm) -> dict:
           "optimizer_steps": resolved.num_updates * resolved.ppo.num_minibatches * config.update_epochs,
           "eval_episodes": FLAGS.eval_episodes, "compile_s": progs.compile_time, "run_s": run_time,
           "date": datetime.date.today().isoformat(), "machine": machine(), "smoke": FLAGS.smoke, "points": points}
+
+
+def train_and_evaluate(progs, state, budget: int, name: str):
+  """Runs `progs.update` (FLAGS.eval_spacing env steps per call) over `budget` env steps from `state`, evaluating at
+  0 and after every call; returns the final state, the points and the seconds taken (without the compile)."""
+  eval_keys = jax.random.split(jax.random.PRNGKey(10_000), FLAGS.seeds)  # the same for every arm
+
+  def evaluate(state, point):
+    k = jax.vmap(jax.random.fold_in, (0, None))(eval_keys, point)
+    return np.asarray(jax.device_get(progs.evaluate_state(state, k))).tolist()
+
+  points = [{"env_steps": 0, "eval_return": evaluate(state, 0)}]
+  t0 = time.time()
+  for i in range(budget // FLAGS.eval_spacing):
+    state, m = progs.update(state)
+    m = jax.device_get(m)  # leaves [updates per call, seeds]
+    point = {"env_steps": (i + 1) * FLAGS.eval_spacing, "eval_return": evaluate(state, i + 1),
+             "train_return": (m.episode_return_sum.sum(0) / np.maximum(m.episode_count.sum(0), 1)).tolist()}
+    for k in ("entropy", "clip_fraction"):
+      point[k] = getattr(m, k).mean(0).tolist()
+    for k in ("kl_mean", "grad_sq_norm", "grad_trace_cov", "grad_sq_norm_policy", "grad_trace_cov_policy"):
+      point[k] = np.nanmean(getattr(m.diagnostics, k), 0).tolist()
+    points.append(point)
+    print(f"  {name} {point['env_steps']:>10,} eval {np.round(point['eval_return'], 1).tolist()} "
+          f"({time.time() - t0:.0f} s)", flush=True)
+  return state, points, time.time() - t0
 
 
 def base_arm(game: str) -> Arm:
@@ -235,7 +242,7 @@ def late_b_simple(run: dict, key: str = "") -> float:
 def table(runs: dict[str, dict]) -> list[str]:
   e = FLAGS.total_env_steps
   lines = ["| arm | experiment | rule | N | lr | EWMA com | budget | optimizer steps | eval at budget/2 | "
-           "eval at budget | eval at 8x budget | last quarter of budget | KL/update (2nd half) | B_simple policy | "
+           "eval at budget | eval at long budget | last quarter of budget | KL/update (2nd half) | B_simple policy | "
            "compile s | run s |", "| " + " | ".join(["---"] * 16) + " |"]
   for name, run in runs.items():
     a = run["arm"]
@@ -243,7 +250,7 @@ def table(runs: dict[str, dict]) -> list[str]:
     lines.append(
         f"| {name} | {a['experiment']} | {a['rule']} | {a['num_envs']} | {run['learning_rate_resolved']:g} | "
         f"{a['ewma_com'] or '-'} | {a['budget']:,} | {run['optimizer_steps']:,} | {cell(at_steps(run, e // 2))} | "
-        f"{cell(at_steps(run, e))} | {cell(at_steps(run, e * FLAGS.long_factor))} | "
+        f"{cell(at_steps(run, e))} | {cell(at_steps(run, e * FLAGS.long_factor) if a['budget'] > e else None)} | "
         f"{cell(last_quarter(run, e))} | {kl:.2e} | {late_b_simple(run, '_policy'):.3g} | "
         f"{run['compile_s']:.0f} | {run['run_s']:.0f} |")
   return lines

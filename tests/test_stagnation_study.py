@@ -1,13 +1,13 @@
-"""benchmarks/stagnation_study.py and benchmarks/step_noise.py in their --smoke sizes: the base arm's seeds in one
-program, evaluated on the common grid, its JSON, the plateau checkpoint, and one step-vs-noise measurement from it
-(the study itself is hours: see docs/results.md)."""
+"""benchmarks/stagnation_study.py, step_noise.py and plateau_continue.py in their --smoke sizes: the base arm's
+seeds in one program, evaluated on the common grid, its JSON and plateau checkpoint, then one step-vs-noise
+measurement and one continuation from that checkpoint (the study itself is hours: see docs/results.md)."""
 import json
 import os
 
 import numpy as np
 
 from benchmarks import stagnation_study as study
-from benchmarks import step_noise
+from benchmarks import plateau_continue, step_noise
 
 
 def test_smoke_base_arm_then_step_noise(tmp_path):
@@ -32,3 +32,11 @@ def test_smoke_base_arm_then_step_noise(tmp_path):
   # Independent rollouts: the copies' updates differ, and every copy moved away from the plateau policy.
   assert min(m["noise_pairwise_kl"]) > 0 and min(m["step_kl_fixed"]) > 0
   assert os.path.exists(os.path.join(noise_out, "noise_vs_step.png"))
+
+  cont_out = str(tmp_path / "continue")
+  plateau_continue.main(["plateau_continue", "--smoke", f"--continue_study={out}", f"--out={cont_out}",
+                         "--variants=ewma"])
+  with open(os.path.join(cont_out, "breakout_ewma.json"), encoding="utf-8") as f:
+    c = json.load(f)
+  assert [p["env_steps"] for p in c["points"]] == [0, 256, 512] and c["ewma_com"] == 64.0
+  assert len(c["points"][0]["eval_return"]) == 2 and np.all(np.isfinite([p["kl_mean"] for p in c["points"][1:]]))
