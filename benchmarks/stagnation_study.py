@@ -294,7 +294,7 @@ def report(out: str) -> str:
   for game in FLAGS.games:
     for experiment in ("plateau", "baselines"):
       png = f"{game.split('-')[0].lower()}_{experiment}.png"
-      if plot_curves(runs, game, experiment, os.path.join(out, png), log_x=experiment == "plateau"):
+      if plot_curves(runs, game, experiment, os.path.join(out, png)):
         lines.append(f"![{game} {experiment}]({png})")
   pending = [a.name for a in arms() if a.name not in runs]
   if pending:
