@@ -28,6 +28,7 @@ from absl import app, flags
 
 from launch import sinks, trainer
 from launch.configs import default
+from benchmarks.stats import bootstrap_ci
 
 flags.DEFINE_string("out", "docs/elastic", "Directory for results.json / results.md / the figure and the workdirs.")
 flags.DEFINE_string("env_name", "gymnax:Breakout-MinAtar", "Environment (a MinAtar game).")
@@ -107,16 +108,6 @@ def summarize(rows: list[dict], spacing: int, total_env_steps: int) -> dict:
           "plateau": next((r["plateau"] for r in rows if "plateau" in r), None),
           "lr_scale": [[r["env_steps"], r["lr_scale"]] for r in on_grid if "lr_scale" in r] if scales else None,
           "kl_mean_last": on_grid[-1].get("kl_mean") if on_grid else None, "curve": curve}
-
-
-def bootstrap_ci(values, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-  """95% percentile-bootstrap interval of the mean of `values` (resampling seeds with replacement)."""
-  values = np.asarray(values, np.float64)
-  if len(values) < 2:
-    return float(values.mean()), float(values.mean())
-  idx = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
-  lo, hi = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
-  return float(lo), float(hi)
 
 
 def cell(values: list) -> str:

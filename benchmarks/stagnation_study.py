@@ -32,6 +32,7 @@ from absl import flags
 
 from launch import config_lib, programs
 from launch.configs import default
+from benchmarks.stats import bootstrap_ci
 
 # Own flag values, not absl's global ones: the benchmarks' flags share names (out, seeds, ...), and a test process
 # imports several of them.
@@ -179,15 +180,6 @@ def save_plateau(state, arm: Arm) -> None:
 
 
 # ---- report ----
-
-def bootstrap_ci(values, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-  """95% percentile-bootstrap interval of the mean of `values` (seeds resampled with replacement)."""
-  values = np.asarray(values, np.float64)
-  if len(values) < 2:
-    return float(values.mean()), float(values.mean())
-  idx = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
-  lo, hi = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
-  return float(lo), float(hi)
 
 
 def machine() -> str:
