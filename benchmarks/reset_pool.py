@@ -42,7 +42,7 @@ def main(_):
 
   def run(runner, pool, key):
     out = rollout.rollout(params, runner.replace(reset_pool=pool), key, env=env, apply_fn=model.apply,
-                          value_fn=value_fn, dist=dist, num_steps=FLAGS.num_steps, pool_refresh=FLAGS.refresh)
+                          value_fn=value_fn, dist=dist, num_steps=FLAGS.num_steps, gamma=0.99, pool_refresh=FLAGS.refresh)
     return out[0], out[3].count
 
   variants, compile_s = {}, {}

@@ -14,10 +14,10 @@ the process while that implementation's updates ran, the ratio, and the fraction
 [65536, 64] × [64, 64] matmul timed here, divided by the matmul FLOPs one transition costs.
 
 Also printed for ours, for the memory side: bytes per transition held at the update's peak (launch/memory.py's
-`per_transition`, what `--dry_run` prints: trajectory + advantages/targets + packed rows), and the memory traffic
-those bytes imply at the measured SPS: a lower bound that counts each stored byte written once and read once per
-pass over it (rollout writes the trajectory, GAE and the packing read it, the packing writes the rows, each epoch
-reads every row once), against the copy bandwidth of a 1 GiB array timed in the same process. A fraction near 1
+`per_transition`, what `--dry_run` prints: the packed rows the rollout writes + the epoch's permutation), and the
+memory traffic those bytes imply at the measured SPS: a lower bound that counts each stored byte written once and
+read once per pass over it (the rollout writes the rows, GAE reads and rewrites them, each epoch reads every row and
+its permutation once), against the copy bandwidth of a 1 GiB array timed in the same process. A fraction near 1
 means the update streams at the machine's bandwidth; XLA's own cost analysis cannot give the traffic here, since
 it counts a loop's body once, not once per iteration.
 """
@@ -126,10 +126,10 @@ def streamed_bytes_per_transition(config) -> tuple[dict, int]:
   """(launch/memory.per_transition's figures, the traffic lower bound per transition and update; module docstring)."""
   from launch import memory  # pylint: disable=import-outside-toplevel
   per = memory.per_transition(config)
-  traj, adv, rows = per["trajectory_bytes"], per["advantage_bytes"], per["packed_row_bytes"]
-  # rollout writes the trajectory; GAE reads it (rewards, values, flags: counted whole) and writes adv/targets;
-  # packing reads trajectory + adv/targets and writes the rows; each epoch reads every row once.
-  streamed = traj + (traj + adv) + (traj + adv + rows) + config.update_epochs * rows
+  rows = per["packed_row_bytes"]
+  # the rollout writes every row; GAE reads and rewrites three of its columns (counted as whole rows: they share
+  # cache lines); each epoch reads every row once, and writes and reads its permutation (an int32 per transition).
+  streamed = rows + 2 * rows + config.update_epochs * (rows + 8)
   return per, streamed
 
 

@@ -146,33 +146,38 @@ def plan(config: ml_collections.ConfigDict) -> MemoryReport:
 
 def per_transition(config: ml_collections.ConfigDict, num_devices: int | None = None) -> dict[str, Any]:
   """Bytes one transition (one env step of one env) takes in the update, from the config's shapes alone: what the
-  compiled update holds per transition at its peak (the SGD epochs), i.e. the stored trajectory (observation leaves
-  as the env gives them, action, log-prob, value, reward, truncation value, 2 flags, the behaviour head with
-  diagnostics on), the advantages and targets, and the packed minibatch rows (pipeline/batch_rows.py: float32
-  columns, 32-bit integers as two; observation, action, log-prob, value, advantage, target, not the head).
+  compiled update holds per transition at its peak. The rollout packs each step as one float32 row
+  (pipeline/batch_rows.py, pipeline/rollout.Trajectory: observation leaves, 32-bit integers as two columns; the
+  action, discrete ones in one; log-prob, value, reward, done; the behaviour head with diagnostics on) and GAE
+  writes the advantages and targets over reward and done in place, so the batch is held once. Beside it: during
+  SGD the current minibatch's indices and their computation (about four int32 per minibatch sample, i.e.
+  16 / num_minibatches bytes per transition), or with diagnostics on afterwards the per-state KL and the value and
+  target columns (three floats).
   `rollout_total` = that × num_envs × num_steps, and per device over `num_devices` (default: the mesh's data axis).
   Per env (the runner, one step's activations) and fixed costs (params, the reset pool, gradient chunks) are left
   out: at 1,048,576 envs they are a few percent (benchmarks/kinetix_memory.py measures the difference)."""
-  import math  # pylint: disable=import-outside-toplevel
   import envs  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
   from learner import distributions  # pylint: disable=import-outside-toplevel
+  from pipeline import batch_rows, rollout  # pylint: disable=import-outside-toplevel
   env = envs.make(config.env_name)
   dist = distributions.for_action_space(env.action_space)
-  action = jax.eval_shape(dist.sample, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((dist.param_size,), "float32"))
-  head = dist.param_size if config.diagnostics.enabled else 0
-  leaves = jax.tree.leaves(env.observation_spec) + [action]
-  size = lambda s: math.prod(s.shape) * np.dtype(s.dtype).itemsize
-  stored = sum(size(s) for s in leaves) + 4 * (4 + head) + 2  # log-prob, value, reward, truncation value; 2 flags
-  advantages = 4 * 2  # GAE's advantage and target
-  columns = sum(math.prod(s.shape) * (2 if np.dtype(s.dtype).itemsize == 4 and s.dtype != np.float32 else 1)
-                for s in leaves) + 4  # + log-prob, value, advantage, target
+  diagnostics = config.diagnostics.enabled
+
+  def step():
+    obs = jax.tree.map(lambda s: jax.numpy.zeros((1,) + s.shape, s.dtype), env.observation_spec)
+    action = dist.sample(jax.random.PRNGKey(0), jax.numpy.zeros((1, dist.param_size)))
+    scalar = jax.numpy.zeros((1,))
+    return rollout.step_record(obs, action, scalar, scalar, scalar, scalar,
+                               jax.numpy.zeros((1, dist.param_size)) if diagnostics else None, dist)
+
+  row = 4 * batch_rows.width(jax.eval_shape(step))
   devices = num_devices or (jax.device_count() if config.mesh.data == -1 else config.mesh.data)
-  per = stored + advantages + 4 * columns
+  minibatch_share = 16 / config_lib.resolve(config, num_devices=devices).ppo.num_minibatches
+  beside = max(12, minibatch_share) if diagnostics else minibatch_share
+  per = row + beside
   total = per * config.num_envs * config.num_steps
-  return {"trajectory_bytes": stored, "advantage_bytes": advantages, "packed_row_bytes": 4 * columns,
-          "per_transition_bytes": per, "rollout_total_gib": total / GIB, "rollout_per_device_gib": total / GIB / devices,
-          "devices": devices}
+  return {"packed_row_bytes": row, "beside_bytes": round(beside, 2), "per_transition_bytes": round(per, 2),
+          "rollout_total_gib": total / GIB, "rollout_per_device_gib": total / GIB / devices, "devices": devices}
 
 
 def check_fits(progs, config: ml_collections.ConfigDict) -> MemoryReport:

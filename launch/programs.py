@@ -238,8 +238,9 @@ def _compile_stages(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings, 
   stages = iteration_lib.make_stages(agent, ppo, actor_layout.constrain_envs, learner_layout.constrain_envs)
   a_rep, l_rep = actor_layout.replicated, learner_layout.replicated
 
-  def compiled(fn, out_shardings, *args):
-    program = jax.jit(fn, out_shardings=out_shardings).lower(*args).compile(compiler_options=compiler_options)
+  def compiled(fn, out_shardings, *args, donate_argnums=()):
+    program = jax.jit(fn, out_shardings=out_shardings, donate_argnums=donate_argnums).lower(*args).compile(
+        compiler_options=compiler_options)
     compiled_out[fn.__name__] = program
     return program
 
@@ -256,7 +257,9 @@ def _compile_stages(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings, 
   act = compiled(stages.act, act_sh, params_a, runner_a, key_a)
   act_out = _placed(act_out, act_sh)
   batch = jax.eval_shape(stages.advantage, act_out.traj, act_out.last_value)
-  advantage = compiled(stages.advantage, actor_layout.env_shardings(batch, axis=1), act_out.traj, act_out.last_value)
+  # The trajectory's rows are donated: GAE writes the advantages and targets into them in place.
+  advantage = compiled(stages.advantage, actor_layout.env_shardings(batch, axis=1), act_out.traj, act_out.last_value,
+                       donate_argnums=0)
   params_l, opt_l, key_l = (replicated(x, l_rep) for x in (example.params, example.opt_state, example.key))
   proximal_l = replicated(example.proximal, l_rep)
   batch_l = _placed(batch, learner_layout.env_shardings(batch, axis=1))

@@ -162,18 +162,24 @@ def sampled_quantile(x: Float[Array, "*B"], q: float, key: jax.Array,
   return jnp.quantile(flat, q)
 
 
-def compute(old_params, new_params, obs: Any, behaviour_head: Float[Array, "T N P"],
-            value: Float[Array, "T N"], target: Float[Array, "T N"], grad_noise: GradNoiseStats, *,
-            apply_fn: Callable, dist: distributions.Distribution, kl_quantile: float, key: jax.Array) -> Diagnostics:
-  """All diagnostics of one update; `value` is the behaviour critic's, `behaviour_head` the rollout policy's.
+def compute(old_params, new_params, batch: Any, value: Float[Array, "T N"], target: Float[Array, "T N"],
+            grad_noise: GradNoiseStats, *, apply_fn: Callable, dist: distributions.Distribution, kl_quantile: float,
+            key: jax.Array, states: Callable = lambda step: step) -> Diagnostics:
+  """All diagnostics of one update; `value` is the behaviour critic's, and `states(batch at one step)` gives that
+  step's (observations [N, ...], behaviour policy's head [N, P]) — by default `batch` is that pair with leaves
+  [T, N, ...]; the trainer passes its packed rows and reads the two from them, so neither is copied out whole.
 
   `key` draws the states the KL quantile is estimated from (`sampled_quantile`); everything else is exact.
   """
   # The updated policy over the batch, a few time steps at a time: at a million envs the whole batch's activations
   # would not fit in memory, and small blocks stay in the CPU caches.
   steps_per_block = max(1, min(value.shape[0], _BLOCK_SAMPLES // max(value.shape[1], 1)))
-  kl = jax.lax.map(lambda x: dist.kl(x[1], apply_fn(new_params, x[0])[0]), (obs, behaviour_head),
-                   batch_size=steps_per_block)
+
+  def step_kl(step):
+    obs, behaviour_head = states(step)
+    return dist.kl(behaviour_head, apply_fn(new_params, obs)[0])
+
+  kl = jax.lax.map(step_kl, batch, batch_size=steps_per_block)
   kl_mean = kl.mean()
   g_sq, trace = noise_estimates(grad_noise)
   delta = jax.tree.map(lambda a, b: a - b, new_params, old_params)

@@ -1,9 +1,12 @@
 """A [T, N] batch packed as one float32 array of rows, so gathering a sample reads one contiguous row.
 
+The rollout writes each time step's transitions as rows (`pack_step`), GAE writes advantages and targets into two of
+their columns in place (pipeline/gae.py), and the SGD epochs gather from them: the update holds one copy of the
+batch, one row per transition.
+
 Minibatches gather samples by random (t, n) index (pipeline/sgd_chunks.py). Gathered leaf by leaf, each sample costs
 one scattered read per leaf (six for PPO: obs, action, log-prob, value, advantage, target), and once the batch
-outgrows the caches each of them is a cache miss; packed, a sample is one row of a few dozen bytes. Packing is one
-pass over the batch per update, against `update_epochs` passes of random reads.
+outgrows the caches each of them is a cache miss; packed, a sample is one row of a few dozen bytes.
 
 float32 leaves are stored as they are; narrower types (bool, int8/16, float16, bfloat16) are converted, which
 float32 holds exactly; 32-bit integers take two columns, their 16-bit halves as floats. (Not their bits: an int
@@ -26,34 +29,76 @@ class Rows:
   data: Float[Array, "T N F"]
   treedef: Any = struct.field(pytree_node=False)
   columns: tuple = struct.field(pytree_node=False)  # per leaf: (offset, trailing shape, dtype)
+  names: tuple = struct.field(pytree_node=False, default=())  # per leaf: its path in the tree (jax.tree_util.keystr)
+
+  def offset(self, name: str) -> int:
+    """The column of the float32 scalar leaf at path `name` (e.g. ".value")."""
+    offset, shape, dtype = self.columns[self.names.index(name)]
+    if shape != () or dtype != np.float32:
+      raise TypeError(f"{name} is not a float32 scalar column: {shape} {dtype}")
+    return offset
+
+  def relabel(self, fn) -> Rows:
+    """The same data read as `fn(tree)`, a new pytree of this one's leaves in the same order (e.g. a trajectory's
+    reward and done columns read as advantages and targets once GAE has written them there in place)."""
+    marks = [jax.ShapeDtypeStruct(shape, dtype) for _, shape, dtype in self.columns]
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(fn(jax.tree.unflatten(self.treedef, marks)))
+    if len(with_path) != len(marks) or any(x is not m for (_, x), m in zip(with_path, marks)):
+      raise ValueError("relabel: the new tree must hold every column, in the same order")
+    return Rows(data=self.data, treedef=treedef, columns=self.columns,
+                names=tuple(jax.tree_util.keystr(path) for path, _ in with_path))
 
 
-def pack(batch) -> Rows:
-  """`batch`: a pytree whose leaves are [T, N, ...].
-
-  Packed one time step at a time: packed at once, XLA may materialise the converted non-float32 leaves of the whole
-  batch beside the rows (for entity observations, their masks and indexes: ~1 KB per transition on Kinetix), and
-  they would be live at the update's memory peak; per step they are [N, F] at most."""
-  leaves, treedef = jax.tree.flatten(batch)
-  columns, offset = [], 0
-  for x in leaves:
+def _layout(tree, leading: int) -> tuple[Any, tuple, tuple]:
+  """(treedef, columns, names) of `tree`'s leaves, whose first `leading` axes are the batch axes."""
+  with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  columns, names, offset = [], [], 0
+  for path, x in with_path:
     dtype = np.dtype(x.dtype)
     if dtype.itemsize > 4:
       raise TypeError(f"batch_rows packs 32-bit or narrower leaves, got {dtype}")
-    columns.append((offset, x.shape[2:], dtype))  # 2 × the elements wide for 32-bit integers
-    offset += int(np.prod(x.shape[2:], dtype=int)) * (2 if dtype != np.float32 and dtype.itemsize == 4 else 1)
+    columns.append((offset, tuple(x.shape[leading:]), dtype))  # 2 × the elements wide for 32-bit integers
+    names.append(jax.tree_util.keystr(path))
+    offset += int(np.prod(x.shape[leading:], dtype=int)) * (2 if dtype != np.float32 and dtype.itemsize == 4 else 1)
+  return treedef, tuple(columns), tuple(names)
 
-  def step(xs):
-    parts = []
-    for x in xs:
-      flat = x.reshape(x.shape[:1] + (-1,))
-      if x.dtype != jnp.float32 and np.dtype(x.dtype).itemsize == 4:  # 32-bit integers: low and high 16 bits
-        bits = jax.lax.bitcast_convert_type(flat, jnp.uint32)
-        flat = jnp.concatenate([bits & 0xFFFF, bits >> 16], axis=-1)
-      parts.append(flat.astype(jnp.float32))
-    return jnp.concatenate(parts, axis=-1)
 
-  return Rows(data=jax.lax.map(step, leaves), treedef=treedef, columns=tuple(columns))
+def width(tree, leading: int = 1) -> int:
+  """Floats per row for `tree` (leaves with `leading` batch axes)."""
+  _, columns, _ = _layout(tree, leading)
+  if not columns:
+    return 0
+  offset, shape, dtype = columns[-1]
+  return offset + int(np.prod(shape, dtype=int)) * (2 if dtype != np.float32 and dtype.itemsize == 4 else 1)
+
+
+def pack_step(tree) -> Float[Array, "N F"]:
+  """One time step's pytree (leaves [N, ...]) as its [N, F] rows."""
+  parts = []
+  for x in jax.tree.leaves(tree):
+    if np.dtype(x.dtype).itemsize > 4:
+      raise TypeError(f"batch_rows packs 32-bit or narrower leaves, got {x.dtype}")
+    flat = x.reshape(x.shape[:1] + (-1,))
+    if x.dtype != jnp.float32 and np.dtype(x.dtype).itemsize == 4:  # 32-bit integers: low and high 16 bits
+      bits = jax.lax.bitcast_convert_type(flat, jnp.uint32)
+      flat = jnp.concatenate([bits & 0xFFFF, bits >> 16], axis=-1)
+    parts.append(flat.astype(jnp.float32))
+  return jnp.concatenate(parts, axis=-1)
+
+
+def from_steps(data: Float[Array, "T N F"], step_tree) -> Rows:
+  """Rows of the [T, N, F] `data` stacked from `pack_step(step_tree)` at every step (step_tree: leaves [N, ...])."""
+  treedef, columns, names = _layout(step_tree, leading=1)
+  return Rows(data=data, treedef=treedef, columns=columns, names=names)
+
+
+def pack(batch) -> Rows:
+  """`batch`: a pytree whose leaves are [T, N, ...], packed one time step at a time: packed at once, XLA may
+  materialise the converted non-float32 leaves of the whole batch beside the rows (for entity observations, their
+  masks and indexes: ~1 KB per transition on Kinetix); per step they are [N, F] at most. (The rollout packs each
+  step as it goes, pipeline/rollout.py, so the trainer never holds an unpacked batch.)"""
+  treedef, columns, names = _layout(batch, leading=2)
+  return Rows(data=jax.lax.map(pack_step, batch), treedef=treedef, columns=columns, names=names)
 
 
 def unpack(rows: Rows, data: Float[Array, "M F"]):
@@ -70,6 +115,13 @@ def unpack(rows: Rows, data: Float[Array, "M F"]):
   return jax.tree.unflatten(rows.treedef, leaves)
 
 
+def unpack_batch(rows: Rows):
+  """The whole batch's pytree, leaves [T, N, ...] (for inspection: the trainer only ever unpacks gathered rows)."""
+  num_steps, num_envs, num_columns = rows.data.shape
+  flat = unpack(rows, rows.data.reshape(num_steps * num_envs, num_columns))
+  return jax.tree.map(lambda x: x.reshape((num_steps, num_envs) + x.shape[1:]), flat)
+
+
 def at(x: Array, idx: Int[Array, "M"]) -> Array:
   """x [T, N, ...] at the flat (t, n) sample indices `idx` (t * N + n) -> [M, ...]."""
   num_envs = x.shape[1]
@@ -79,3 +131,14 @@ def at(x: Array, idx: Int[Array, "M"]) -> Array:
 def take(rows: Rows, idx: Int[Array, "M"]) -> Float[Array, "M F"]:
   """The rows of the flat (t, n) sample indices `idx`."""
   return at(rows.data, idx)
+
+
+def column_at(rows: Rows, name: str, idx: Int[Array, "M"]) -> Float[Array, "M"]:
+  """The float32 scalar leaf `name` of the flat (t, n) sample indices `idx`: one float read per sample."""
+  num_envs = rows.data.shape[1]
+  return rows.data[idx // num_envs, idx % num_envs, rows.offset(name)]
+
+
+def column(rows: Rows, name: str) -> Float[Array, "T N"]:
+  """The float32 scalar leaf `name` over the whole batch [T, N]."""
+  return rows.data[..., rows.offset(name)]

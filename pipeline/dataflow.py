@@ -67,7 +67,7 @@ class UpdateResult:
 class PipelineFns:
   """Compiled stage functions bound to their placement (launch/programs.py builds them, `bind_stages` binds them)."""
   act: Callable  # (params on actor mesh, runner, key) -> ActorOutput
-  advantage: Callable  # (traj, last_value) -> Minibatch on the actor mesh
+  advantage: Callable  # (traj rows, last_value) -> minibatch rows on the actor mesh (donates the traj rows)
   to_learner: Callable  # (Minibatch, EpisodeStats) on the actor mesh -> the same on the learner mesh
   learn: Callable  # (params, opt_state, proximal, batch, key) -> (params, opt_state, proximal, aux)
   metrics: Callable  # (aux, params, stats) -> UpdateMetrics

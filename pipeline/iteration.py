@@ -18,7 +18,7 @@ from envs import base
 from learner import diagnostics as diagnostics_lib, distributions, ewma as ewma_lib, losses, networks
 from learner import outer_step as outer_step_lib
 from learner.state import TrainState
-from pipeline import gae as gae_lib
+from pipeline import batch_rows, gae as gae_lib
 from pipeline import obs_norm as obs_norm_lib
 from pipeline import rollout as rollout_lib
 from pipeline import sfl as sfl_lib
@@ -116,7 +116,7 @@ def init_train_state(agent: Agent, key: jax.Array, num_envs: int, ppo: PPOSettin
 class ActorOutput:
   """What the act stage hands downstream for one batch."""
   runner: rollout_lib.RunnerState
-  traj: rollout_lib.Trajectory
+  traj: batch_rows.Rows  # the trajectory as rows [T, N, F] (rollout_lib.Trajectory's columns)
   last_value: jax.Array
   stats: rollout_lib.EpisodeStats
 
@@ -126,7 +126,7 @@ class Stages:
   """The update split into its pure stages; `make_iteration` composes them, pipeline/dataflow.py runs them apart.
 
   act(params, runner, key) -> ActorOutput
-  advantage(traj, last_value) -> losses.Minibatch (leaves [T, N, ...])
+  advantage(traj, last_value) -> batch_rows.Rows of a losses.Minibatch ([T, N, F], the trajectory's rows updated)
   learn(params, opt_state, proximal, batch, key) -> (params, opt_state, proximal, LearnAux)
   metrics(aux, params, stats) -> UpdateMetrics
   """
@@ -152,26 +152,26 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
   def act(params, runner, key) -> ActorOutput:
     runner, traj, last_value, stats = rollout_lib.rollout(
         params, runner, key, env=agent.env, apply_fn=agent.apply, value_fn=agent.value, dist=agent.dist,
-        num_steps=ppo.num_steps, constrain=actor_constrain, keep_head=ppo.diagnostics,
+        num_steps=ppo.num_steps, gamma=ppo.gamma, constrain=actor_constrain, keep_head=ppo.diagnostics,
         pool_refresh=ppo.reset_pool_refresh, buffer_ratio=ppo.sfl.buffer_ratio if ppo.sfl else 0.0)
     return ActorOutput(runner=runner, traj=actor_constrain(traj, 1), last_value=last_value, stats=stats)
 
-  def advantage(traj: rollout_lib.Trajectory, last_value) -> losses.Minibatch:
-    advantages, targets = gae_lib.gae(traj.reward, traj.value, traj.terminated, traj.truncated,
-                                      traj.truncation_value, last_value, gamma=ppo.gamma,
-                                      gae_lambda=ppo.gae_lambda)
-    return losses.Minibatch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=traj.value,
-                            advantage=advantages, target=targets, behaviour_head=traj.head)
+  def advantage(traj: batch_rows.Rows, last_value) -> batch_rows.Rows:
+    rows = gae_lib.advantages_in_rows(traj, last_value, gamma=ppo.gamma, gae_lambda=ppo.gae_lambda)
+    return rows.relabel(lambda t: losses.Minibatch(obs=t.obs, action=t.action, log_prob=t.log_prob, value=t.value,
+                                                   advantage=t.reward, target=t.done, behaviour_head=t.head))
 
-  def learn(params, opt_state, proximal, batch: losses.Minibatch, key, lr_scale=None):
+  def learn(params, opt_state, proximal, batch: batch_rows.Rows, key, lr_scale=None):
     sgd = sgd_lib.sgd_epochs(
         params, opt_state, batch, key, loss_fn=loss_fn, optimizer=agent.optimizer, update_epochs=ppo.update_epochs,
         num_minibatches=ppo.num_minibatches, chunk_size=ppo.sgd_chunk_size, constrain=learner_constrain,
         proximal=proximal, ewma_decay=ppo.ewma_decay, track_grad_noise=ppo.diagnostics, lr_scale=lr_scale)
     diagnostics = None
     if ppo.diagnostics:
-      diagnostics = diagnostics_lib.compute(params, sgd.params, batch.obs, batch.behaviour_head, batch.value,
-                                            batch.target, sgd.grad_noise, apply_fn=agent.apply, dist=agent.dist,
+      states = lambda row: (lambda mb: (mb.obs, mb.behaviour_head))(batch_rows.unpack(batch, row))
+      diagnostics = diagnostics_lib.compute(params, sgd.params, batch.data, batch_rows.column(batch, ".value"),
+                                            batch_rows.column(batch, ".target"), sgd.grad_noise, states=states,
+                                            apply_fn=agent.apply, dist=agent.dist,
                                             kl_quantile=ppo.kl_quantile,
                                             key=jax.random.fold_in(key, 1))  # apart from the epochs' split(key)
     return sgd.params, sgd.opt_state, sgd.proximal, LearnAux(loss=sgd.loss, diagnostics=diagnostics)

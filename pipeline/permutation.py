@@ -59,3 +59,16 @@ def random_permutation(key: jax.Array, n: int) -> Int[Array, "n"]:
   keep = image < n
   position = jnp.where(keep, jnp.cumsum(keep, dtype=jnp.int32) - 1, n)  # n: dropped
   return jnp.zeros(n, jnp.int32).at[position].set(image, mode="drop")
+
+
+def permutation_slice(key: jax.Array, n: int, start: jax.Array, size: int) -> Int[Array, "size"]:
+  """`random_permutation(key, n)[start:start + size]`, computed for that slice alone when n is a power of two (each
+  element's image is independent: no [n] array is ever held); otherwise sliced from the whole permutation."""
+  if n & (n - 1):
+    return jax.lax.dynamic_slice(random_permutation(key, n), (start,), (size,))
+  if not 1 <= n <= MAX_SIZE:
+    raise ValueError(f"permutation size {n} must be in [1, 2^31 - 1]")
+  bits = max(1, (n - 1).bit_length())
+  keys = jax.random.bits(key, (ROUNDS,), jnp.uint32)
+  x = (start + jnp.arange(size, dtype=jnp.int32)).astype(jnp.uint32)
+  return feistel(x, keys, bits).astype(jnp.int32)

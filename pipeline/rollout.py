@@ -12,11 +12,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Float
 
 from envs import base
 from envs import reset_pool as reset_pool_lib
 from learner import distributions
+from pipeline import batch_rows, gae as gae_lib
 from pipeline import obs_norm as obs_norm_lib
 from pipeline import sfl as sfl_lib
 
@@ -38,16 +39,17 @@ class RunnerState:
 
 @struct.dataclass
 class Trajectory:
-  """One rollout, time-major."""
-  obs: Any  # [T, N, obs], or the env's observation pytree with leaves [T, N, ...]
-  action: Array  # [T, N] int32 or [T, N, A]
-  log_prob: Float[Array, "T N"]
-  head: Float[Array, "T N P"] | None  # the behaviour policy's distribution params (exact KL diagnostic), if kept
-  value: Float[Array, "T N"]
-  reward: Float[Array, "T N"]
-  terminated: Bool[Array, "T N"]
-  truncated: Bool[Array, "T N"]
-  truncation_value: Float[Array, "T N"]  # V(final obs) where truncated, else 0
+  """One rollout step of all envs, as the rollout packs it into rows (pipeline/batch_rows.py); leaves [N, ...].
+
+  The fields are in the order of losses.Minibatch's, so that GAE's advantages and targets, written over `reward`
+  and `done` in place, make the rows a minibatch source (pipeline/iteration.py)."""
+  obs: Any  # [N, obs], or the env's observation pytree with leaves [N, ...]
+  action: Array  # [N] int16 for discrete actions (exact, one column), or [N, A]
+  log_prob: Float[Array, "N"]
+  value: Float[Array, "N"]
+  reward: Float[Array, "N"]  # with γ·V(final obs) added where a time limit truncated the episode (gae.bootstrap)
+  done: Float[Array, "N"]  # 1.0 where the episode ended (terminated or truncated): GAE's recursion stops there
+  head: Float[Array, "N P"] | None  # the behaviour policy's distribution params (exact KL diagnostic), if kept
 
 
 @struct.dataclass
@@ -76,13 +78,16 @@ def init_runner(env: base.Environment, key: jax.Array, num_envs: int, obs_norm: 
 
 def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environment, apply_fn: Callable,
             value_fn: Callable, dist: distributions.Distribution, num_steps: int,
-            constrain: Callable = lambda x: x, keep_head: bool = False,
+            gamma: float, constrain: Callable = lambda x: x, keep_head: bool = False,
             pool_refresh: int = 0,
-            buffer_ratio: float = 0.0) -> tuple[RunnerState, Trajectory, Float[Array, "N"], EpisodeStats]:
-  """Steps all envs `num_steps` times. Returns the new runner, the trajectory, V(last obs) and episode stats.
+            buffer_ratio: float = 0.0) -> tuple[RunnerState, batch_rows.Rows, Float[Array, "N"], EpisodeStats]:
+  """Steps all envs `num_steps` times. Returns the new runner, the trajectory as rows (batch_rows.Rows of
+  `Trajectory`, [T, N, F]: each step packed as it is taken, so no unpacked batch is ever held), V(last obs) and
+  episode stats.
 
-  `constrain` pins the runner's env axis to the mesh (a no-op on one device). `keep_head` stores the policy's
-  distribution params in the trajectory (for the KL diagnostic; [T, N, P] floats more). With `runner.obs_norm` the
+  `gamma` discounts the bootstrap from V(final obs) that truncated steps' rewards carry. `constrain` pins the
+  runner's env axis to the mesh (a no-op on one device). `keep_head` stores the policy's distribution params in the
+  trajectory (for the KL diagnostic; P floats more per row). With `runner.obs_norm` the
   policy sees normalised observations (the trajectory stores what it saw) and the statistics are updated with every
   step's new observations; with `runner.reset_pool`, `pool_refresh` entries are re-sampled per step and finished
   episodes restart from the pool; with `runner.level_buffer` as well, a `buffer_ratio` share of them from the buffer
@@ -122,20 +127,33 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
                                        episode_return=jnp.where(done, 0.0, episode_return)))
     if obs_stats is not None:
       obs_stats = obs_norm_lib.update(obs_stats, out.obs)
-    transition = Trajectory(obs=obs, action=action, log_prob=log_prob, head=head if keep_head else None,
-                            value=value, reward=out.reward, terminated=out.terminated, truncated=out.truncated,
-                            truncation_value=truncation_value)
-    return (new_runner, stats, obs_stats, pool), transition
+    transition = step_record(obs, action, log_prob, value,
+                             gae_lib.bootstrap(out.reward, out.terminated, out.truncated, truncation_value, gamma),
+                             done, head if keep_head else None, dist)
+    return (new_runner, stats, obs_stats, pool), constrain(batch_rows.pack_step(transition))
 
   level_buffer = runner.level_buffer
   stats0 = constrain(EpisodeStats(return_sum=jnp.zeros((num_envs,), jnp.float32),
                                   count=jnp.zeros((num_envs,), jnp.int32),
                                   buffer_resets=None if level_buffer is None else jnp.zeros((num_envs,), jnp.int32)))
-  (runner, stats, obs_norm, reset_pool), traj = jax.lax.scan(
+  (runner, stats, obs_norm, reset_pool), data = jax.lax.scan(
       step, (runner.per_env(), stats0, runner.obs_norm, runner.reset_pool), jax.random.split(key, num_steps))
   stats = jax.tree.map(jnp.sum, stats)
   last_value = value_fn(params, norm(obs_norm, runner.obs))
-  return runner.replace(obs_norm=obs_norm, reset_pool=reset_pool, level_buffer=level_buffer), traj, last_value, stats
+  example = jax.eval_shape(lambda: step_record(
+      runner.obs, dist.sample(key, jnp.zeros((num_envs, dist.param_size))), *[jnp.zeros((num_envs,))] * 4,
+      jnp.zeros((num_envs, dist.param_size)) if keep_head else None, dist))
+  return (runner.replace(obs_norm=obs_norm, reset_pool=reset_pool, level_buffer=level_buffer),
+          batch_rows.from_steps(data, example), last_value, stats)
+
+
+def step_record(obs, action, log_prob, value, reward, done, head, dist: distributions.Distribution) -> Trajectory:
+  """What one step stores per env. Discrete actions (< 2^15 of them) as int16: exact in one float32 column,
+  where int32 takes two (batch_rows)."""
+  if jnp.issubdtype(action.dtype, jnp.integer) and dist.param_size < 2**15:
+    action = action.astype(jnp.int16)
+  return Trajectory(obs=obs, action=action, log_prob=log_prob, value=value, reward=reward,
+                    done=done.astype(jnp.float32), head=head)
 
 
 RESIZE_STREAM = 0x656C6173  # folded into the run's key for the resets of envs added by a change of num_envs

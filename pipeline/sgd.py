@@ -32,27 +32,27 @@ class SGDResult:
   grad_noise: diagnostics.GradNoiseStats | None  # the first epoch's B_simple inputs; None unless tracked
 
 
-def sgd_epochs(params, opt_state, batch: losses.Minibatch, key: jax.Array, *, loss_fn: Callable,
+def sgd_epochs(params, opt_state, rows: batch_rows.Rows, key: jax.Array, *, loss_fn: Callable,
                optimizer: optax.GradientTransformation, update_epochs: int, num_minibatches: int,
                chunk_size: int | None = None, constrain: Callable = lambda x: x,
                proximal: ewma_lib.EWMAState | None = None, ewma_decay: float | None = None,
                track_grad_noise: bool = False, lr_scale: jax.Array | None = None) -> SGDResult:
-  """`batch` leaves are [T, N, ...]; `track_grad_noise` fills the result's `grad_noise`; `lr_scale` multiplies every
-  optimizer step (outer-step control, learner/outer_step.py; None: the optimizer's own learning rate).
+  """`rows`: the [T, N] batch packed as rows of a losses.Minibatch (pipeline/batch_rows.py); `track_grad_noise`
+  fills the result's `grad_noise`; `lr_scale` multiplies every optimizer step (outer-step control,
+  learner/outer_step.py; None: the optimizer's own learning rate).
 
   Each minibatch's gradient is accumulated over chunks of `chunk_size` samples (default: the whole minibatch).
   """
-  num_steps, num_envs = batch.advantage.shape
+  num_steps, num_envs = rows.data.shape[:2]
   batch_size = num_steps * num_envs
   minibatch_size = batch_size // num_minibatches
   chunk_size = chunk_size or minibatch_size
-  # One row per sample (the diagnostics' behaviour head is never gathered per minibatch).
-  rows = batch_rows.pack(batch.replace(behaviour_head=None))
 
-  def minibatch_step(carry, idx):
+  def minibatch_step(carry, minibatch, epoch_key):
     params, opt_state, proximal = carry
+    idx = permutation.permutation_slice(epoch_key, batch_size, minibatch * minibatch_size, minibatch_size)
     fn = loss_fn if proximal is None else functools.partial(loss_fn, proximal_params=proximal.params)
-    out = sgd_chunks.minibatch_grad(params, rows, batch.advantage, idx, loss_fn=fn, chunk_size=chunk_size,
+    out = sgd_chunks.minibatch_grad(params, rows, idx, loss_fn=fn, chunk_size=chunk_size,
                                     constrain=constrain, chunk_sq_norms=track_grad_noise)
     noise = (out.chunk_sq_norm, diagnostics.group_sq_norms(out.grads)) if track_grad_noise else ()
     updates, opt_state = optimizer.update(out.grads, opt_state, params)
@@ -64,8 +64,8 @@ def sgd_epochs(params, opt_state, batch: losses.Minibatch, key: jax.Array, *, lo
     return (params, opt_state, proximal), (out.aux, noise)
 
   def epoch(carry, epoch_key):
-    perm = permutation.random_permutation(epoch_key, batch_size).reshape(num_minibatches, minibatch_size)
-    return jax.lax.scan(minibatch_step, carry, perm)
+    # Minibatch m of the epoch is the permutation's m-th slice, computed as it is needed.
+    return jax.lax.scan(functools.partial(minibatch_step, epoch_key=epoch_key), carry, jnp.arange(num_minibatches))
 
   (params, opt_state, proximal), (aux, noise) = jax.lax.scan(epoch, (params, opt_state, proximal),
                                                              jax.random.split(key, update_epochs))

@@ -28,11 +28,32 @@ class MinibatchGrad:
   chunk_sq_norm: Float[Array, "3"] | None = None
 
 
-def minibatch_grad(params, rows: batch_rows.Rows, advantage: Float[Array, "T N"], idx: Int[Array, "M"], *,
+def advantage_stats(rows: batch_rows.Rows, chunks: Int[Array, "C K"],
+                    constrain: Callable = lambda x: x) -> tuple[jax.Array, jax.Array]:
+  """(mean, std) of the `.advantage` column over the samples `chunks` (flat (t, n) indices), a chunk at a time:
+  each chunk's mean and sum of squared deviations, merged by Chan et al.'s pairwise update, so no [M] array of
+  the minibatch's advantages or gather indices is ever held."""
+  def merge(carry, chunk_idx):
+    count, mean, m2 = carry
+    a = constrain(batch_rows.column_at(rows, ".advantage", chunk_idx))
+    chunk_mean = a.mean()
+    chunk_m2 = jnp.sum(jnp.square(a - chunk_mean))
+    size = jnp.float32(a.shape[0])
+    total = count + size
+    delta = chunk_mean - mean
+    return (total, mean + delta * size / total, m2 + chunk_m2 + delta * delta * count * size / total), None
+
+  zero = jnp.zeros((), jnp.float32)
+  (count, mean, m2), _ = jax.lax.scan(merge, (zero, zero, zero), chunks)
+  return mean, jnp.sqrt(m2 / count)
+
+
+def minibatch_grad(params, rows: batch_rows.Rows, idx: Int[Array, "M"], *,
                    loss_fn: Callable, chunk_size: int, constrain: Callable = lambda x: x,
                    chunk_sq_norms: bool = False) -> MinibatchGrad:
   """The gradient of `loss_fn` on the samples `idx` (flat (t, n) indices) of the [T, N] batch packed in `rows`
-  (pipeline/batch_rows.py); `advantage` is the batch's advantage leaf, for the minibatch's statistics.
+  (pipeline/batch_rows.py: rows of a losses.Minibatch); the minibatch's advantage statistics come from its
+  `.advantage` column.
 
   `loss_fn(params, mb, advantage_stats=...)` must be a mean over the samples of `mb`. `chunk_size` divides M.
   With `chunk_sq_norms` the result's `chunk_sq_norm` is the mean over chunks of |chunk gradient|² per parameter
@@ -42,8 +63,7 @@ def minibatch_grad(params, rows: batch_rows.Rows, advantage: Float[Array, "T N"]
   minibatch_size = idx.shape[0]
   num_chunks = minibatch_size // chunk_size
   take = lambda i: batch_rows.unpack(rows, constrain(batch_rows.take(rows, i)))
-  advantage = constrain(batch_rows.at(advantage, idx))
-  stats = (advantage.mean(), advantage.std())
+  stats = advantage_stats(rows, idx.reshape(num_chunks, chunk_size), constrain)
   grad_fn = jax.grad(lambda p, mb: loss_fn(p, mb, advantage_stats=stats), has_aux=True)
   if num_chunks == 1:
     grads, aux = grad_fn(params, take(idx))

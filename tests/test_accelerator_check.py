@@ -32,11 +32,12 @@ def test_cpu_smoke_writes_the_json_and_the_table(tmp_path):
   rows = {(r["impl"], r["num_envs"]) for r in result["throughput"]["rows"]}
   assert rows == {("ours", 64), ("naive", 64)} and "ratio_vs_naive" in result["throughput"]["rows"][0]
   assert all(r["sps"] > 0 and len(r["update_s"]) == 3 for r in result["throughput"]["rows"])
-  # CartPole's transition: trajectory 38 bytes (obs 16, action 4, log-prob/value/reward/truncation value 16, 2 flags),
-  # advantage + target 8, packed row 40 (obs 4, action as 2 columns, log-prob, value, advantage, target); streamed
-  # per update at least: rollout 38, GAE 38 + 8, packing 38 + 8 + 40, 4 epochs x 40.
+  # CartPole's transition: one packed row of 36 bytes (obs 4 floats, the action as one int16 column, log-prob, value,
+  # reward and done, rewritten as advantage and target) + 16 / 4 minibatches bytes of minibatch indices; streamed per
+  # update at least: the rollout writes 36, GAE reads and rewrites 36, 4 epochs read 36 + an int32 index written
+  # and read.
   ours = next(r for r in result["throughput"]["rows"] if r["impl"] == "ours")
-  assert ours["bytes_per_transition"] == 86 and ours["streamed_bytes_per_transition"] == 38 + 46 + 86 + 4 * 40
+  assert ours["bytes_per_transition"] == 40 and ours["streamed_bytes_per_transition"] == 36 + 2 * 36 + 4 * (36 + 8)
   assert ours["streamed_gbps"] == ours["streamed_bytes_per_transition"] * ours["sps"] / 1e9
   assert "skipped" in result["overlap"] and "skipped" in result["kinetix"]  # 1 device; kinetix-env not in this env
   assert result["passed"] is True

@@ -68,7 +68,7 @@ def test_update_diagnostics_against_brute_force():
   # Per parameter group (policy, value, shared): squared norms of chunk (4 samples) and minibatch (12) gradients.
   noise = diagnostics.GradNoiseStats(mean_small_sq=jnp.array([1.0, 2.0, 0.0]), big_sq=jnp.array([0.5, 0.5, 0.0]),
                                      b_small=4, b_big=12)
-  d = diagnostics.compute(old, new, obs, behaviour_head, value, target, noise, apply_fn=_linear,
+  d = diagnostics.compute(old, new, (obs, behaviour_head), value, target, noise, apply_fn=_linear,
                           dist=distributions.Categorical(A), kl_quantile=0.9, key=jax.random.PRNGKey(0))
 
   o, W0, W1 = np.asarray(obs, np.float64), np.asarray(old["W"], np.float64), np.asarray(new["W"], np.float64)
@@ -116,7 +116,7 @@ def test_kl_quantile_cost_is_bounded_at_a_million_envs():
   noise = diagnostics.GradNoiseStats(mean_small_sq=f32(3), big_sq=f32(3), b_small=4, b_big=12)
 
   def fn(old, new, obs, head, value, target, noise, key):
-    return diagnostics.compute(old, new, obs, head, value, target, noise, apply_fn=_linear,
+    return diagnostics.compute(old, new, (obs, head), value, target, noise, apply_fn=_linear,
                                dist=distributions.Categorical(A), kl_quantile=0.9, key=key)
 
   text = jax.jit(fn).lower(params, params, f32(T, N, D), f32(T, N, A), f32(T, N), f32(T, N), noise,
@@ -145,7 +145,7 @@ def _mean_loss(w, mb, **_):
 def _grad_noise(batch, key, num_minibatches, chunk_size):
   """The SGD stage's B_simple inputs with the params held fixed (a zero optimizer)."""
   w = jnp.array([0.5, -1.0, 0.25], jnp.float32)
-  result = sgd.sgd_epochs(w, optax.set_to_zero().init(w), batch, key, loss_fn=_mean_loss,
+  result = sgd.sgd_epochs(w, optax.set_to_zero().init(w), batch_rows.pack(batch), key, loss_fn=_mean_loss,
                           optimizer=optax.set_to_zero(), update_epochs=2, num_minibatches=num_minibatches,
                           chunk_size=chunk_size, track_grad_noise=True)
   return w, result.grad_noise
@@ -183,13 +183,13 @@ def test_sgd_results_are_named_whatever_the_options():
   gradient noise is measured (not positional tuples whose length depends on a flag)."""
   w, batch = jnp.array([0.5, -1.0, 0.25], jnp.float32), _regression_batch()
   for track in (False, True):
-    result = sgd.sgd_epochs(w, optax.set_to_zero().init(w), batch, jax.random.PRNGKey(0), loss_fn=_mean_loss,
+    result = sgd.sgd_epochs(w, optax.set_to_zero().init(w), batch_rows.pack(batch), jax.random.PRNGKey(0), loss_fn=_mean_loss,
                             optimizer=optax.set_to_zero(), update_epochs=1, num_minibatches=2, chunk_size=8,
                             track_grad_noise=track)
     assert type(result) is sgd.SGDResult
     assert [f.name for f in dataclasses.fields(result)] == ["params", "opt_state", "loss", "proximal", "grad_noise"]
     assert result.proximal is None and (type(result.grad_noise) is diagnostics.GradNoiseStats) == track
-    out = sgd_chunks.minibatch_grad(w, batch_rows.pack(batch), batch.advantage, jnp.arange(16), loss_fn=_mean_loss,
+    out = sgd_chunks.minibatch_grad(w, batch_rows.pack(batch), jnp.arange(16), loss_fn=_mean_loss,
                                     chunk_size=8, chunk_sq_norms=track)
     assert type(out) is sgd_chunks.MinibatchGrad and (out.chunk_sq_norm is None) != track
   # The state's and the metrics' optional parts are typed as what they hold (resolvable annotations, no Any).
@@ -224,7 +224,7 @@ def test_policy_and_value_noise_from_per_example_gradients():
   loss_fn = functools.partial(losses.ppo_loss, apply_fn=model.apply, dist=dist, clip_eps=0.2, vf_coef=vf_coef,
                               ent_coef=ent_coef)
   batch, key, K, C = _ppo_batch(), jax.random.PRNGKey(5), 2, 4  # 32 samples: 2 minibatches × 4 chunks of 4
-  result = sgd.sgd_epochs(params, optax.set_to_zero().init(params), batch, key, loss_fn=loss_fn,
+  result = sgd.sgd_epochs(params, optax.set_to_zero().init(params), batch_rows.pack(batch), key, loss_fn=loss_fn,
                           optimizer=optax.set_to_zero(), update_epochs=1, num_minibatches=K, chunk_size=32 // K // C,
                           track_grad_noise=True)
   g_sq, trace = (np.asarray(x, np.float64) for x in diagnostics.noise_estimates(result.grad_noise))
@@ -413,10 +413,11 @@ def test_diagnostics_of_real_updates_by_brute_force_and_in_metrics_jsonl(runs):
   for _ in range(config.log_every):
     key, rollout_key, sgd_key = iteration.split_update_key(state.key)
     out = act(state.params, state.runner, rollout_key)
-    batch = advantage(out.traj, out.last_value)
+    rows = advantage(out.traj, out.last_value)
+    batch = batch_rows.unpack_batch(rows)
     # The stored behaviour head is the rollout policy's: the params before this update.
     np.testing.assert_allclose(batch.behaviour_head, agent.apply(state.params, batch.obs)[0], rtol=1e-5, atol=1e-6)
-    params, opt_state, proximal, aux = learn(state.params, state.opt_state, state.proximal, batch, sgd_key)
+    params, opt_state, proximal, aux = learn(state.params, state.opt_state, state.proximal, rows, sgd_key)
     d = aux.diagnostics
     for name, want in _brute_force_diagnostics(agent, state.params, params, batch, config.diagnostics.kl_quantile
                                                ).items():
@@ -506,7 +507,7 @@ def test_sgd_advances_ewma_after_every_optimizer_step():
                                           lambda g, s, p=None: (jax.tree.map(jnp.ones_like, g), s))
   w0, decay, K = jnp.array([0.5, -1.0, 0.25], jnp.float32), 0.6, 2 * 4
   loss = lambda w, mb, proximal_params=None, **_: _mean_loss(w, mb)
-  result = sgd.sgd_epochs(w0, optax.EmptyState(), _regression_batch(), jax.random.PRNGKey(0), loss_fn=loss,
+  result = sgd.sgd_epochs(w0, optax.EmptyState(), batch_rows.pack(_regression_batch()), jax.random.PRNGKey(0), loss_fn=loss,
                           optimizer=plus_one, update_epochs=2, num_minibatches=4, proximal=ewma.init(w0),
                           ewma_decay=decay)
   assert isinstance(result, sgd.SGDResult) and result.grad_noise is None  # not tracked

@@ -1,8 +1,29 @@
-"""GAE against hand-computed values, with a truncation and a termination in the same rollout."""
+"""GAE against hand-computed values, with a truncation and a termination in the same rollout, as the trainer runs
+it: the truncation bootstrap folded into the stored reward, advantages and targets written into the packed rows."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pipeline.gae import gae
+from pipeline import batch_rows
+from pipeline.gae import advantages_in_rows, bootstrap
+from pipeline.rollout import Trajectory
+
+
+def gae(reward, value, terminated, truncated, truncation_value, last_value, *, gamma, gae_lambda):
+  """(advantages, targets) [T, N] through the trainer's path: bootstrap, pack as rollout rows, GAE in the rows."""
+  num_steps, num_envs = value.shape
+  traj = Trajectory(obs=jnp.full((num_steps, num_envs, 3), 7.0), action=jnp.ones((num_steps, num_envs), jnp.int16),
+                    log_prob=jnp.full((num_steps, num_envs), -0.5), value=value,
+                    reward=bootstrap(reward, terminated, truncated, truncation_value, gamma),
+                    done=(terminated | truncated).astype(jnp.float32), head=None)
+  rows = advantages_in_rows(batch_rows.pack(traj), last_value, gamma=gamma, gae_lambda=gae_lambda)
+  back = batch_rows.unpack(rows, rows.data.reshape(num_steps * num_envs, -1))
+  shape = lambda x: x.reshape(num_steps, num_envs, *x.shape[1:])
+  # The other columns are untouched.
+  np.testing.assert_array_equal(shape(back.obs), traj.obs)
+  np.testing.assert_array_equal(shape(back.action), traj.action)
+  np.testing.assert_array_equal(shape(back.value), value)
+  return shape(back.reward), shape(back.done)
 
 
 def test_gae_hand_computed_truncation_and_termination():
@@ -56,11 +77,24 @@ def test_gae_lambda_one_is_discounted_return_minus_value():
   np.testing.assert_allclose(adv, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_gae_writes_in_place():
+  """The compiled GAE, its rows donated, aliases its output to them: no second copy of the batch."""
+  traj = Trajectory(obs=jnp.zeros((8, 4096, 4)), action=jnp.zeros((8, 4096), jnp.int16),
+                    log_prob=jnp.zeros((8, 4096)), value=jnp.zeros((8, 4096)), reward=jnp.zeros((8, 4096)),
+                    done=jnp.zeros((8, 4096)), head=None)
+  rows = batch_rows.pack(traj)
+  fn = jax.jit(lambda r, v: advantages_in_rows(r, v, gamma=0.9, gae_lambda=0.9), donate_argnums=0)
+  compiled = fn.lower(rows, jnp.zeros((4096,))).compile()
+  memory = compiled.memory_analysis()
+  assert memory.alias_size_in_bytes == rows.data.nbytes
+  assert memory.temp_size_in_bytes < rows.data.nbytes / 4, memory
+
+
 def test_gae_shape_annotations_are_checked():
-  """The jaxtyping hook (conftest) must reject a [T, N] value paired with a mismatched last_value."""
+  """The jaxtyping hook (conftest) must reject rewards paired with truncation values of another shape."""
   import jaxtyping
   import pytest
   z = jnp.zeros((4, 3))
   b = jnp.zeros((4, 3), bool)
   with pytest.raises(jaxtyping.TypeCheckError):
-    gae(z, z, b, b, z, jnp.zeros((5,)), gamma=0.9, gae_lambda=0.9)
+    bootstrap(z, b, b, jnp.zeros((4, 5)), 0.9)

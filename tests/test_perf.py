@@ -28,6 +28,15 @@ def _chi2_quantile_999(dof):  # Wilson-Hilferty: the 99.9% quantile of chi-squar
   return dof * (1 - 2 / (9 * dof) + 3.0902 * np.sqrt(2 / (9 * dof)))**3
 
 
+@pytest.mark.parametrize("n", [1024, 1000])
+def test_permutation_slice_is_the_permutations_slice(n):
+  """SGD computes each minibatch's slice of the permutation on its own (power-of-two sizes: from its indices alone)."""
+  key = jax.random.PRNGKey(3)
+  whole = np.asarray(permutation.random_permutation(key, n))
+  for start in (0, 200, n - 100):
+    np.testing.assert_array_equal(permutation.permutation_slice(key, n, jnp.int32(start), 100), whole[start:start + 100])
+
+
 def test_permutation_is_uniform():
   # All 24 orders of 4 elements, 12,000 draws: each count ~ Binomial(12000, 1/24) = 500 ± 22; chi-square(23).
   draws = jax.vmap(lambda k: permutation.random_permutation(k, 4))(jax.random.split(jax.random.PRNGKey(0), 12000))
@@ -131,19 +140,34 @@ def cartpole_batch():
   return state.params, batch, loss_fn
 
 
+def test_advantage_stats_by_chunks_equal_the_minibatchs(cartpole_batch):
+  """The minibatch's advantage mean and std, merged chunk by chunk, against float64 over the gathered minibatch."""
+  _, batch, _ = cartpole_batch
+  batch = batch.replace(advantage=1e3 + batch.advantage)  # a large mean: a one-pass E[x²] − E[x]² would lose it
+  idx = permutation.random_permutation(jax.random.PRNGKey(2), 16 * 32)[:256]
+  want = np.asarray(batch.advantage, np.float64).reshape(-1)[np.asarray(idx)]
+  for chunk in (256, 64, 16):
+    mean, std = jax.jit(sgd_chunks.advantage_stats)(batch_rows.pack(batch), idx.reshape(-1, chunk))
+    np.testing.assert_allclose([mean, std], [want.mean(), want.std()], rtol=1e-5)
+
+
 def test_chunked_gradient_equals_whole_minibatch_gradient(cartpole_batch):
   params, batch, loss_fn = cartpole_batch
   idx = permutation.random_permutation(jax.random.PRNGKey(2), 16 * 32)[:256]
   mb = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[idx], batch)
   (_, ref_aux), ref_grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)  # the pre-chunking computation
+  with jax.enable_x64(True):  # the loss values in float64: the policy loss, a mean of normalised advantages, is
+    # ~1e-4 from cancellation, and float32 sums in any order miss it by a few 1e-7 (the one-pass mean by 2e-7)
+    ref_aux = loss_fn(*jax.tree.map(lambda x: jnp.asarray(x, jnp.float64 if x.dtype == np.float32 else x.dtype),
+                                    (params, mb)))[1]
   for chunk in (256, 64, 16):
-    out = sgd_chunks.minibatch_grad(params, batch_rows.pack(batch), batch.advantage, idx, loss_fn=loss_fn,
+    out = sgd_chunks.minibatch_grad(params, batch_rows.pack(batch), idx, loss_fn=loss_fn,
                                     chunk_size=chunk)
     assert isinstance(out, sgd_chunks.MinibatchGrad) and out.chunk_sq_norm is None
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), out.grads, ref_grads)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), out.aux, ref_aux)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=4e-7), out.aux, ref_aux)
   # With chunk norms: the same named result, the same gradient, plus the mean |chunk gradient|² by hand.
-  normed = sgd_chunks.minibatch_grad(params, batch_rows.pack(batch), batch.advantage, idx, loss_fn=loss_fn,
+  normed = sgd_chunks.minibatch_grad(params, batch_rows.pack(batch), idx, loss_fn=loss_fn,
                                      chunk_size=16, chunk_sq_norms=True)
   assert type(normed) is type(out)
   jax.tree.map(np.testing.assert_array_equal, normed.grads, out.grads)

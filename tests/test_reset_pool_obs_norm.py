@@ -9,7 +9,7 @@ from envs import base, reset_pool
 from launch import trainer
 from launch.configs import debug
 from learner import distributions
-from pipeline import obs_norm, rollout
+from pipeline import batch_rows, obs_norm, rollout
 
 MAX_LEN = 8
 
@@ -52,9 +52,10 @@ def _start_lengths(pool_size, refresh, num_envs=64, num_steps=600, seed=0):
   zeros = lambda params, obs: (jnp.zeros(obs.shape[:-1] + (2,)), jnp.zeros(obs.shape[:-1]))
   run = jax.jit(lambda runner, pool, key: rollout.rollout(
       None, runner.replace(reset_pool=pool), key, env=env, apply_fn=zeros, value_fn=lambda p, o: zeros(p, o)[1],
-      dist=distributions.Categorical(2), num_steps=num_steps, pool_refresh=refresh))
-  _, traj, *_ = run(rollout.init_runner(env, key_env, num_envs), pool, key_roll)
-  done = np.asarray(traj.terminated[:-1])
+      dist=distributions.Categorical(2), num_steps=num_steps, gamma=0.99, pool_refresh=refresh))
+  _, rows, *_ = run(rollout.init_runner(env, key_env, num_envs), pool, key_roll)
+  traj = batch_rows.unpack_batch(rows)
+  done = np.asarray(traj.done[:-1]) > 0
   return np.argmax(np.asarray(traj.obs[1:])[done], axis=-1) + 1
 
 

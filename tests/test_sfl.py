@@ -10,7 +10,7 @@ import pytest
 from envs import reset_pool, toy
 from launch import config_lib, sinks, trainer
 from launch.configs import debug
-from pipeline import rollout, sfl
+from pipeline import batch_rows, rollout, sfl
 
 TIMING = ("wall_time", "sps", "compile_time", "first_update_time")  # differ between runs by nature
 
@@ -66,16 +66,17 @@ def test_share_of_buffer_resets_matches_the_ratio():
   zeros = lambda params, o: (jnp.zeros(o.shape[:-1] + (2,)), jnp.zeros(o.shape[:-1]))
   _, traj, _, stats = jax.jit(lambda r, k: rollout.rollout(
       None, r, k, env=env, apply_fn=zeros, value_fn=lambda p, o: zeros(p, o)[1],
-      dist=distributions.for_action_space(env.action_space), num_steps=steps, pool_refresh=4, buffer_ratio=ratio))(
+      dist=distributions.for_action_space(env.action_space), num_steps=steps, gamma=0.99, pool_refresh=4, buffer_ratio=ratio))(
           runner, key)
+  traj = batch_rows.unpack_batch(traj)
   resets, from_buffer = int(stats.count), int(stats.buffer_resets)
   assert resets == num_envs * steps // 2  # 2-step episodes
   sigma = np.sqrt(resets * ratio * (1 - ratio))
   assert abs(from_buffer - resets * ratio) < 4 * sigma, (from_buffer, resets)
-  done = np.asarray(traj.terminated[:-1])
+  done = np.asarray(traj.done[:-1]) > 0
   started_marked = np.all(np.asarray(traj.obs[1:]) == -1.0, -1)
   assert not np.any(started_marked & ~done)
-  last_done = int(np.asarray(traj.terminated[-1]).sum())  # their next episode starts after the rollout
+  last_done = int(np.asarray(traj.done[-1]).sum())  # their next episode starts after the rollout
   assert from_buffer - last_done <= started_marked.sum() <= from_buffer
   np.testing.assert_allclose(started_marked.sum() / done.sum(), ratio, atol=4 * sigma / resets)
 
