@@ -172,7 +172,7 @@ def per_transition(config: ml_collections.ConfigDict, num_devices: int | None = 
 
   row = 4 * batch_rows.width(jax.eval_shape(step))
   devices = num_devices or (jax.device_count() if config.mesh.data == -1 else config.mesh.data)
-  minibatch_share = 16 / config_lib.resolve(config, num_devices=devices).ppo.num_minibatches
+  minibatch_share = 16 / config_lib.resolve(config, num_devices=devices, planning=True).ppo.num_minibatches
   beside = max(12, minibatch_share) if diagnostics else minibatch_share
   per = row + beside
   total = per * config.num_envs * config.num_steps
