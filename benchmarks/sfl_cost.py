@@ -5,9 +5,9 @@
       --config.level_sampler.batch_size=512 --config.level_sampler.num_batches=1     # 2,048 envs, fewer levels
   .venv/bin/python -m benchmarks.sfl_cost --config=launch/configs/debug.py --config.env_name=levels
 
-The config's programs with level_sampler.kind=sfl (set here), from launch/programs.py: the fused update and, as a
-program of its own, the re-scoring it runs every rescore_every updates (compile_rescore=True), both compiled ahead
-of the clock. Times the median of `repeats` updates that do not re-score and of `repeats` re-scorings, and prints
+The config's programs with level_sampler.kind=sfl (set here), from launch/programs.py: the fused update and the
+re-scoring, a program of its own that the run calls before every rescore_every-th update, both compiled ahead of
+the clock (compile time of the two is printed). Times the median of `repeats` updates that do not re-score and of `repeats` re-scorings, and prints
 one JSON line: seconds of each, the re-scoring per scored env step (it is linear in batch_size × num_batches ×
 rollout_steps, so a smaller measurement extrapolates to the defaults), and the overhead = re-scoring /
 (rescore_every × update) at the measured and at the default level_sampler settings.
@@ -46,29 +46,25 @@ def main(_):
   config.eval.solve_levels = ""
   sampler = config.level_sampler
   t0 = time.time()
-  progs = programs.build(config, eval_episodes=0, mode="fused", compile_rescore=True)
+  progs = programs.build(config, eval_episodes=0, mode="fused")
   compile_s = time.time() - t0
   logging.info("compiled in %.0f s", compile_s)
+  update_only = progs.compiled["update"]  # the update without the re-scoring in front
   state, _ = progs.update(progs.init(jax.random.PRNGKey(0)))  # update 1 re-scores first (not timed)
   jax.block_until_ready(state)
   holder = {"state": state}
 
   def update():
-    holder["state"], metrics = progs.update(holder["state"])
+    holder["state"], metrics = update_only(holder["state"])
     return metrics
+
+  def rescore():
+    holder["state"] = progs.rescore(holder["state"])
+    return holder["state"].runner.level_buffer
 
   update()  # warm
   update_s = _median_seconds(update, FLAGS.repeats)
   logging.info("update: %.3f s", update_s)
-  state = holder["state"]
-  keys = iter(range(10**6))
-
-  def rescore():
-    runner = progs.rescore(state.params, holder["runner"], jax.random.PRNGKey(next(keys)))
-    holder["runner"] = runner
-    return runner
-
-  holder["runner"] = jax.tree.map(lambda x: x.copy(), state.runner)
   rescore()  # warm
   rescore_s = _median_seconds(rescore, FLAGS.repeats)
   scored_steps = sampler.batch_size * sampler.num_batches * sampler.rollout_steps

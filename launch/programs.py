@@ -43,12 +43,13 @@ class Programs:
   state_shardings: TrainState  # of shardings: the runner on the actors' mesh, the rest on the learner's
   abstract_state: TrainState  # of ShapeDtypeStructs placed per state_shardings: a restore target, a lowering input
   init: Callable  # key -> TrainState, placed per state_shardings (jitted; compiled on its first call)
-  update: Callable | None = None  # TrainState -> (TrainState, UpdateMetrics), donating its input
+  update: Callable | None = None  # TrainState -> (TrainState, UpdateMetrics), donating its input (with SFL, the
+  #   re-scoring program first where it is due: `SFLUpdate`)
   pipeline: dataflow.PipelineFns | None = None  # the staged pipeline's compiled stages, bound to their meshes
   evaluate: Callable | None = None  # (params, key, obs_norm) -> mean deterministic return
   resize_runner: Callable | None = None  # (runner at another num_envs, key) -> runner placed per state_shardings
   solve_rates: Callable | None = None  # (params, key) -> {level: solve rate}, per config.eval.solve_levels
-  rescore: Callable | None = None  # SFL's re-scoring alone, (params, runner, key) -> runner (compile_rescore=True)
+  rescore: Callable | None = None  # SFL's re-scoring, TrainState -> TrainState with a new level buffer (donating)
   compile_time: float = 0.0  # seconds spent compiling update / stages and evaluation
   compiled: dict = dataclasses.field(default_factory=dict)  # name -> jax.stages.Compiled (for memory_analysis)
 
@@ -123,7 +124,7 @@ def _solve_rates(agent, spec: str, attempts: int, params) -> Callable:
 def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, layout: Layout,
                   actor_layout: Layout | None = None, *, mode: str = "fused", eval_episodes: int = 0,
                   compile_update: bool = True, num_seeds: int | None = None, updates_per_call: int = 1,
-                  compiler_options: dict[str, str] | None = None, compile_rescore: bool = False) -> Programs:
+                  compiler_options: dict[str, str] | None = None) -> Programs:
   """Builds and compiles the programs of a run from its parts.
 
   mode: "fused" (one update program) or "sync" / "overlap" (the pipeline's stages; the lag is the Pipeline's).
@@ -133,8 +134,8 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
     a leading seed axis (never split over devices), the update and evaluation are vmapped over it.
   updates_per_call: k > 1 scans k fused updates per call; the metrics then have a leading axis of k.
   compiler_options: default xla_options.compiler_options(jax.default_backend()).
-  compile_rescore: with level_sampler.kind=sfl also compile SFL's re-scoring as a program of its own (the fused
-    update runs it inside, every rescore_every updates; alone it is what benchmarks/sfl_cost.py times).
+  With level_sampler.kind=sfl the re-scoring is a program of its own (`rescore`), and `update` runs it before
+  updates 1, 1 + rescore_every, ... (`SFLUpdate`); benchmarks/sfl_cost.py times the two apart.
   """
   actor_layout = actor_layout or layout
   ppo = resolved.ppo
@@ -144,8 +145,9 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
     raise ValueError("the fused update runs on one mesh: actors and learner must share it")
   if mode != "fused" and (num_seeds or updates_per_call != 1):
     raise ValueError("num_seeds and updates_per_call apply to the fused update only")
-  if num_seeds and ppo.sfl:  # vmapped, the update's lax.cond would run the re-scoring on every update
-    raise ValueError("num_seeds with level_sampler.kind='sfl' is not supported: build one program per seed")
+  if (num_seeds or updates_per_call != 1) and ppo.sfl:  # the host decides when the re-scoring program runs
+    raise ValueError("num_seeds and updates_per_call with level_sampler.kind='sfl' are not supported: build one "
+                     "program per seed, one update per call")
   seeded = (lambda f: jax.vmap(f)) if num_seeds else (lambda f: f)
 
   # Shard: shapes → shardings → an init that creates the state already placed.
@@ -186,13 +188,12 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
     update = jax.jit(step, in_shardings=(state_shardings,), out_shardings=(state_shardings, layout.replicated),
                      donate_argnums=0).lower(abstract_state).compile(compiler_options=compiler_options)
     compiled["update"] = update
-    if compile_rescore and ppo.sfl and not num_seeds:
-      rescore = jax.jit(iteration_lib.make_rescore(agent, ppo, layout.constrain_envs),
-                        in_shardings=(state_shardings.params, state_shardings.runner, layout.replicated),
-                        out_shardings=state_shardings.runner, donate_argnums=1).lower(
-                            abstract_state.params, abstract_state.runner, key).compile(
-                                compiler_options=compiler_options)
+    if ppo.sfl:
+      rescore = jax.jit(iteration_lib.make_rescore(agent, ppo, layout.constrain_envs), in_shardings=(state_shardings,),
+                        out_shardings=state_shardings, donate_argnums=0).lower(abstract_state).compile(
+                            compiler_options=compiler_options)
       compiled["rescore"] = rescore
+      update = SFLUpdate(update, rescore, ppo.sfl.rescore_every)
   else:
     pipeline = _compile_stages(agent, ppo, actor_layout, layout, abstract_state, compiler_options, compiled)
   if eval_episodes:
@@ -205,6 +206,21 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
     compiled["evaluate"] = evaluate
   return dataclasses.replace(progs, update=update, pipeline=pipeline, evaluate=evaluate, rescore=rescore,
                              compile_time=time.time() - t0, compiled=compiled)
+
+
+@dataclasses.dataclass(frozen=True)
+class SFLUpdate:
+  """The fused update with SFL's re-scoring program run first before updates 1, 1 + every, ... (state.update % every
+  == 0): the same TrainState -> (TrainState, UpdateMetrics), donating its input. Reads state.update, one scalar,
+  from the device each call."""
+  update: Callable
+  rescore: Callable
+  every: int
+
+  def __call__(self, state: TrainState):
+    if int(jax.device_get(state.update)) % self.every == 0:
+      state = self.rescore(state)
+    return self.update(state)
 
 
 def _scanned(step, length, state):

@@ -187,15 +187,20 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
 
 
 def make_rescore(agent: Agent, ppo: PPOSettings, constrain_envs: Callable = lambda tree, axis=0: tree) -> Callable:
-  """SFL's re-scoring (pipeline/sfl.py) as `(params, runner, key) -> runner` with a new level buffer; the policy
-  sees observations normalised with the runner's statistics, as in the rollout."""
+  """SFL's re-scoring (pipeline/sfl.py) as `TrainState -> TrainState` with a new level buffer in the runner, drawn
+  with the update's key folded with sfl.SFL_STREAM; the policy sees observations normalised with the runner's
+  statistics, as in the rollout. It is a program of its own (launch/programs.py runs it before updates 1,
+  1 + rescore_every, ...): inside the update under lax.cond, both would be one program, which at Kinetix's size
+  did not finish compiling in 20 minutes on CPU."""
 
-  def rescore(params, runner: rollout_lib.RunnerState, key) -> rollout_lib.RunnerState:
+  def rescore(state: TrainState) -> TrainState:
+    runner = state.runner
     stats = runner.obs_norm
     normalize = (lambda obs: obs) if stats is None else (lambda obs: obs_norm_lib.normalize(stats, obs))
-    buffer = sfl_lib.rescore(params, key, env=agent.env, apply_fn=agent.apply, dist=agent.dist, settings=ppo.sfl,
-                             normalize=normalize, constrain=constrain_envs)
-    return runner.replace(level_buffer=buffer)
+    buffer = sfl_lib.rescore(state.params, jax.random.fold_in(state.key, sfl_lib.SFL_STREAM), env=agent.env,
+                             apply_fn=agent.apply, dist=agent.dist, settings=ppo.sfl, normalize=normalize,
+                             constrain=constrain_envs)
+    return state.replace(runner=runner.replace(level_buffer=buffer))
 
   return rescore
 
@@ -207,15 +212,10 @@ def make_iteration(agent: Agent, ppo: PPOSettings,
   `constrain_envs(tree, axis)` pins the env axis of intermediate arrays to the mesh (sharding.Layout.constrain_envs).
   """
   stages = make_stages(agent, ppo, constrain_envs)
-  rescore = make_rescore(agent, ppo, constrain_envs) if ppo.sfl else None
 
   def iteration(state: TrainState) -> tuple[TrainState, UpdateMetrics]:
     key, rollout_key, sgd_key = split_update_key(state.key)
-    runner = state.runner
-    if rescore is not None:  # SFL: a new level buffer before updates 1, 1 + rescore_every, ... (from state.key)
-      runner = jax.lax.cond(state.update % ppo.sfl.rescore_every == 0, rescore, lambda _, r, __: r, state.params,
-                            runner, jax.random.fold_in(state.key, sfl_lib.SFL_STREAM))
-    out = stages.act(state.params, runner, rollout_key)
+    out = stages.act(state.params, state.runner, rollout_key)
     batch = stages.advantage(out.traj, out.last_value)
     outer = state.outer
     params, opt_state, proximal, aux = stages.learn(state.params, state.opt_state, state.proximal, batch, sgd_key,
@@ -225,7 +225,7 @@ def make_iteration(agent: Agent, ppo: PPOSettings,
     new_state = TrainState(params=params, opt_state=opt_state, runner=out.runner, key=key, update=state.update + 1,
                            proximal=proximal, outer=outer)
     metrics = stages.metrics(aux, params, out.stats)
-    if rescore is not None:
+    if ppo.sfl:  # the buffer of the last re-scoring (make_rescore), and this rollout's share of resets from it
       metrics = metrics.replace(sfl=sfl_lib.metrics(out.runner.level_buffer, out.stats.buffer_resets,
                                                     out.stats.count))
     return new_state, metrics

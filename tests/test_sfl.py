@@ -1,5 +1,6 @@
 """The SFL level sampler (pipeline/sfl.py): learnability and top-k by hand, the share of buffer resets, the toy env
 whose half-the-time levels SFL must find, exact resume with a stop between re-scorings, and 1 vs 8 devices."""
+import dataclasses
 import os
 
 import jax
@@ -94,7 +95,7 @@ def test_config_errors_name_the_key():
       **{"level_sampler.batch_size": 12, "mesh.data": -1})
   assert errors() == ""
   from launch import programs  # pylint: disable=import-outside-toplevel
-  with pytest.raises(ValueError, match="num_seeds with level_sampler.kind='sfl'"):
+  with pytest.raises(ValueError, match="num_seeds and updates_per_call with level_sampler.kind='sfl'"):
     programs.build(_config(), eval_episodes=0, num_seeds=2)  # refused before anything is compiled
 
 
@@ -110,6 +111,13 @@ def test_buffer_holds_the_half_the_time_levels():
   np.testing.assert_allclose(buffer.learnability, buffer.success * (1 - buffer.success))
   assert float(metrics.sfl.learnability_min) > 0.1
   assert 0 < int(metrics.sfl.buffer_resets) < int(metrics.sfl.resets)
+  # The re-scoring is a program of its own, run before updates 1, 5, 9 (rescore_every = 4), and only then.
+  assert "rescore" in progs.compiled and progs.update.update is progs.compiled["update"]
+  calls = []
+  counting = dataclasses.replace(progs.update, rescore=lambda s: calls.append(int(s.update)) or progs.rescore(s))
+  for _ in range(8):
+    state, _ = counting(state)
+  assert calls == [4, 8]
 
 
 def _rows(workdir):
