@@ -144,7 +144,10 @@ def test_schedule_on_eight_devices_matches_one(scheduled, tmp_path):
   for a, b in zip(_rows(scheduled), _rows(workdir), strict=True):
     assert a["update"] == b["update"] and a["env_steps"] == b["env_steps"]
     for key in ("param_norm", "policy_loss", "value_loss", "entropy", "approx_kl"):
-      np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-6 if key == "policy_loss" else 0, err_msg=key)
+      # policy_loss and approx_kl are means of near-cancelling terms (KL ~1e-5 here): float order between device
+      # counts moves them by ~1e-9 absolute, which is 1e-4 relative.
+      atol = {"policy_loss": 1e-6, "approx_kl": 1e-8}.get(key, 0)
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=atol, err_msg=key)
 
 
 def test_sigterm_at_the_size_change_leaves_a_resumable_run(jax_cache, scheduled, tmp_path):  # noqa: F811
