@@ -13,8 +13,8 @@ from typing import Any
 
 import ml_collections
 
-from envs import base, entities, registry
-from launch import wandb_sink
+from envs import registry
+from launch import config_rules, wandb_sink
 from launch.config_schema import SCHEMA
 from learner import ewma, outer_step
 from pipeline import permutation, sfl
@@ -127,12 +127,12 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
   if valid("outer_step.mode") and outer and (not flat["diagnostics.enabled"] or mode != "fused"):
     err("outer_step.mode", "needs diagnostics.enabled=True (it reads the measured KL) and pipeline.mode='fused'")
   if flat["level_sampler.kind"] == "sfl":
-    _check_sfl(flat, valid, err, mode, _shards(flat, num_devices)[2] if valid("mesh.data") else 1)
+    config_rules.check_sfl(flat, valid, err, mode, _shards(flat, num_devices)[2] if valid("mesh.data") else 1)
   if valid("wandb.project") and flat["wandb.project"] and not wandb_sink.installed():
     err("wandb.project", wandb_sink.missing_message())
   if valid("env_name"):
     try:
-      _check_observations(flat, registry.make(flat["env_name"]), err)
+      config_rules.check_observations(flat, registry.make(flat["env_name"]), err)
     except (registry.UnknownEnvError, ImportError) as e:
       err("env_name", str(e))
   if errors:  # the divisibility rules below assume the basic types are right
@@ -167,47 +167,6 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
     err("total_env_steps", f"{flat['total_env_steps'] // batch_size:,} updates are more than {MAX_INDEX:,} (2^31 - 1), "
         "the most the int32 update counter holds; lower total_env_steps or raise num_envs * num_steps")
   return errors
-
-
-def _check_sfl(flat: dict[str, Any], valid, err, mode: str, shards: int) -> None:
-  """SFL's settings against each other, the reset pool, the pipeline and the env (pipeline/sfl.py)."""
-  scored = flat["level_sampler.batch_size"] * flat["level_sampler.num_batches"]
-  if valid("level_sampler.buffer_size", "level_sampler.batch_size", "level_sampler.num_batches") and \
-      flat["level_sampler.buffer_size"] > scored:
-    err("level_sampler.buffer_size", f"must be at most the {scored:,} levels scored per re-scoring "
-        "(level_sampler.batch_size x level_sampler.num_batches)")
-  if valid("level_sampler.batch_size", "mesh.data") and flat["level_sampler.batch_size"] % shards:
-    err("level_sampler.batch_size", f"must be a multiple of the {shards} devices the scored levels are split over")
-  if valid("reset_pool.size") and not flat["reset_pool.size"]:
-    err("level_sampler.kind", "sfl draws its generator levels from the reset pool: set reset_pool.size > 0")
-  if valid("pipeline.mode") and mode != "fused":
-    err("level_sampler.kind", "sfl runs in the fused update only: use pipeline.mode='fused'")
-  if valid("env_name"):
-    try:
-      env = registry.make(flat["env_name"])
-    except (registry.UnknownEnvError, ImportError):
-      return  # reported for env_name
-    if not callable(getattr(env, "success", None)):
-      err("level_sampler.kind", f"sfl needs an env whose episodes restart from a stored start state and that says "
-          f"which episodes succeeded (`success`); {flat['env_name']} has no `success`")
-
-
-def _check_observations(flat: dict[str, Any], env, err) -> None:
-  """The network, obs_norm and solve-rate levels against the env's observations."""
-  spec, name, kind = env.observation_spec, flat["env_name"], flat["network.kind"]
-  if base.is_flat(spec) == (kind == "entity") or (kind == "entity" and not isinstance(spec, entities.EntityObs)):
-    err("network.kind", f"{kind} needs " + ("flat observations" if kind == "mlp" else "entity observations (e.g. "
-        "env_name='kinetix:s@entity')") + f"; {name} observes {'a flat vector' if base.is_flat(spec) else 'a pytree'}")
-  elif kind == "entity" and flat["network.entity_heads"] % spec.attention_mask.shape[0]:
-    err("network.entity_heads", f"must be a multiple of {name}'s {spec.attention_mask.shape[0]} attention channels")
-  if flat["obs_norm"] and not base.is_flat(spec):
-    err("obs_norm", f"normalises flat observations only; {name} observes a pytree (entities with masks and indexes)")
-  if flat["eval.solve_levels"]:
-    from envs import kinetix_adapter  # pylint: disable=import-outside-toplevel
-    try:
-      kinetix_adapter.solve_levels(flat["eval.solve_levels"])
-    except (registry.UnknownEnvError, ImportError) as e:
-      err("eval.solve_levels", str(e))
 
 
 def chunk_size(sgd_chunk_size: int, minibatch_size: int, diagnostics: bool = False, shards: int = 1) -> int:
