@@ -155,8 +155,15 @@ def test_exported_policy_rounds_as_in_training():
   assert not np.array_equal(act, mean(obs))
 
 
-def test_config_key():
+def test_config_key_and_resume_policy():
+  from launch.checkpoint import compat  # pylint: disable=import-outside-toplevel
   config = debug.get_config()
   config.obs_store = "float16"
   with pytest.raises(config_lib.ConfigError, match="obs_store"):
     config_lib.resolve(config, 1)
+  saved = compat.config_json(debug.get_config())
+  del saved["obs_store"]  # a checkpoint written before the key: it ran at float32, and resumes at it
+  compat.check_compatible(debug.get_config(), saved, "X")
+  config.obs_store = "bfloat16"
+  with pytest.raises(config_lib.ConfigError, match="config.obs_store='bfloat16' does not match 'float32'"):
+    compat.check_compatible(config, saved, "X")
