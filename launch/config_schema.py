@@ -17,7 +17,7 @@ import importlib
 from launch.config_keys import (BOOL, FREE, POLICIES, WARN, Key, Resume, Rule, Schema, is_int, is_number,  # noqa: F401
                                 must_match, non_negative_int, non_negative_number, one_of, positive_int,
                                 positive_number, unit_interval)
-from learner import networks
+from learner import networks, obs_store
 
 _SHAPES = "the saved params have these shapes"
 
@@ -70,6 +70,9 @@ SCHEMA = Schema(
     # Observations and resets.
     Key("obs_norm", False, bool, "normalise observations with running mean/var (kept in the TrainState, checkpointed)",
         BOOL, must_match("the saved runner holds observation statistics only when it is on")),
+    Key("obs_store", "float32", str, "observations' float leaves as the policy sees and the batch stores them: "
+        "float32 | bfloat16 (rounded, half the bytes)", one_of(*obs_store.STORES),
+        must_match("the saved params were trained on observations at this precision")),
     Key("reset_pool.size", 0, int,
         ">0: finished episodes restart from a pool of this many pre-sampled states (0: reset)",
         non_negative_int("must be a non-negative integer (0 turns the pool off)"),

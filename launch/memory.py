@@ -147,11 +147,11 @@ def plan(config: ml_collections.ConfigDict) -> MemoryReport:
 def per_transition(config: ml_collections.ConfigDict, num_devices: int | None = None) -> dict[str, Any]:
   """Bytes one transition (one env step of one env) takes in the update, from the config's shapes alone: what the
   compiled update holds per transition at its peak. The rollout packs each step as one float32 row
-  (pipeline/batch_rows.py, pipeline/rollout.Trajectory: observation leaves, 32-bit integers as two columns; the
-  action, discrete ones in one; log-prob, value, reward, done; the behaviour head with diagnostics on) and GAE
-  writes the advantages and targets over reward and done in place, so the batch is held once. Beside it: during
-  SGD the current minibatch's indices and their computation (about four int32 per minibatch sample, i.e.
-  16 / num_minibatches bytes per transition), or with diagnostics on afterwards the per-state KL and the value and
+  (pipeline/batch_rows.py, pipeline/rollout.Trajectory: observation leaves, 32-bit integers as two columns, float
+  ones two per column with obs_store=bfloat16; the action, discrete ones in one; log-prob, value, reward, done; the
+  behaviour head with diagnostics on) and GAE writes the advantages and targets over reward and done in place, so
+  the batch is held once. Beside it: during SGD the current minibatch's indices and their computation (about four
+  int32 per minibatch sample, i.e. 16 / num_minibatches bytes per transition), or with diagnostics on afterwards the per-state KL and the value and
   target columns (three floats).
   `rollout_total` = that × num_envs × num_steps, and per device over `num_devices` (default: the mesh's data axis).
   Per env (the runner, one step's activations) and fixed costs (params, the reset pool, gradient chunks) are left
@@ -168,7 +168,8 @@ def per_transition(config: ml_collections.ConfigDict, num_devices: int | None = 
     action = dist.sample(jax.random.PRNGKey(0), jax.numpy.zeros((1, dist.param_size)))
     scalar = jax.numpy.zeros((1,))
     return rollout.step_record(obs, action, scalar, scalar, scalar, scalar,
-                               jax.numpy.zeros((1, dist.param_size)) if diagnostics else None, dist)
+                               jax.numpy.zeros((1, dist.param_size)) if diagnostics else None, dist,
+                               config.obs_store)
 
   row = 4 * batch_rows.width(jax.eval_shape(step))
   devices = num_devices or (jax.device_count() if config.mesh.data == -1 else config.mesh.data)

@@ -120,7 +120,8 @@ def spec_for(config: ml_collections.ConfigDict, obs_norm: policy_lib.ObsNorm | N
   return policy_lib.PolicySpec(hidden_sizes=tuple(net.hidden_sizes), activation=net.activation,
                                shared_trunk=bool(net.shared_trunk), action_space=env.action_space,
                                observation_shape=shape, obs_norm=obs_norm, env_name=env_name or config.env_name,
-                               entity=entity, observation_leaves=leaves)
+                               entity=entity, observation_leaves=leaves,
+                               obs_store=config.get("obs_store", "float32"))
 
 
 def load(workdir: str) -> SavedRun:

@@ -23,7 +23,7 @@ import numpy as np
 from flax import traverse_util
 
 from envs import base, entities
-from learner import distributions, entity_network, networks
+from learner import distributions, entity_network, networks, obs_store as obs_store_lib
 
 FORMAT = "ppo-million-policy/1"
 PARAMS_FILE = "params.safetensors"
@@ -53,6 +53,7 @@ class PolicySpec:
   entity: tuple[int, int, int, int] | None = None
   # Entity observations: field -> (shape, dtype) of one env's EntityObs; None for a flat observation_shape.
   observation_leaves: tuple[tuple[str, tuple[int, ...], str], ...] | None = None
+  obs_store: str = "float32"  # the run's obs_store: the policy sees its observations rounded as in training
 
   @property
   def dist(self) -> distributions.Distribution:
@@ -99,6 +100,8 @@ class PolicySpec:
         "observation_shape": list(self.observation_shape),
         "obs_norm": None if self.obs_norm is None else dataclasses.asdict(self.obs_norm),
     }
+    if self.obs_store != "float32":  # absent: float32, as every policy.json written before the key was
+      out["obs_store"] = self.obs_store
     if self.observation_leaves is not None:
       out["observation_leaves"] = {name: {"shape": list(shape), "dtype": dtype}
                                    for name, shape, dtype in self.observation_leaves}
@@ -130,7 +133,8 @@ class PolicySpec:
                observation_shape=tuple(int(d) for d in data["observation_shape"]),
                obs_norm=None if norm is None else ObsNorm(mean=tuple(norm["mean"]), var=tuple(norm["var"]),
                                                           clip=float(norm["clip"]), eps=float(norm["eps"])),
-               env_name=data.get("env_name", ""), entity=entity, observation_leaves=leaves)
+               env_name=data.get("env_name", ""), entity=entity, observation_leaves=leaves,
+               obs_store=data.get("obs_store", "float32"))
 
 
 ENTITY_KEYS = ("width", "layers", "heads", "qkv_features")
@@ -165,7 +169,7 @@ def make_act(spec: PolicySpec, params: Any) -> Callable[..., jax.Array]:
     if norm is not None:
       mean, var = jnp.asarray(norm.mean, jnp.float32), jnp.asarray(norm.var, jnp.float32)
       obs = jnp.clip((obs - mean) * jax.lax.rsqrt(var + norm.eps), -norm.clip, norm.clip)
-    head, _ = model.apply(params, obs)
+    head, _ = model.apply(params, obs_store_lib.view(obs, spec.obs_store))
     if isinstance(deterministic, bool):  # a Python bool: only one branch is traced
       return dist.mode(head) if deterministic else dist.sample(key, head)
     return jax.lax.cond(deterministic, dist.mode, lambda h: dist.sample(key, h).astype(dist.mode(h).dtype), head)

@@ -8,10 +8,17 @@ Minibatches gather samples by random (t, n) index (pipeline/sgd_chunks.py). Gath
 one scattered read per leaf (six for PPO: obs, action, log-prob, value, advantage, target), and once the batch
 outgrows the caches each of them is a cache miss; packed, a sample is one row of a few dozen bytes.
 
-float32 leaves are stored as they are; narrower types (bool, int8/16, float16, bfloat16) are converted, which
-float32 holds exactly; 32-bit integers take two columns, their 16-bit halves as floats. (Not their bits: an int
-bitcast to float32 is mostly a denormal, and on several devices XLA partitions the gather as a masked sum across
-devices, which flushes denormals to zero.)
+float32 leaves are stored as they are; narrower types (bool, int8/16, float16) are converted, which float32 holds
+exactly; 32-bit integers take two columns, their 16-bit halves as floats. (Not their bits: an int bitcast to float32
+is mostly a denormal, and on several devices XLA partitions the gather as a masked sum across devices, which flushes
+denormals to zero; GPUs also run float32 with flush-to-zero.)
+
+bfloat16 leaves (observations with obs_store=bfloat16, learner/obs_store.py) are stored two per column, as bits:
+a (first of a pair) and b as the float32 whose bits are ((bits(a) + 0x0080) << 16) | bits(b), a leaf with an odd
+element count padded with one zero. Adding 1 to a's 8-bit exponent field maps a finite bfloat16 of exponent field
+0..0xFD (|a| <= 2^126) to 1..0xFE: the packed float is always normal and finite (zeros, negative zeros and bfloat16
+denormals included), so copies, selects and masked sums keep it bit for bit. Larger magnitudes, ±inf and NaN are
+stored as ±2^126 (obs_store clamps observations to that range before rounding, so it never happens to them).
 """
 from __future__ import annotations
 
@@ -49,6 +56,18 @@ class Rows:
                 names=tuple(jax.tree_util.keystr(path) for path, _ in with_path))
 
 
+PAIR_BIAS = 0x0080  # + 1 in the exponent field of a pair's first bfloat16 (see the module docstring)
+_PAIR_MAX_BITS = 0x7E80  # bits of 2^126: the largest |bfloat16| whose exponent field is <= 0xFD
+
+
+def _columns(shape: tuple, dtype: np.dtype) -> int:
+  """Floats a leaf of trailing `shape` and `dtype` takes in a row."""
+  size = int(np.prod(shape, dtype=int))
+  if dtype == jnp.bfloat16:
+    return (size + 1) // 2  # two per column
+  return 2 * size if dtype != np.float32 and dtype.itemsize == 4 else size  # 32-bit integers: two halves
+
+
 def _layout(tree, leading: int) -> tuple[Any, tuple, tuple]:
   """(treedef, columns, names) of `tree`'s leaves, whose first `leading` axes are the batch axes."""
   with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -57,9 +76,9 @@ def _layout(tree, leading: int) -> tuple[Any, tuple, tuple]:
     dtype = np.dtype(x.dtype)
     if dtype.itemsize > 4:
       raise TypeError(f"batch_rows packs 32-bit or narrower leaves, got {dtype}")
-    columns.append((offset, tuple(x.shape[leading:]), dtype))  # 2 × the elements wide for 32-bit integers
+    columns.append((offset, tuple(x.shape[leading:]), dtype))
     names.append(jax.tree_util.keystr(path))
-    offset += int(np.prod(x.shape[leading:], dtype=int)) * (2 if dtype != np.float32 and dtype.itemsize == 4 else 1)
+    offset += _columns(tuple(x.shape[leading:]), dtype)
   return treedef, tuple(columns), tuple(names)
 
 
@@ -69,7 +88,26 @@ def width(tree, leading: int = 1) -> int:
   if not columns:
     return 0
   offset, shape, dtype = columns[-1]
-  return offset + int(np.prod(shape, dtype=int)) * (2 if dtype != np.float32 and dtype.itemsize == 4 else 1)
+  return offset + _columns(shape, dtype)
+
+
+def _pack_pairs(flat: Array) -> Float[Array, "N P"]:
+  """bfloat16 [N, E] -> float32 [N, ceil(E / 2)]: element 2i in the high half (exponent + 1), 2i + 1 in the low.
+  Integer operations only: a float clamp or pad would flush bfloat16 denormals to zero on CPU."""
+  bits = jax.lax.bitcast_convert_type(flat, jnp.uint16).astype(jnp.uint32)
+  magnitude = bits & 0x7FFF  # ±inf and NaN (exponent field 0xFF) and 0xFE become ±2^126
+  bits = jnp.where(magnitude > _PAIR_MAX_BITS, (bits & 0x8000) | _PAIR_MAX_BITS, bits)
+  if bits.shape[-1] % 2:
+    bits = jnp.pad(bits, ((0, 0), (0, 1)))
+  bits = bits.reshape(bits.shape[0], -1, 2)
+  return jax.lax.bitcast_convert_type(((bits[..., 0] + PAIR_BIAS) << 16) | bits[..., 1], jnp.float32)
+
+
+def _unpack_pairs(packed: Float[Array, "M P"], size: int) -> Array:
+  """float32 [M, P] from `_pack_pairs` -> bfloat16 [M, size]."""
+  bits = jax.lax.bitcast_convert_type(packed, jnp.uint32)
+  halves = jnp.stack([((bits >> 16) - PAIR_BIAS) & 0xFFFF, bits & 0xFFFF], axis=-1).astype(jnp.uint16)
+  return jax.lax.bitcast_convert_type(halves.reshape(packed.shape[0], -1)[:, :size], jnp.bfloat16)
 
 
 def pack_step(tree) -> Float[Array, "N F"]:
@@ -79,7 +117,9 @@ def pack_step(tree) -> Float[Array, "N F"]:
     if np.dtype(x.dtype).itemsize > 4:
       raise TypeError(f"batch_rows packs 32-bit or narrower leaves, got {x.dtype}")
     flat = x.reshape(x.shape[:1] + (-1,))
-    if x.dtype != jnp.float32 and np.dtype(x.dtype).itemsize == 4:  # 32-bit integers: low and high 16 bits
+    if x.dtype == jnp.bfloat16:
+      flat = _pack_pairs(flat)
+    elif x.dtype != jnp.float32 and np.dtype(x.dtype).itemsize == 4:  # 32-bit integers: low and high 16 bits
       bits = jax.lax.bitcast_convert_type(flat, jnp.uint32)
       flat = jnp.concatenate([bits & 0xFFFF, bits >> 16], axis=-1)
     parts.append(flat.astype(jnp.float32))
@@ -105,12 +145,15 @@ def unpack(rows: Rows, data: Float[Array, "M F"]):
   """Gathered rows [M, F] -> the batch's pytree with leaves [M, ...]."""
   leaves = []
   for offset, shape, dtype in rows.columns:
-    width = int(np.prod(shape, dtype=int))
-    if dtype == np.float32 or dtype.itemsize < 4:
-      x = data[:, offset:offset + width].astype(dtype)
+    size = int(np.prod(shape, dtype=int))
+    columns = data[:, offset:offset + _columns(shape, dtype)]
+    if dtype == jnp.bfloat16:
+      x = _unpack_pairs(columns, size)
+    elif dtype == np.float32 or dtype.itemsize < 4:
+      x = columns.astype(dtype)
     else:
-      halves = data[:, offset:offset + 2 * width].astype(jnp.uint32)
-      x = jax.lax.bitcast_convert_type(halves[:, :width] | (halves[:, width:] << 16), dtype)
+      halves = columns.astype(jnp.uint32)
+      x = jax.lax.bitcast_convert_type(halves[:, :size] | (halves[:, size:] << 16), dtype)
     leaves.append(x.reshape((data.shape[0],) + tuple(shape)))
   return jax.tree.unflatten(rows.treedef, leaves)
 

@@ -15,7 +15,8 @@ def make_evaluate(env: base.Environment, apply_fn: Callable, dist: distributions
                   num_episodes: int) -> Callable:
   """Returns `(params, key, obs_norm=None) -> mean undiscounted return`; each env stops at its first episode end.
 
-  With `obs_norm` (the run's running statistics) the policy sees normalised observations, as in training.
+  With `obs_norm` (the run's running statistics) the policy sees normalised observations, as in training; `apply_fn`
+  (iteration.Agent.apply) rounds them as obs_store stores them, so the evaluated policy is the trained one.
   """
 
   def evaluate(params, key, obs_norm=None):

@@ -16,6 +16,7 @@ from flax import struct
 
 from envs import base
 from learner import diagnostics as diagnostics_lib, distributions, ewma as ewma_lib, losses, networks
+from learner import obs_store as obs_store_lib
 from learner import outer_step as outer_step_lib
 from learner.state import TrainState
 from pipeline import batch_rows, gae as gae_lib
@@ -85,12 +86,15 @@ class Agent:
   model: networks.ActorCritic  # or learner/entity_network.EntityActorCritic: the same interface
   dist: distributions.Distribution
   optimizer: optax.GradientTransformation
+  # The observations' precision (learner/obs_store.py): every use of the policy — acting, bootstrapping, learning,
+  # evaluating — goes through `apply` / `value`, which see observations rounded as the trajectory stores them.
+  obs_store: str = "float32"
 
   def apply(self, params, obs):
-    return self.model.apply(params, obs)
+    return self.model.apply(params, obs_store_lib.view(obs, self.obs_store))
 
   def value(self, params, obs):
-    return self.model.apply(params, obs, method=type(self.model).value)
+    return self.model.apply(params, obs_store_lib.view(obs, self.obs_store), method=type(self.model).value)
 
 
 def _global_norm(tree) -> jax.Array:
@@ -153,7 +157,8 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
     runner, traj, last_value, stats = rollout_lib.rollout(
         params, runner, key, env=agent.env, apply_fn=agent.apply, value_fn=agent.value, dist=agent.dist,
         num_steps=ppo.num_steps, gamma=ppo.gamma, constrain=actor_constrain, keep_head=ppo.diagnostics,
-        pool_refresh=ppo.reset_pool_refresh, buffer_ratio=ppo.sfl.buffer_ratio if ppo.sfl else 0.0)
+        pool_refresh=ppo.reset_pool_refresh, buffer_ratio=ppo.sfl.buffer_ratio if ppo.sfl else 0.0,
+        obs_store=agent.obs_store)
     return ActorOutput(runner=runner, traj=actor_constrain(traj, 1), last_value=last_value, stats=stats)
 
   def advantage(traj: batch_rows.Rows, last_value) -> batch_rows.Rows:

@@ -17,6 +17,7 @@ from jaxtyping import Array, Float
 from envs import base
 from envs import reset_pool as reset_pool_lib
 from learner import distributions
+from learner import obs_store as obs_store_lib
 from pipeline import batch_rows, gae as gae_lib
 from pipeline import obs_norm as obs_norm_lib
 from pipeline import sfl as sfl_lib
@@ -43,7 +44,7 @@ class Trajectory:
 
   The fields are in the order of losses.Minibatch's, so that GAE's advantages and targets, written over `reward`
   and `done` in place, make the rows a minibatch source (pipeline/iteration.py)."""
-  obs: Any  # [N, obs], or the env's observation pytree with leaves [N, ...]
+  obs: Any  # [N, obs], or the env's observation pytree with leaves [N, ...]; float leaves bfloat16 if obs_store is
   action: Array  # [N] int16 for discrete actions (exact, one column), or [N, A]
   log_prob: Float[Array, "N"]
   value: Float[Array, "N"]
@@ -79,8 +80,8 @@ def init_runner(env: base.Environment, key: jax.Array, num_envs: int, obs_norm: 
 def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environment, apply_fn: Callable,
             value_fn: Callable, dist: distributions.Distribution, num_steps: int,
             gamma: float, constrain: Callable = lambda x: x, keep_head: bool = False,
-            pool_refresh: int = 0,
-            buffer_ratio: float = 0.0) -> tuple[RunnerState, batch_rows.Rows, Float[Array, "N"], EpisodeStats]:
+            pool_refresh: int = 0, buffer_ratio: float = 0.0,
+            obs_store: str = "float32") -> tuple[RunnerState, batch_rows.Rows, Float[Array, "N"], EpisodeStats]:
   """Steps all envs `num_steps` times. Returns the new runner, the trajectory as rows (batch_rows.Rows of
   `Trajectory`, [T, N, F]: each step packed as it is taken, so no unpacked batch is ever held), V(last obs) and
   episode stats.
@@ -91,7 +92,9 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
   policy sees normalised observations (the trajectory stores what it saw) and the statistics are updated with every
   step's new observations; with `runner.reset_pool`, `pool_refresh` entries are re-sampled per step and finished
   episodes restart from the pool; with `runner.level_buffer` as well, a `buffer_ratio` share of them from the buffer
-  (pipeline/sfl.py), counted in the stats' `buffer_resets`.
+  (pipeline/sfl.py), counted in the stats' `buffer_resets`. `obs_store` (learner/obs_store.py): the observations'
+  precision in the trajectory; `apply_fn` and `value_fn` must see them at it (iteration.Agent's do), so that the
+  stored observation is what the policy acted on.
   """
   num_envs = runner.episode_return.shape[0]
   norm = (lambda stats, obs: obs) if runner.obs_norm is None else obs_norm_lib.normalize
@@ -100,7 +103,7 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
     runner, stats, obs_stats, pool = carry
     from_buffer = None
     act_key, env_key = jax.random.split(step_key)
-    obs = norm(obs_stats, runner.obs)
+    obs = obs_store_lib.narrow(norm(obs_stats, runner.obs), obs_store)  # what the policy sees is what is stored
     head, value = apply_fn(params, obs)
     action = dist.sample(act_key, head)
     log_prob = dist.log_prob(head, action)
@@ -129,7 +132,7 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
       obs_stats = obs_norm_lib.update(obs_stats, out.obs)
     transition = step_record(obs, action, log_prob, value,
                              gae_lib.bootstrap(out.reward, out.terminated, out.truncated, truncation_value, gamma),
-                             done, head if keep_head else None, dist)
+                             done, head if keep_head else None, dist, obs_store)
     return (new_runner, stats, obs_stats, pool), constrain(batch_rows.pack_step(transition))
 
   level_buffer = runner.level_buffer
@@ -142,18 +145,20 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
   last_value = value_fn(params, norm(obs_norm, runner.obs))
   example = jax.eval_shape(lambda: step_record(
       runner.obs, dist.sample(key, jnp.zeros((num_envs, dist.param_size))), *[jnp.zeros((num_envs,))] * 4,
-      jnp.zeros((num_envs, dist.param_size)) if keep_head else None, dist))
+      jnp.zeros((num_envs, dist.param_size)) if keep_head else None, dist, obs_store))
   return (runner.replace(obs_norm=obs_norm, reset_pool=reset_pool, level_buffer=level_buffer),
           batch_rows.from_steps(data, example), last_value, stats)
 
 
-def step_record(obs, action, log_prob, value, reward, done, head, dist: distributions.Distribution) -> Trajectory:
+def step_record(obs, action, log_prob, value, reward, done, head, dist: distributions.Distribution,
+                obs_store: str = "float32") -> Trajectory:
   """What one step stores per env. Discrete actions (< 2^15 of them) as int16: exact in one float32 column,
-  where int32 takes two (batch_rows)."""
+  where int32 takes two (batch_rows). The observation at `obs_store`'s precision (learner/obs_store.narrow:
+  bfloat16, two per column), as the policy saw it."""
   if jnp.issubdtype(action.dtype, jnp.integer) and dist.param_size < 2**15:
     action = action.astype(jnp.int16)
-  return Trajectory(obs=obs, action=action, log_prob=log_prob, value=value, reward=reward,
-                    done=done.astype(jnp.float32), head=head)
+  return Trajectory(obs=obs_store_lib.narrow(obs, obs_store), action=action, log_prob=log_prob, value=value,
+                    reward=reward, done=done.astype(jnp.float32), head=head)
 
 
 RESIZE_STREAM = 0x656C6173  # folded into the run's key for the resets of envs added by a change of num_envs

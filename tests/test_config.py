@@ -213,7 +213,7 @@ def test_every_config_key_is_in_the_schema_with_a_resume_policy():
       assert (name in must_match) == (resume.policy == "must_match") and (name in free) == (resume.policy == "free")
       assert resume.policy != "must_match" or must_match[name]  # with the reason
   # The policies the resume check applies (hand-written: moving a key between them changes what a resume allows).
-  assert set(must_match) == {"env_name", "num_envs", "seed", "anneal_lr", "obs_norm", "reset_pool.size",
+  assert set(must_match) == {"env_name", "num_envs", "seed", "anneal_lr", "obs_norm", "obs_store", "reset_pool.size",
                              "network.hidden_sizes", "network.activation", "network.shared_trunk", "ewma.enabled",
                              "outer_step.mode", "network.kind", "network.entity_width", "network.entity_layers",
                              "network.entity_heads", "network.entity_qkv", "level_sampler.kind",

@@ -43,7 +43,9 @@ def _policy_lag(flat: dict[str, Any]) -> int:
 
 def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], where: str) -> None:
   """Raises ConfigError naming every MUST_MATCH key that differs; warns about other changed keys."""
-  now, then = _flat(config_json(config)), _flat(saved)
+  # A key the saved config lacks was added after it was written: that run ran as the key's default (new keys
+  # default to the old behaviour), so it resumes as such instead of every new must_match key refusing it.
+  now, then = _flat(config_json(config)), {**_flat(config_json(config_schema.SCHEMA.config())), **_flat(saved)}
   # Under a scaling rule a run continues at another num_envs (launch/elastic.py rebuilds the envs); else refused.
   elastic_ok = now.get("scaling.rule", "none") != "none"
   errors = [f"config.{k}={now.get(k)!r} does not match {then.get(k)!r} in the checkpoint ({why})"
