@@ -8,8 +8,9 @@ Minibatches gather samples by random (t, n) index (pipeline/sgd_chunks.py). Gath
 one scattered read per leaf (six for PPO: obs, action, log-prob, value, advantage, target), and once the batch
 outgrows the caches each of them is a cache miss; packed, a sample is one row of a few dozen bytes.
 
-float32 leaves are stored as they are; narrower types (bool, int8/16, float16) are converted, which float32 holds
-exactly; 32-bit integers take two columns, their 16-bit halves as floats. (Not their bits: an int bitcast to float32
+float32 leaves are stored as they are; narrower types (int8/16, float16) are converted, which float32 holds
+exactly; 32-bit integers take two columns, their 16-bit halves as floats; bools (the masks of entity observations:
+206 of them per Kinetix transition) are bits, 16 to a column, each column that 16-bit integer as a float. (Not their bits: an int bitcast to float32
 is mostly a denormal, and on several devices XLA partitions the gather as a masked sum across devices, which flushes
 denormals to zero; GPUs also run float32 with flush-to-zero.)
 
@@ -56,6 +57,7 @@ class Rows:
                 names=tuple(jax.tree_util.keystr(path) for path, _ in with_path))
 
 
+BOOL_BITS = 16  # bools per column: an integer below 2^16, exact in float32 (normal or zero, so gathers keep it)
 PAIR_BIAS = 0x0080  # + 1 in the exponent field of a pair's first bfloat16 (see the module docstring)
 _PAIR_MAX_BITS = 0x7E80  # bits of 2^126: the largest |bfloat16| whose exponent field is <= 0xFD
 
@@ -65,6 +67,8 @@ def _columns(shape: tuple, dtype: np.dtype) -> int:
   size = int(np.prod(shape, dtype=int))
   if dtype == jnp.bfloat16:
     return (size + 1) // 2  # two per column
+  if dtype == np.bool_:
+    return -(-size // BOOL_BITS)  # BOOL_BITS per column
   return 2 * size if dtype != np.float32 and dtype.itemsize == 4 else size  # 32-bit integers: two halves
 
 
@@ -110,6 +114,20 @@ def _unpack_pairs(packed: Float[Array, "M P"], size: int) -> Array:
   return jax.lax.bitcast_convert_type(halves.reshape(packed.shape[0], -1)[:, :size], jnp.bfloat16)
 
 
+def _pack_bools(flat: Array) -> Float[Array, "N B"]:
+  """bool [N, E] -> float32 [N, ceil(E / BOOL_BITS)]: each column the integer whose bits are BOOL_BITS of them
+  (element BOOL_BITS·j + i is bit i of column j), as a float32, which holds it exactly."""
+  pad = -flat.shape[-1] % BOOL_BITS
+  bits = jnp.pad(flat, ((0, 0), (0, pad))).reshape(flat.shape[0], -1, BOOL_BITS).astype(jnp.uint32)
+  return jnp.sum(bits << jnp.arange(BOOL_BITS, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32).astype(jnp.float32)
+
+
+def _unpack_bools(packed: Float[Array, "M B"], size: int) -> Array:
+  """float32 [M, B] from `_pack_bools` -> bool [M, size]."""
+  bits = packed.astype(jnp.uint32)[..., None] >> jnp.arange(BOOL_BITS, dtype=jnp.uint32)
+  return (bits & 1).astype(bool).reshape(packed.shape[0], -1)[:, :size]
+
+
 def pack_step(tree) -> Float[Array, "N F"]:
   """One time step's pytree (leaves [N, ...]) as its [N, F] rows."""
   parts = []
@@ -119,6 +137,8 @@ def pack_step(tree) -> Float[Array, "N F"]:
     flat = x.reshape(x.shape[:1] + (-1,))
     if x.dtype == jnp.bfloat16:
       flat = _pack_pairs(flat)
+    elif x.dtype == jnp.bool_:
+      flat = _pack_bools(flat)
     elif x.dtype != jnp.float32 and np.dtype(x.dtype).itemsize == 4:  # 32-bit integers: low and high 16 bits
       bits = jax.lax.bitcast_convert_type(flat, jnp.uint32)
       flat = jnp.concatenate([bits & 0xFFFF, bits >> 16], axis=-1)
@@ -149,6 +169,8 @@ def unpack(rows: Rows, data: Float[Array, "M F"]):
     columns = data[:, offset:offset + _columns(shape, dtype)]
     if dtype == jnp.bfloat16:
       x = _unpack_pairs(columns, size)
+    elif dtype == np.bool_:
+      x = _unpack_bools(columns, size)
     elif dtype == np.float32 or dtype.itemsize < 4:
       x = columns.astype(dtype)
     else:

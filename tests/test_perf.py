@@ -105,14 +105,14 @@ def test_batch_rows_round_trip_is_exact(devices):
   batch = {"obs": jax.random.normal(k[0], (6, 8, 2, 3)),
            "action": (jnp.arange(48, dtype=jnp.int32).reshape(6, 8) - 3) * (2**24 + 1),
            "small": jnp.arange(48, dtype=jnp.int32).reshape(6, 8) % 3,
-           "flag": jax.random.bernoulli(k[1], 0.5, (6, 8)),
+           "flag": jax.random.bernoulli(k[1], 0.5, (6, 8, 17)).at[0].set(True),  # 2 columns, one all ones
            "half": jax.random.normal(k[2], (6, 8, 4)).astype(jnp.bfloat16), "u": jnp.full((6, 8), 2**32 - 1, jnp.uint32)}
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:devices]), ("data",))
   split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
   batch = jax.device_put(batch, split)
   idx = jnp.array([47, 0, 7, 7, 13, 30, 8, 41])
   rows = jax.jit(batch_rows.pack)(batch)
-  assert rows.data.shape == (6, 8, 6 + 2 + 2 + 1 + 2 + 2) and rows.data.dtype == jnp.float32  # bf16: 2 a column
+  assert rows.data.shape == (6, 8, 6 + 2 + 2 + 2 + 2 + 2) and rows.data.dtype == jnp.float32  # bf16: 2 a column, bools 16
   got = jax.jit(lambda r, i: batch_rows.unpack(r, batch_rows.take(r, i)))(rows, idx)
   for name, leaf in batch.items():
     want = np.asarray(leaf).reshape((48,) + leaf.shape[2:])[np.asarray(idx)]
