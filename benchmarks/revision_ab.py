@@ -33,13 +33,9 @@ flags.DEFINE_integer("updates", 10, "Updates per timed round.")
 FLAGS = flags.FLAGS
 
 
-def _worker(overrides: list[str], updates: int) -> None:
-  """Runs in a revision's checkout: build, warm up, then one timed round per 'go' line on stdin."""
-  import functools  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  from launch.configs import default  # pylint: disable=import-outside-toplevel
-  config = default.get_config()
-  for item in overrides:  # --config.a.b=value, typed as the default's value
+def apply_overrides(config, overrides: list[str]) -> None:
+  """Sets each `--config.a.b=value` on `config`, typed as the value it replaces (bools from true/false)."""
+  for item in overrides:
     path, value = item.removeprefix("--config.").split("=", 1)
     *parents, leaf = path.split(".")
     node = config
@@ -47,6 +43,15 @@ def _worker(overrides: list[str], updates: int) -> None:
       node = node[part]
     old = node[leaf]
     node[leaf] = (value.lower() == "true") if isinstance(old, bool) else type(old)(value)
+
+
+def _worker(overrides: list[str], updates: int) -> None:
+  """Runs in a revision's checkout: build, warm up, then one timed round per 'go' line on stdin."""
+  import functools  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from launch.configs import default  # pylint: disable=import-outside-toplevel
+  config = default.get_config()
+  apply_overrides(config, overrides)
   t0 = time.time()
   if os.path.exists(os.path.join("launch", "programs.py")):
     from launch import programs  # pylint: disable=import-outside-toplevel
