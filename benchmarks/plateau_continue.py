@@ -75,7 +75,8 @@ def run_variant(plateau, game: str, variant: str) -> dict:
   _, points, run_time = study.train_and_evaluate(progs, state, FLAGS.continue_steps, name)
   return {"game": game, "variant": variant, "name": name, "num_envs": arm.num_envs,
           "learning_rate": resolved.learning_rate, "ewma_com": arm.ewma_com, "seeds": FLAGS.seeds,
-          "compile_s": progs.compile_time, "run_s": run_time, "date": datetime.date.today().isoformat(),
+          "compile_s": progs.compile_time, "run_s": run_time.wall_s, "run_cpu_s": run_time.cpu_s,
+          "date": datetime.date.today().isoformat(),
           "machine": study.machine(), "smoke": FLAGS.smoke, "points": points}
 
 

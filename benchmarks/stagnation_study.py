@@ -137,13 +137,14 @@ def run_arm(arm: Arm) -> dict:
           "minibatch_size": resolved.minibatch_size, "num_minibatches": resolved.ppo.num_minibatches,
           "learning_rate_resolved": resolved.learning_rate, "num_updates": resolved.num_updates,
           "optimizer_steps": resolved.num_updates * resolved.ppo.num_minibatches * config.update_epochs,
-          "eval_episodes": FLAGS.eval_episodes, "compile_s": progs.compile_time, "run_s": run_time,
+          "eval_episodes": FLAGS.eval_episodes, "compile_s": progs.compile_time, "run_s": run_time.wall_s,
+          "run_cpu_s": run_time.cpu_s,
           "date": datetime.date.today().isoformat(), "machine": machine(), "smoke": FLAGS.smoke, "points": points}
 
 
 def train_and_evaluate(progs, state, budget: int, name: str):
   """Runs `progs.update` (FLAGS.eval_spacing env steps per call) over `budget` env steps from `state`, evaluating at
-  0 and after every call; returns the final state, the points and the seconds taken (without the compile)."""
+  0 and after every call; returns the final state, the points and the time taken (without the compile)."""
   eval_keys = jax.random.split(jax.random.PRNGKey(10_000), FLAGS.seeds)  # the same for every arm
 
   def evaluate(state, point):
@@ -151,7 +152,7 @@ def train_and_evaluate(progs, state, budget: int, name: str):
     return np.asarray(jax.device_get(progs.evaluate_state(state, k))).tolist()
 
   points = [{"env_steps": 0, "eval_return": evaluate(state, 0)}]
-  t0 = time.time()
+  t0, cpu0 = time.time(), time.process_time()
   for i in range(budget // FLAGS.eval_spacing):
     state, m = progs.update(state)
     m = jax.device_get(m)  # leaves [updates per call, seeds]
@@ -164,7 +165,13 @@ def train_and_evaluate(progs, state, budget: int, name: str):
     points.append(point)
     print(f"  {name} {point['env_steps']:>10,} eval {np.round(point['eval_return'], 1).tolist()} "
           f"({time.time() - t0:.0f} s)", flush=True)
-  return state, points, time.time() - t0
+  return state, points, Timing(time.time() - t0, time.process_time() - cpu0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+  wall_s: float
+  cpu_s: float  # this process's CPU seconds, all threads: the compute, whatever else ran beside it (or paused it)
 
 
 def base_arm(game: str) -> Arm:
@@ -231,11 +238,17 @@ def late_b_simple(run: dict, key: str = "") -> float:
                                                                                     for p in pts]))
 
 
+def _run_time(run: dict) -> str:
+  """Wall seconds, and the process's CPU seconds where recorded (the wall time also counts what ran beside it)."""
+  cpu = run.get("run_cpu_s")
+  return f"{run['run_s']:.0f}" + (f" ({cpu:.0f} CPU)" if cpu is not None else "")
+
+
 def table(runs: dict[str, dict]) -> list[str]:
   e = FLAGS.total_env_steps
   lines = ["| arm | experiment | rule | N | lr | EWMA com | budget | optimizer steps | eval at budget/2 | "
            "eval at budget | eval at long budget | last quarter of budget | KL/update (2nd half) | B_simple policy | "
-           "compile s | run s |", "| " + " | ".join(["---"] * 16) + " |"]
+           "compile s | run s (CPU s) |", "| " + " | ".join(["---"] * 16) + " |"]
   for name, run in runs.items():
     a = run["arm"]
     kl = np.mean([np.mean(p["kl_mean"]) for p in run["points"][1 + len(run["points"]) // 2:]])
@@ -244,7 +257,7 @@ def table(runs: dict[str, dict]) -> list[str]:
         f"{a['ewma_com'] or '-'} | {a['budget']:,} | {run['optimizer_steps']:,} | {cell(at_steps(run, e // 2))} | "
         f"{cell(at_steps(run, e))} | {cell(at_steps(run, e * FLAGS.long_factor) if a['budget'] > e else None)} | "
         f"{cell(last_quarter(run, e))} | {kl:.2e} | {late_b_simple(run, '_policy'):.3g} | "
-        f"{run['compile_s']:.0f} | {run['run_s']:.0f} |")
+        f"{run['compile_s']:.0f} | {_run_time(run)} |")
   return lines
 
 
