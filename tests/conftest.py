@@ -14,9 +14,9 @@ _TEST_XLA_FLAGS = os.environ.get("TEST_XLA_FLAGS", "--xla_backend_optimization_l
 os.environ["XLA_FLAGS"] = " ".join(
     f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8", _TEST_XLA_FLAGS) if f)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One persistent compilation cache per test process (the pytest process, or each xdist worker): a program that several
-# tests build (the debug config's update and evaluation above all) compiles once, and the `python -m launch.train`
-# subprocesses of the tests inherit the cache through the environment. Tests that need a cold compile or their own
+# One persistent compilation cache per test session (made by the pytest process before it starts its xdist workers,
+# which inherit it): a program that several tests build (the debug config's update and evaluation above all)
+# compiles once, and the `python -m launch.train` subprocesses of the tests inherit the cache through the environment. Tests that need a cold compile or their own
 # cache (test_faults, test_checkpoint, test_multihost) pass their own JAX_COMPILATION_CACHE_DIR.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _CACHE = tempfile.mkdtemp(prefix="ppo-tests-jax-cache-")
