@@ -43,12 +43,10 @@ VARIANTS = ("unchanged", "lr_small", "ewma", "grown")
 
 
 def restore(game: str):
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   config = study.make_config(study.base_arm(game))
   progs = programs.build(config, resolved=config_lib.resolve(config, num_devices=1), eval_episodes=0,
                          num_seeds=FLAGS.seeds, compile_update=False)
-  with ocp.StandardCheckpointer() as ckpt:
-    return ckpt.restore(os.path.abspath(os.path.join(FLAGS.continue_study, "plateau", game)), progs.abstract_state)
+  return study.load_plateau(FLAGS.continue_study, game, progs.abstract_state)
 
 
 def run_variant(plateau, game: str, variant: str) -> dict:

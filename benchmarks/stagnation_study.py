@@ -186,6 +186,31 @@ def save_plateau(state, arm: Arm) -> None:
     ckpt.save(path, state, force=True)
 
 
+def load_plateau(study_dir: str, game: str, abstract_state):
+  """The plateau TrainState (all seeds) that `game`'s base arm saved under `study_dir`, placed per `abstract_state`.
+
+  Read leaf by leaf through the target's key paths, so a checkpoint written before the TrainState gained a field
+  that holds no arrays when off (e.g. `runner.level_buffer`, None without SFL) still loads; every array of the
+  target must be in the checkpoint, with its shape and dtype."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  path = os.path.abspath(os.path.join(study_dir, "plateau", game))
+  with ocp.StandardCheckpointer() as ckpt:
+    raw = ckpt.restore(path)
+
+  def leaf(key_path, target):
+    node = raw
+    for key in key_path:
+      name = getattr(key, "name", getattr(key, "key", getattr(key, "idx", None)))
+      node = node[name] if isinstance(node, (list, tuple)) or name in node else node[str(name)]
+    value = np.asarray(node)
+    if value.shape != target.shape or value.dtype != target.dtype:
+      raise ValueError(f"{path}: {jax.tree_util.keystr(key_path)} is {value.dtype}{list(value.shape)}, "
+                       f"expected {target.dtype}{list(target.shape)}")
+    return jax.device_put(value, target.sharding)
+
+  return jax.tree_util.tree_map_with_path(leaf, abstract_state)
+
+
 # ---- report ----
 
 

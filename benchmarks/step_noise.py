@@ -52,14 +52,11 @@ FLAGS = study.FLAGS  # defined beside the study's flags, which this shares
 
 def restore_plateau():
   """The plateau TrainState of one seed (the study's base arm, all seeds saved)."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   base = study.base_arm(FLAGS.game)
   config = study.make_config(base)
   progs = programs.build(config, resolved=config_lib.resolve(config, num_devices=1), eval_episodes=0,
                          num_seeds=FLAGS.seeds, compile_update=False)
-  path = os.path.abspath(os.path.join(FLAGS.study, "plateau", FLAGS.game))
-  with ocp.StandardCheckpointer() as ckpt:
-    state = ckpt.restore(path, progs.abstract_state)
+  state = study.load_plateau(FLAGS.study, FLAGS.game, progs.abstract_state)
   return jax.tree.map(lambda x: x[FLAGS.plateau_seed], state)
 
 

@@ -40,3 +40,37 @@ def test_smoke_base_arm_then_step_noise(tmp_path):
     c = json.load(f)
   assert [p["env_steps"] for p in c["points"]] == [0, 256, 512] and c["ewma_com"] == 64.0
   assert len(c["points"][0]["eval_return"]) == 2 and np.all(np.isfinite([p["kl_mean"] for p in c["points"][1:]]))
+
+
+def test_plateau_saved_before_a_field_without_arrays_was_added_still_loads(tmp_path):
+  """load_plateau reads leaf by leaf: a field the saved state lacks is fine if it holds no arrays (None), not if it
+  holds one, and a leaf of another shape is an error naming it."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  import pytest  # pylint: disable=import-outside-toplevel
+  from flax import struct  # pylint: disable=import-outside-toplevel
+
+  @struct.dataclass
+  class Runner:
+    obs: jax.Array
+    level_buffer: jax.Array | None = None  # added after the checkpoint was written
+
+  @struct.dataclass
+  class State:
+    params: dict
+    runner: Runner
+
+  old = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "runner": {"obs": np.ones(4, np.int32)}}
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(str(tmp_path / "plateau" / "Game"), old)
+  abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(  # noqa: E731
+      jax.devices()[0]))
+  target = State(params={"w": abstract(old["params"]["w"])}, runner=Runner(obs=abstract(old["runner"]["obs"])))
+  state = study.load_plateau(str(tmp_path), "Game", target)
+  np.testing.assert_array_equal(state.params["w"], old["params"]["w"])
+  assert state.runner.level_buffer is None and state.runner.obs.dtype == np.int32
+  with pytest.raises(KeyError):  # a field with an array that the checkpoint lacks
+    study.load_plateau(str(tmp_path), "Game", target.replace(runner=Runner(obs=target.runner.obs,
+                                                                             level_buffer=target.runner.obs)))
+  with pytest.raises(ValueError, match=r"\.params\['w'\] is float32\[2, 3\], expected float32\[3, 2\]"):
+    study.load_plateau(str(tmp_path), "Game", target.replace(params={"w": jax.ShapeDtypeStruct((3, 2), np.float32)}))
