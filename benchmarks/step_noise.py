@@ -78,9 +78,7 @@ def measure(plateau, rule: str, num_envs: int) -> dict:
   t0 = time.time()
   state = with_plateau_learner(progs.init(keys))
   for _ in range(FLAGS.warmup):
-    # Waited on each time: dispatched back to back at N = 8 with K = 16, XLA:CPU's execute once hung here
-    # (2026-12-02: main thread in xla::Semaphore::Acquire inside CpuPjRtRawLoadedExecutable::Execute, all workers idle).
-    state, _ = jax.block_until_ready(progs.update(state))
+    state, _ = progs.update(state)
   state = with_plateau_learner(state)
   obs = state.runner.obs.reshape(-1, *state.runner.obs.shape[2:])
   obs = obs[np.random.default_rng(0).permutation(len(obs))[:FLAGS.states]]

@@ -151,7 +151,7 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
   seeded = (lambda f: jax.vmap(f)) if num_seeds else (lambda f: f)
 
   # Shard: shapes → shardings → an init that creates the state already placed.
-  init_fn = seeded(functools.partial(iteration_lib.init_train_state, agent, num_envs=ppo.num_envs, ppo=ppo))
+  init_fn = init_function(agent, ppo, num_seeds)
   key = jax.eval_shape(jax.random.PRNGKey, 0)
   if num_seeds:
     key = jax.ShapeDtypeStruct((num_seeds, *key.shape), key.dtype)
@@ -221,6 +221,15 @@ class SFLUpdate:
     if int(jax.device_get(state.update)) % self.every == 0:
       state = self.rescore(state)
     return self.update(state)
+
+
+def init_function(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings, num_seeds: int | None) -> Callable:
+  """key -> TrainState, or with `num_seeds` keys [S] -> TrainState with a leading seed axis. The seeds' inits run
+  one after the other (lax.map), not vmapped: a vmapped orthogonal initializer is a batched QR, whose CPU kernel
+  (jaxlib 0.10's LAPACK FFI, ParallelBatchMap) waits for its batch's tasks on the same intra-op pool that runs it;
+  with 16 seeds on 2 cores two such QRs running at once held both threads and deadlocked (2026-12-06)."""
+  single = functools.partial(iteration_lib.init_train_state, agent, num_envs=ppo.num_envs, ppo=ppo)
+  return functools.partial(jax.lax.map, single) if num_seeds else single
 
 
 def _scanned(step, length, state):

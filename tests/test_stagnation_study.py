@@ -74,3 +74,44 @@ def test_plateau_saved_before_a_field_without_arrays_was_added_still_loads(tmp_p
                                                                              level_buffer=target.runner.obs)))
   with pytest.raises(ValueError, match=r"\.params\['w'\] is float32\[2, 3\], expected float32\[3, 2\]"):
     study.load_plateau(str(tmp_path), "Game", target.replace(params={"w": jax.ShapeDtypeStruct((3, 2), np.float32)}))
+
+
+def _qr_operand_ranks(jaxpr) -> list[int]:
+  """Ranks of the operands of every QR in `jaxpr` and the jaxprs nested in it (scan and loop bodies)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  ranks = []
+  for eqn in jaxpr.eqns:
+    if "qr" in eqn.primitive.name or "householder" in eqn.primitive.name:
+      ranks += [v.aval.ndim for v in eqn.invars]
+    for param in eqn.params.values():
+      for sub in (param if isinstance(param, (list, tuple)) else [param]):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          ranks += _qr_operand_ranks(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          ranks += _qr_operand_ranks(sub)
+  return ranks
+
+
+def test_the_seed_axis_inits_each_seed_unbatched_and_equals_separate_runs():
+  """launch/programs.py's seed axis: the seeds' inits run one after the other, so the orthogonal initializer's QRs
+  are never batched (a batched QR deadlocked XLA:CPU's 2-thread pool with 16 seeds), and seed i of S seeds in one
+  program is the run of key i on its own: the init bit for bit, an update up to float order."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from launch import config_lib, programs  # pylint: disable=import-outside-toplevel
+  from launch.configs import debug  # pylint: disable=import-outside-toplevel
+  config = debug.get_config()
+  resolved = config_lib.resolve(config, num_devices=1)
+  agent = programs.build_agent(config, resolved)
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  ranks = _qr_operand_ranks(jax.make_jaxpr(programs.init_function(agent, resolved.ppo, 3))(keys).jaxpr)
+  assert ranks and all(r == 2 for r in ranks), ranks  # QRs are there, one matrix each
+  seeded = programs.build(config, resolved=resolved, eval_episodes=0, num_seeds=3)
+  single = programs.build(config, resolved=resolved, eval_episodes=0)
+  init_s = jax.device_get(seeded.init(keys))  # (the updates donate their input)
+  after_s = jax.device_get(seeded.update(seeded.init(keys))[0].params)
+  for i in (0, 2):
+    init_i = jax.device_get(single.init(keys[i]))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[i], b), init_s, init_i)  # pylint: disable=cell-var-from-loop
+    after_i = jax.device_get(single.update(single.init(keys[i]))[0].params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6),  # pylint: disable=cell-var-from-loop
+                 after_s, after_i)
