@@ -10,8 +10,8 @@ TrainState, all seeds) continued for `--continue_steps` env steps in four ways, 
 Evaluated like the study (same grid spacing and evaluation keys, env steps counted from the plateau). One JSON per
 (game, variant) under OUT, skipped when present; the report pairs every variant with `unchanged` by seed.
 
-  nice -n 19 python -m benchmarks.plateau_continue --study=docs/study --out=docs/study/continue
-  python -m benchmarks.plateau_continue --study=docs/study --out=docs/study/continue --report_only
+  nice -n 19 python -m benchmarks.plateau_continue --continue_study=docs/study --out=docs/study/continue
+  python -m benchmarks.plateau_continue --continue_study=docs/study --out=docs/study/continue --report_only
 """
 from __future__ import annotations
 
