@@ -266,7 +266,13 @@ def late_b_simple(run: dict, key: str = "") -> float:
 def _run_time(run: dict) -> str:
   """Wall seconds, and the process's CPU seconds where recorded (the wall time also counts what ran beside it)."""
   cpu = run.get("run_cpu_s")
-  return f"{run['run_s']:.0f}" + (f" ({cpu:.0f} CPU)" if cpu is not None else "")
+  return f"{_run_wall(run):.0f}" + (f" ({cpu:.0f} CPU)" if cpu is not None else "")
+
+
+def _run_wall(run: dict) -> float:
+  """Wall seconds of the run without `paused_s`, the time an arm's process was stopped (SIGSTOP) while something
+  else was measured on the machine (noted in its JSON)."""
+  return run["run_s"] - run.get("paused_s", 0.0)
 
 
 def table(runs: dict[str, dict]) -> list[str]:
@@ -317,7 +323,7 @@ def report(out: str) -> str:
   runs = load(out)
   if not runs:
     return "no results yet\n"
-  total = sum(r["compile_s"] + r["run_s"] for r in runs.values())
+  total = sum(r["compile_s"] + _run_wall(r) for r in runs.values())
   lines = [f"Arms done: {len(runs)} of {len(arms())}; compute so far {total / 60:.1f} min "
            f"({next(iter(runs.values()))['machine']}). Cells: mean over seeds [95% bootstrap CI of the mean] of the "
            "evaluation return at that env-step point.", ""] + table(runs) + [""]
