@@ -8,6 +8,7 @@ VENV=.venv-kinetix PIP_ARGS='jax==0.9.0 -e .[kinetix] pytest>=8 beartype>=0.18' 
 # the same HLO passes with unoptimised machine code: the random-levels test took 373 s instead of 780 s, the whole
 # suite 8 min 22 s of pytest (2-core AMD EPYC with AVX2, another CPU-bound process beside it both times, 2026-12-02).
 # Float rounding can differ from -O2 code; these tests check shapes, finiteness, resets and solve counts, and compare
-# only programs compiled alike. KINETIX_TEST_XLA_FLAGS= (empty) compiles as runs do.
-export XLA_FLAGS="${XLA_FLAGS:-} ${KINETIX_TEST_XLA_FLAGS---xla_backend_optimization_level=0}"
+# only programs compiled alike. KINETIX_TEST_XLA_FLAGS= (empty) compiles as runs do. tests/conftest.py adds
+# TEST_XLA_FLAGS to XLA_FLAGS (the main suite's switch, the same -O0 by default).
+export TEST_XLA_FLAGS="${KINETIX_TEST_XLA_FLAGS---xla_backend_optimization_level=0}"
 REQUIRE_KINETIX=1 exec .venv-kinetix/bin/python -m pytest -q tests/test_kinetix.py "$@"
