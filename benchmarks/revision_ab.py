@@ -13,7 +13,11 @@ every round's SPS, each side's median, and the median and spread of the per-pair
 A worker builds the update as its revision's trainer does: `launch.programs.build` where the revision has it, else
 (revisions before the program builder) `jit(make_iteration)` with the trainer's shardings, donation and
 `launch.xla_options` compiler options, as its launch/trainer.py did. Arguments after `--` are config overrides for
-launch/configs/default.py, given to both.
+launch/configs/default.py, given to both. `--a_env` / `--b_env` add NAME=VALUE variables to one worker's environment,
+so that `--a=. --b=.` compares one checkout under two environments, e.g. with glibc's transparent-huge-page tunable:
+
+  python -m benchmarks.revision_ab --a=. --b=. --b_env=GLIBC_TUNABLES=glibc.malloc.hugetlb=1 --updates=1 --rounds=5 \
+      -- --config.num_envs=131072 --config.num_minibatches=4 --config.diagnostics.enabled=false
 """
 from __future__ import annotations
 
@@ -30,6 +34,9 @@ flags.DEFINE_string("a", None, "Checkout of revision A (a directory with launch/
 flags.DEFINE_string("b", ".", "Checkout of revision B.")
 flags.DEFINE_integer("rounds", 15, "Timed rounds per revision (alternating).")
 flags.DEFINE_integer("updates", 10, "Updates per timed round.")
+flags.DEFINE_list("a_env", [], "Extra environment of A's worker, as NAME=VALUE (e.g. GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
+                  "with --a=. --b=. compares one checkout with and without it).")
+flags.DEFINE_list("b_env", [], "Extra environment of B's worker, as NAME=VALUE.")
 FLAGS = flags.FLAGS
 
 
@@ -87,9 +94,20 @@ def _worker(overrides: list[str], updates: int) -> None:
     print(json.dumps({"sps": updates * batch / (time.time() - t0)}), flush=True)
 
 
-def _start(checkout: str, overrides: list[str]) -> subprocess.Popen:
-  checkout = os.path.abspath(checkout)
+def worker_environment(checkout: str, extra_env: list[str] = ()) -> dict[str, str]:
+  """This process's environment with PYTHONPATH the checkout, and each NAME=VALUE of `extra_env` set."""
   env = dict(os.environ, PYTHONPATH=checkout)
+  for item in extra_env:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+      raise ValueError(f"expected NAME=VALUE, got {item!r}")
+    env[name] = value
+  return env
+
+
+def _start(checkout: str, overrides: list[str], extra_env: list[str] = ()) -> subprocess.Popen:
+  checkout = os.path.abspath(checkout)
+  env = worker_environment(checkout, extra_env)
   here = os.path.abspath(__file__)
   return subprocess.Popen([sys.executable, here, "--worker", str(FLAGS.updates), *overrides], cwd=checkout, env=env,
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -107,8 +125,8 @@ def _read(proc: subprocess.Popen) -> dict:
 def main(argv):
   overrides = [a for a in argv[1:] if a.startswith("--config.")]
   procs, info = {}, {}
-  for name, checkout in (("A", FLAGS.a), ("B", FLAGS.b)):  # one after the other: the compiles do not contend
-    procs[name] = _start(checkout, overrides)
+  for name, checkout, extra_env in (("A", FLAGS.a, FLAGS.a_env), ("B", FLAGS.b, FLAGS.b_env)):
+    procs[name] = _start(checkout, overrides, extra_env)  # one after the other: the compiles do not contend
     info[name] = _read(procs[name])
   sps = {"A": [], "B": []}
   for _ in range(FLAGS.rounds):
@@ -123,8 +141,8 @@ def main(argv):
   ratios = np.array(sps["B"]) / np.array(sps["A"])
   print(f"config overrides: {' '.join(overrides) or '(none)'}; batch {info['A']['batch']}; load "
         f"{os.getloadavg()[0]:.1f}")
-  for name, path in (("A", FLAGS.a), ("B", FLAGS.b)):
-    print(f"{name} ({path}): compile {info[name]['compile_s']:.1f} s; SPS median {np.median(sps[name]):.0f} of "
+  for name, path, extra_env in (("A", FLAGS.a, FLAGS.a_env), ("B", FLAGS.b, FLAGS.b_env)):
+    print(f"{name} ({path}{'; ' + ' '.join(extra_env) if extra_env else ''}): compile {info[name]['compile_s']:.1f} s; SPS median {np.median(sps[name]):.0f} of "
           f"{[round(s) for s in sps[name]]}")
   lo, hi = np.quantile(ratios, [0.25, 0.75])
   print(f"B / A per pair of rounds: median {np.median(ratios):.3f} (quartiles {lo:.3f}-{hi:.3f}, "

@@ -24,6 +24,14 @@ def test_overrides_take_the_type_of_the_value_they_replace():
     revision_ab.apply_overrides(config, ["--config.no_such_key=1"])
 
 
+def test_worker_environment_sets_the_checkout_and_the_extra_variables():
+  env = revision_ab.worker_environment("/x", ["GLIBC_TUNABLES=glibc.malloc.hugetlb=1", "EMPTY="])
+  assert env["PYTHONPATH"] == "/x" and env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1" and env["EMPTY"] == ""
+  assert env["PATH"] == os.environ["PATH"]
+  with pytest.raises(ValueError, match="NAME=VALUE"):
+    revision_ab.worker_environment("/x", ["NOVALUE"])
+
+
 def test_two_checkouts_take_turns_and_the_ratios_are_reported():
   proc = subprocess.run([sys.executable, "-m", "benchmarks.revision_ab", f"--a={REPO}", f"--b={REPO}", "--rounds=3",
                          "--updates=1", "--", "--config.num_envs=4", "--config.num_steps=8",
