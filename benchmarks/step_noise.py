@@ -125,6 +125,12 @@ def ratio_ci(run: dict, resamples: int = 2000) -> tuple[float, float]:
   return float(lo), float(hi)
 
 
+def curves(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+  """The runs of each (game, rule), sorted by N: one curve each (games are never mixed in one line)."""
+  keys = sorted({(r["game"], r["rule"]) for r in runs})
+  return {k: sorted((r for r in runs if (r["game"], r["rule"]) == k), key=lambda r: r["num_envs"]) for k in keys}
+
+
 def report(out: str) -> str:
   runs = load(out)
   if not runs:
@@ -140,28 +146,31 @@ def report(out: str) -> str:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for rule in sorted({r["rule"] for r in runs}):
-    rs = sorted((r for r in runs if r["rule"] == rule), key=lambda r: r["num_envs"])
+  games = sorted({r["game"] for r in runs})
+  fig, axes = plt.subplots(len(games), 2, figsize=(11, 4 * len(games)), squeeze=False)
+  for (game, rule), rs in curves(runs).items():
+    row = axes[games.index(game)]
     n = [r["num_envs"] for r in rs]
     ci = np.array([ratio_ci(r) for r in rs])
     ratio = [r["noise_over_step"] for r in rs]
-    axes[0].errorbar(n, ratio, yerr=[np.subtract(ratio, ci[:, 0]), np.subtract(ci[:, 1], ratio)], marker="o",
-                     capsize=3, label=rule)
-    axes[1].plot(n, [np.mean(r["step_kl_fixed"]) for r in rs], marker="o", label=f"{rule}: step")
-    axes[1].plot(n, [np.mean(r["noise_pairwise_kl"]) for r in rs], marker="x", linestyle="--",
-                 label=f"{rule}: noise")
-  axes[0].axhline(2, color="grey", linewidth=1, linestyle=":")
-  axes[0].set_ylabel("noise / step (2 = pure noise)")
-  axes[1].set_ylabel("KL")
-  axes[1].set_yscale("log")
-  for ax in axes:
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("N (num_envs)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.suptitle(f"{runs[0]['game']}: one update from a plateau checkpoint, K = {runs[0]['copies']} copies, "
-               "95% bootstrap CI over copies", fontsize=9)
+    row[0].errorbar(n, ratio, yerr=[np.subtract(ratio, ci[:, 0]), np.subtract(ci[:, 1], ratio)], marker="o",
+                    capsize=3, label=rule)
+    row[1].plot(n, [np.mean(r["step_kl_fixed"]) for r in rs], marker="o", label=f"{rule}: step")
+    row[1].plot(n, [np.mean(r["noise_pairwise_kl"]) for r in rs], marker="x", linestyle="--",
+                label=f"{rule}: noise")
+  for game, row in zip(games, axes):
+    copies = sorted({r["copies"] for r in runs if r["game"] == game})
+    row[0].set_title(f"{game}: one update from the base arm's final state, K = {copies[0]} copies, "
+                     "95% bootstrap CI over copies", fontsize=8, loc="left")
+    row[0].axhline(2, color="grey", linewidth=1, linestyle=":")
+    row[0].set_ylabel("noise / step (2 = pure noise)")
+    row[1].set_ylabel("KL")
+    row[1].set_yscale("log")
+    for ax in row:
+      ax.set_xscale("log", base=2)
+      ax.set_xlabel("N (num_envs)")
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(os.path.join(out, "noise_vs_step.png"), dpi=100)
   plt.close(fig)

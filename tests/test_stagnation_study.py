@@ -115,3 +115,23 @@ def test_the_seed_axis_inits_each_seed_unbatched_and_equals_separate_runs():
     after_i = jax.device_get(single.update(single.init(keys[i]))[0].params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6),  # pylint: disable=cell-var-from-loop
                  after_s, after_i)
+
+
+def test_step_noise_report_keeps_games_apart(tmp_path):
+  """Each (game, rule) is its own curve and each game its own row of panels (two games once shared one line)."""
+  def run(game, rule, n):
+    return {"game": game, "rule": rule, "num_envs": n, "copies": 3, "minibatch_size": 8, "num_minibatches": 2,
+            "learning_rate": 1e-3, "step_kl_batch": [1e-2] * 3, "step_kl_fixed": [1e-2, 2e-2, 3e-2],
+            "noise_pairwise_kl": [1e-2] * 6, "noise_over_step": 0.5, "seconds": 1.0, "compile_s": 1.0}
+  runs = [run(g, r, n) for g in ("B-MinAtar", "A-MinAtar") for r in ("recipe", "sqrt_lr") for n in (32, 8)]
+  grouped = step_noise.curves(runs)
+  assert list(grouped) == [("A-MinAtar", "recipe"), ("A-MinAtar", "sqrt_lr"), ("B-MinAtar", "recipe"),
+                           ("B-MinAtar", "sqrt_lr")]
+  assert all([r["num_envs"] for r in rs] == [8, 32] and {r["game"] for r in rs} == {g}
+             for (g, _), rs in grouped.items())
+  for r in runs:
+    with open(tmp_path / f"{r['game']}_{r['rule']}_{r['num_envs']}.json", "w", encoding="utf-8") as f:
+      json.dump(r, f)
+  text = step_noise.report(str(tmp_path))
+  assert text.count("| A-MinAtar |") == 4 and text.count("| B-MinAtar |") == 4
+  assert (tmp_path / "noise_vs_step.png").exists()
