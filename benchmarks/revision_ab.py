@@ -142,7 +142,8 @@ def main(argv):
   print(f"config overrides: {' '.join(overrides) or '(none)'}; batch {info['A']['batch']}; load "
         f"{os.getloadavg()[0]:.1f}")
   for name, path, extra_env in (("A", FLAGS.a, FLAGS.a_env), ("B", FLAGS.b, FLAGS.b_env)):
-    print(f"{name} ({path}{'; ' + ' '.join(extra_env) if extra_env else ''}): compile {info[name]['compile_s']:.1f} s; SPS median {np.median(sps[name]):.0f} of "
+    where = "; ".join([path, *extra_env])
+    print(f"{name} ({where}): compile {info[name]['compile_s']:.1f} s; SPS median {np.median(sps[name]):.0f} of "
           f"{[round(s) for s in sps[name]]}")
   lo, hi = np.quantile(ratios, [0.25, 0.75])
   print(f"B / A per pair of rounds: median {np.median(ratios):.3f} (quartiles {lo:.3f}-{hi:.3f}, "

@@ -159,8 +159,8 @@ def report(out: str) -> str:
     row[1].plot(n, [np.mean(r["noise_pairwise_kl"]) for r in rs], marker="x", linestyle="--",
                 label=f"{rule}: noise")
   for game, row in zip(games, axes):
-    copies = sorted({r["copies"] for r in runs if r["game"] == game})
-    row[0].set_title(f"{game}: one update from the base arm's final state, K = {copies[0]} copies, "
+    copies = next(r["copies"] for r in runs if r["game"] == game)
+    row[0].set_title(f"{game}: one update from the base arm's final state, K = {copies} copies, "
                      "95% bootstrap CI over copies", fontsize=8, loc="left")
     row[0].axhline(2, color="grey", linewidth=1, linestyle=":")
     row[0].set_ylabel("noise / step (2 = pure noise)")
