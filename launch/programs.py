@@ -182,7 +182,8 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
   update = pipeline = evaluate = rescore = None
   compiled = {}
   if mode == "fused":
-    step = seeded(iteration_lib.make_iteration(agent, ppo, layout.constrain_envs))
+    step = seeded(iteration_lib.make_iteration(agent, ppo, layout.constrain_envs,
+                                               flat_gather=layout.num_shards == 1))
     if updates_per_call > 1:
       step = functools.partial(_scanned, step, updates_per_call)
     update = jax.jit(step, in_shardings=(state_shardings,), out_shardings=(state_shardings, layout.replicated),
@@ -260,7 +261,8 @@ def _compile_stages(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings, 
   """The pipeline's stages, each compiled with explicit shardings: act and advantage on the actors' mesh, learn,
   metrics and the key schedule on the learner's. `example`: the state's shapes (placement is decided here).
   Each compiled stage is also put in `compiled_out` by name."""
-  stages = iteration_lib.make_stages(agent, ppo, actor_layout.constrain_envs, learner_layout.constrain_envs)
+  stages = iteration_lib.make_stages(agent, ppo, actor_layout.constrain_envs, learner_layout.constrain_envs,
+                                     flat_gather=learner_layout.num_shards == 1)
   a_rep, l_rep = actor_layout.replicated, learner_layout.replicated
 
   def compiled(fn, out_shardings, *args, donate_argnums=()):

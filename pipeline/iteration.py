@@ -147,8 +147,9 @@ def split_update_key(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lambda tree, axis=0: tree,
-                learner_constrain: Callable | None = None) -> Stages:
-  """`*_constrain(tree, axis)` pin the env axis of intermediates to the actors' / learner's mesh."""
+                learner_constrain: Callable | None = None, *, flat_gather: bool = False) -> Stages:
+  """`*_constrain(tree, axis)` pin the env axis of intermediates to the actors' / learner's mesh; `flat_gather`:
+  the learner's batch is on one device, so minibatches gather rows by flat index (batch_rows.at: faster)."""
   learner_constrain = learner_constrain or actor_constrain
   loss_fn = functools.partial(losses.ppo_loss, apply_fn=agent.apply, dist=agent.dist, clip_eps=ppo.clip_eps,
                               vf_coef=ppo.vf_coef, ent_coef=ppo.ent_coef)
@@ -170,7 +171,8 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
     sgd = sgd_lib.sgd_epochs(
         params, opt_state, batch, key, loss_fn=loss_fn, optimizer=agent.optimizer, update_epochs=ppo.update_epochs,
         num_minibatches=ppo.num_minibatches, chunk_size=ppo.sgd_chunk_size, constrain=learner_constrain,
-        proximal=proximal, ewma_decay=ppo.ewma_decay, track_grad_noise=ppo.diagnostics, lr_scale=lr_scale)
+        proximal=proximal, ewma_decay=ppo.ewma_decay, track_grad_noise=ppo.diagnostics, lr_scale=lr_scale,
+        flat_gather=flat_gather)
     diagnostics = None
     if ppo.diagnostics:
       states = lambda row: (lambda mb: (mb.obs, mb.behaviour_head))(batch_rows.unpack(batch, row))
@@ -211,12 +213,13 @@ def make_rescore(agent: Agent, ppo: PPOSettings, constrain_envs: Callable = lamb
 
 
 def make_iteration(agent: Agent, ppo: PPOSettings,
-                   constrain_envs: Callable = lambda tree, axis=0: tree) -> Callable:
+                   constrain_envs: Callable = lambda tree, axis=0: tree, *, flat_gather: bool = False) -> Callable:
   """Returns the fused update `TrainState -> (TrainState, UpdateMetrics)`: all stages in one function.
 
-  `constrain_envs(tree, axis)` pins the env axis of intermediate arrays to the mesh (sharding.Layout.constrain_envs).
+  `constrain_envs(tree, axis)` pins the env axis of intermediate arrays to the mesh (sharding.Layout.constrain_envs);
+  `flat_gather`: as make_stages'.
   """
-  stages = make_stages(agent, ppo, constrain_envs)
+  stages = make_stages(agent, ppo, constrain_envs, flat_gather=flat_gather)
 
   def iteration(state: TrainState) -> tuple[TrainState, UpdateMetrics]:
     key, rollout_key, sgd_key = split_update_key(state.key)

@@ -47,6 +47,21 @@ def feistel(x: Array, keys: Array, bits: int) -> Array:
   return high << low_bits | low
 
 
+def feistel_inverse(y: Array, keys: Array, bits: int) -> Array:
+  """The inverse of `feistel` with the same `keys`: its rounds in reverse order (each round only XORs one half with a
+  hash of the other, which it leaves unchanged, so each round is its own inverse)."""
+  high_bits = bits // 2
+  low_bits = bits - high_bits
+  high_mask, low_mask = jnp.uint32((1 << high_bits) - 1), jnp.uint32((1 << low_bits) - 1)
+  high, low = y >> low_bits, y & low_mask
+  for i in reversed(range(keys.shape[0])):
+    if i % 2 == 0:
+      high = high ^ (_hash(low, keys[i]) & high_mask)
+    else:
+      low = low ^ (_hash(high, keys[i]) & low_mask)
+  return high << low_bits | low
+
+
 def random_permutation(key: jax.Array, n: int) -> Int[Array, "n"]:
   """A pseudorandom permutation of `range(n)` (int32), the same on any device layout."""
   if not 1 <= n <= MAX_SIZE:
@@ -72,3 +87,14 @@ def permutation_slice(key: jax.Array, n: int, start: jax.Array, size: int) -> In
   keys = jax.random.bits(key, (ROUNDS,), jnp.uint32)
   x = (start + jnp.arange(size, dtype=jnp.int32)).astype(jnp.uint32)
   return feistel(x, keys, bits).astype(jnp.int32)
+
+
+def positions(key: jax.Array, n: int, elements: Int[Array, "*S"]) -> Int[Array, "*S"]:
+  """Where each of `elements` lands: p with `random_permutation(key, n)[p] == element`, computed element-wise (the
+  Feistel network run backwards). `n` must be a power of two: otherwise the permutation is a restriction, whose
+  positions need the whole prefix sum."""
+  if n & (n - 1) or not 1 <= n <= MAX_SIZE:
+    raise ValueError(f"positions needs a power-of-two size in [1, 2^31 - 1], got {n}")
+  bits = max(1, (n - 1).bit_length())
+  keys = jax.random.bits(key, (ROUNDS,), jnp.uint32)
+  return feistel_inverse(elements.astype(jnp.uint32), keys, bits).astype(jnp.int32)

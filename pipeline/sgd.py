@@ -19,7 +19,7 @@ import optax
 from flax import struct
 
 from learner import diagnostics, ewma as ewma_lib, losses
-from pipeline import batch_rows, permutation, sgd_chunks
+from pipeline import advantage_stats, batch_rows, permutation, sgd_chunks
 
 
 @struct.dataclass
@@ -36,10 +36,14 @@ def sgd_epochs(params, opt_state, rows: batch_rows.Rows, key: jax.Array, *, loss
                optimizer: optax.GradientTransformation, update_epochs: int, num_minibatches: int,
                chunk_size: int | None = None, constrain: Callable = lambda x: x,
                proximal: ewma_lib.EWMAState | None = None, ewma_decay: float | None = None,
-               track_grad_noise: bool = False, lr_scale: jax.Array | None = None) -> SGDResult:
+               track_grad_noise: bool = False, lr_scale: jax.Array | None = None,
+               streamed_stats: bool = True, flat_gather: bool = False) -> SGDResult:
   """`rows`: the [T, N] batch packed as rows of a losses.Minibatch (pipeline/batch_rows.py); `track_grad_noise`
   fills the result's `grad_noise`; `lr_scale` multiplies every optimizer step (outer-step control,
-  learner/outer_step.py; None: the optimizer's own learning rate).
+  learner/outer_step.py; None: the optimizer's own learning rate); `streamed_stats` takes the minibatches' advantage
+  statistics from one pass over the batch (pipeline/advantage_stats.py) where the batch size allows, else each
+  minibatch gathers them; `flat_gather` gathers rows by flat index (batch_rows.at: faster, but only where the env
+  axis is not split over devices).
 
   Each minibatch's gradient is accumulated over chunks of `chunk_size` samples (default: the whole minibatch).
   """
@@ -48,12 +52,14 @@ def sgd_epochs(params, opt_state, rows: batch_rows.Rows, key: jax.Array, *, loss
   minibatch_size = batch_size // num_minibatches
   chunk_size = chunk_size or minibatch_size
 
-  def minibatch_step(carry, minibatch, epoch_key):
+  def minibatch_step(carry, xs, epoch_key):
     params, opt_state, proximal = carry
+    minibatch, stats = xs
     idx = permutation.permutation_slice(epoch_key, batch_size, minibatch * minibatch_size, minibatch_size)
     fn = loss_fn if proximal is None else functools.partial(loss_fn, proximal_params=proximal.params)
     out = sgd_chunks.minibatch_grad(params, rows, idx, loss_fn=fn, chunk_size=chunk_size,
-                                    constrain=constrain, chunk_sq_norms=track_grad_noise)
+                                    constrain=constrain, chunk_sq_norms=track_grad_noise, stats=stats,
+                                    flat=flat_gather)
     noise = (out.chunk_sq_norm, diagnostics.group_sq_norms(out.grads)) if track_grad_noise else ()
     updates, opt_state = optimizer.update(out.grads, opt_state, params)
     if lr_scale is not None:
@@ -63,12 +69,19 @@ def sgd_epochs(params, opt_state, rows: batch_rows.Rows, key: jax.Array, *, loss
       proximal = ewma_lib.update(proximal, params, ewma_decay)
     return (params, opt_state, proximal), (out.aux, noise)
 
-  def epoch(carry, epoch_key):
+  def epoch(carry, xs):
     # Minibatch m of the epoch is the permutation's m-th slice, computed as it is needed.
-    return jax.lax.scan(functools.partial(minibatch_step, epoch_key=epoch_key), carry, jnp.arange(num_minibatches))
+    epoch_key, stats = xs
+    return jax.lax.scan(functools.partial(minibatch_step, epoch_key=epoch_key), carry,
+                        (jnp.arange(num_minibatches), stats))
 
+  epoch_keys = jax.random.split(key, update_epochs)
+  # Every minibatch's advantage mean and std, all epochs at once, from one pass over the batch in memory order
+  # (a power-of-two batch); otherwise each minibatch gathers its own (None).
+  stats = (advantage_stats.streamed(rows, epoch_keys, num_minibatches)
+           if streamed_stats and advantage_stats.supported(batch_size) else None)
   (params, opt_state, proximal), (aux, noise) = jax.lax.scan(epoch, (params, opt_state, proximal),
-                                                             jax.random.split(key, update_epochs))
+                                                             (epoch_keys, stats))
   stats = None
   if track_grad_noise:  # noise leaves are [epochs, minibatches, groups]: average the first epoch's
     small_sq, big_sq = noise
