@@ -7,19 +7,20 @@ The reference config: CartPole-v1, num_envs × 128 steps, 4 epochs × 4 minibatc
 actor and critic, Adam 2.5e-4 annealed, clip 0.2, GAE(0.99, 0.95), entropy 0.01, value 0.5, grad-norm clip 0.5.
 "ours" is the update the trainer runs, from launch/programs.py (sharded state, jit with in/out shardings and donated
 state, compiled with launch/xla_options); "naive" is benchmarks/naive_ppo.py compiled with XLA's defaults.
-Both are compiled before the clock starts; each runs one untimed-for-SPS first update (one-time costs, reported
-apart, as the trainer's metrics do); then their timed updates alternate (ours, naive, ours, ...) so that load from
-other processes falls on both. Printed per size: median SPS over the timed updates, compile time, the peak RSS of
-the process while that implementation's updates ran, the ratio, and the fraction of the FLOP ceiling: a
-[65536, 64] × [64, 64] matmul timed here, divided by the matmul FLOPs one transition costs.
+Everything (every size, both implementations) is compiled before the clock starts; each runs one untimed-for-SPS
+first update (one-time costs, reported apart, as the trainer's metrics do); then their timed updates alternate round
+by round (2,048 ours, 2,048 naive, 1,048,576 ours, 2,048 ours, ...) so that load from other processes and drift in
+the host's speed fall on all of them. Printed per size: median SPS over the timed updates, compile time, the peak
+RSS of the process while that implementation's updates ran, the ratio, ours' SPS against the first size's, and the
+fraction of the FLOP ceiling: a [65536, 64] × [64, 64] matmul timed here, divided by the matmul FLOPs one transition costs.
 
 Also printed for ours, for the memory side: bytes per transition held at the update's peak (launch/memory.py's
 `per_transition`, what `--dry_run` prints: the packed rows the rollout writes + the epoch's permutation), and the
 memory traffic those bytes imply at the measured SPS: a lower bound that counts each stored byte written once and
-read once per pass over it (the rollout writes the rows, GAE reads and rewrites them, each epoch reads every row and
-its permutation once), against the copy bandwidth of a 1 GiB array timed in the same process. A fraction near 1
-means the update streams at the machine's bandwidth; XLA's own cost analysis cannot give the traffic here, since
-it counts a loop's body once, not once per iteration.
+read once per pass over it (the rollout writes the rows, GAE reads and rewrites them, the advantage statistics'
+pass reads them, each epoch reads every row and its permutation once), against the copy bandwidth of a 1 GiB array
+timed in the same process. A fraction near 1 means the update streams at the machine's bandwidth; XLA's own cost
+analysis cannot give the traffic here, since it counts a loop's body once, not once per iteration.
 """
 from __future__ import annotations
 
@@ -128,8 +129,10 @@ def streamed_bytes_per_transition(config) -> tuple[dict, int]:
   per = memory.per_transition(config)
   rows = per["packed_row_bytes"]
   # the rollout writes every row; GAE reads and rewrites three of its columns (counted as whole rows: they share
-  # cache lines); each epoch reads every row once, and writes and reads its permutation (an int32 per transition).
-  streamed = rows + 2 * rows + config.update_epochs * (rows + 8)
+  # cache lines); the minibatches' advantage statistics read the advantage column once (whole rows again,
+  # pipeline/advantage_stats.py); each epoch reads every row once, and writes and reads its permutation (an int32
+  # per transition).
+  streamed = rows + 2 * rows + rows + config.update_epochs * (rows + 8)
   return per, streamed
 
 
@@ -155,14 +158,24 @@ def build_naive(num_envs: int, num_updates: int):
 
 
 def measure(num_envs: int, impls: list[str], repeats: int, ceiling_gflops: float) -> list[dict]:
+  """One size's rows (`measure_sizes` with that size alone)."""
+  return measure_sizes({num_envs: impls}, repeats, ceiling_gflops)[num_envs]
+
+
+def measure_sizes(plan: dict[int, list[str]], repeats: int, ceiling_gflops: float) -> dict[int, list[dict]]:
+  """`plan`: num_envs -> implementations. Everything is built first; then round by round every (size,
+  implementation) runs one update, so drift in the host's speed falls on all of them alike (the sizes' SPS ratio
+  compares updates run minutes apart at most, not a whole size's measurement apart)."""
   builders = {"ours": build_ours, "naive": build_naive}
   runs = {}
-  for name in impls:
-    update, state, compile_time = builders[name](num_envs, repeats + 1)
-    runs[name] = {"update": update, "state": state, "compile_time": compile_time, "times": [], "peak_rss_gb": 0.0}
+  for num_envs, impls in plan.items():
+    for name in impls:
+      update, state, compile_time = builders[name](num_envs, repeats + 1)
+      runs[num_envs, name] = {"update": update, "state": state, "compile_time": compile_time, "times": [],
+                              "peak_rss_gb": 0.0}
   rss = PeakRSS()
   for i in range(1 + repeats):  # the first update of each is timed apart (one-time costs), as in the trainer
-    for name, run in runs.items():
+    for run in runs.values():
       rss.reset()
       t = time.perf_counter()
       run["state"], out = run["update"](run["state"])
@@ -173,18 +186,18 @@ def measure(num_envs: int, impls: list[str], repeats: int, ceiling_gflops: float
       else:
         run["first"] = elapsed
       run["peak_rss_gb"] = max(run["peak_rss_gb"], rss.gb())
-  rows = []
   sps_ceiling = ceiling_gflops * 1e9 / flops_per_transition()
-  per, streamed = streamed_bytes_per_transition(reference_config(num_envs, repeats + 1))
-  for name, run in runs.items():
+  rows = {num_envs: [] for num_envs in plan}
+  for (num_envs, name), run in runs.items():
     sps = num_envs * NUM_STEPS / statistics.median(run["times"])
-    rows.append({"impl": name, "num_envs": num_envs, "sps": sps, "update_s": [round(t, 3) for t in run["times"]],
-                 "first_update_s": run["first"],
-                 "compile_s": run["compile_time"], "peak_rss_gb": run["peak_rss_gb"],
-                 "ceiling_fraction": sps / sps_ceiling})
+    rows[num_envs].append({"impl": name, "num_envs": num_envs, "sps": sps,
+                           "update_s": [round(t, 3) for t in run["times"]], "first_update_s": run["first"],
+                           "compile_s": run["compile_time"], "peak_rss_gb": run["peak_rss_gb"],
+                           "ceiling_fraction": sps / sps_ceiling})
     if name == "ours":
-      rows[-1].update(bytes_per_transition=per["per_transition_bytes"], streamed_bytes_per_transition=streamed,
-                      streamed_gbps=streamed * sps / 1e9)
+      per, streamed = streamed_bytes_per_transition(reference_config(num_envs, repeats + 1))
+      rows[num_envs][-1].update(bytes_per_transition=per["per_transition_bytes"], streamed_bytes_per_transition=streamed,
+                                streamed_gbps=streamed * sps / 1e9)
   return rows
 
 
@@ -197,9 +210,11 @@ def main(argv):
         f"{flops / 1e3:.1f} kFLOP/transition -> ceiling {ceiling * 1e9 / flops / 1e3:.0f}k SPS; "
         f"copy bandwidth {bandwidth:.1f} GB/s", flush=True)
   all_rows = []
-  for n in (int(x) for x in FLAGS.num_envs):
-    impls = [i for i in FLAGS.impls if i != "naive" or n <= FLAGS.naive_max_envs]
-    rows = measure(n, impls, FLAGS.repeats, ceiling)
+  sizes = [int(x) for x in FLAGS.num_envs]
+  plan = {n: [i for i in FLAGS.impls if i != "naive" or n <= FLAGS.naive_max_envs] for n in sizes}
+  measured = measure_sizes(plan, FLAGS.repeats, ceiling)
+  for n in sizes:
+    rows = measured[n]
     by_impl = {r["impl"]: r for r in rows}
     for r in rows:
       print(f"num_envs={n:>8} {r['impl']:>5}: {r['sps'] / 1e3:7.1f}k SPS  compile {r['compile_s']:5.1f}s  "
@@ -214,6 +229,11 @@ def main(argv):
       ratio = by_impl["ours"]["sps"] / by_impl["naive"]["sps"]
       by_impl["ours"]["ratio_vs_naive"] = ratio
       print(f"num_envs={n:>8} ratio ours/naive: {ratio:.2f}x", flush=True)
+    smallest = measured[sizes[0]]
+    if n != sizes[0] and "ours" in by_impl and smallest and smallest[0]["impl"] == "ours":
+      by_impl["ours"]["sps_vs_first_size"] = by_impl["ours"]["sps"] / smallest[0]["sps"]
+      print(f"num_envs={n:>8} ours: {by_impl['ours']['sps_vs_first_size']:.3f}x the SPS at {sizes[0]} envs "
+            f"(updates interleaved round by round)", flush=True)
     all_rows += rows
   if FLAGS.json_out:
     with open(FLAGS.json_out, "a", encoding="utf-8") as f:

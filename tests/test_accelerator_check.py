@@ -34,10 +34,10 @@ def test_cpu_smoke_writes_the_json_and_the_table(tmp_path):
   assert all(r["sps"] > 0 and len(r["update_s"]) == 3 for r in result["throughput"]["rows"])
   # CartPole's transition: one packed row of 36 bytes (obs 4 floats, the action as one int16 column, log-prob, value,
   # reward and done, rewritten as advantage and target) + 16 / 4 minibatches bytes of minibatch indices; streamed per
-  # update at least: the rollout writes 36, GAE reads and rewrites 36, 4 epochs read 36 + an int32 index written
-  # and read.
+  # update at least: the rollout writes 36, GAE reads and rewrites 36, the advantage statistics' pass reads 36, 4
+  # epochs read 36 + an int32 index written and read.
   ours = next(r for r in result["throughput"]["rows"] if r["impl"] == "ours")
-  assert ours["bytes_per_transition"] == 40 and ours["streamed_bytes_per_transition"] == 36 + 2 * 36 + 4 * (36 + 8)
+  assert ours["bytes_per_transition"] == 40 and ours["streamed_bytes_per_transition"] == 36 + 2 * 36 + 36 + 4 * (36 + 8)
   assert ours["streamed_gbps"] == ours["streamed_bytes_per_transition"] * ours["sps"] / 1e9
   assert "skipped" in result["overlap"] and "skipped" in result["kinetix"]  # 1 device; kinetix-env not in this env
   assert result["passed"] is True
