@@ -12,7 +12,8 @@ first update (one-time costs, reported apart, as the trainer's metrics do); then
 by round (2,048 ours, 2,048 naive, 1,048,576 ours, 2,048 ours, ...) so that load from other processes and drift in
 the host's speed fall on all of them. Printed per size: median SPS over the timed updates, compile time, the peak
 RSS of the process while that implementation's updates ran, the ratio, ours' SPS against the first size's, and the
-fraction of the FLOP ceiling: a [65536, 64] × [64, 64] matmul timed here, divided by the matmul FLOPs one transition costs.
+fraction of the FLOP ceiling: a [65536, 64] × [64, 64] matmul timed here, divided by the matmul FLOPs one
+transition costs.
 
 Also printed for ours, for the memory side: bytes per transition held at the update's peak (launch/memory.py's
 `per_transition`, what `--dry_run` prints: the packed rows the rollout writes + the epoch's permutation), and the
@@ -196,8 +197,8 @@ def measure_sizes(plan: dict[int, list[str]], repeats: int, ceiling_gflops: floa
                            "ceiling_fraction": sps / sps_ceiling})
     if name == "ours":
       per, streamed = streamed_bytes_per_transition(reference_config(num_envs, repeats + 1))
-      rows[num_envs][-1].update(bytes_per_transition=per["per_transition_bytes"], streamed_bytes_per_transition=streamed,
-                                streamed_gbps=streamed * sps / 1e9)
+      rows[num_envs][-1].update(bytes_per_transition=per["per_transition_bytes"],
+                                streamed_bytes_per_transition=streamed, streamed_gbps=streamed * sps / 1e9)
   return rows
 
 
