@@ -45,21 +45,29 @@ def test_cpu_smoke_writes_the_json_and_the_table(tmp_path):
   assert "| section | result |" in table and "correctness" in table and "throughput ours at 64 envs" in table
 
 
-def test_throughput_interleaves_sizes_round_by_round(monkeypatch):
+_INTERLEAVE_CHECK = """
+import json
+from benchmarks import throughput
+calls = []
+def builder(name):
+  def build(num_envs, num_updates):
+    calls.append(("build", num_envs, name))
+    return (lambda state: (calls.append(("update", num_envs, name)) or state, 0.0)), None, 0.5
+  return build
+throughput.build_ours, throughput.build_naive = builder("ours"), builder("naive")
+rows = throughput.measure_sizes({8: ["ours", "naive"], 16: ["ours"]}, repeats=2, ceiling_gflops=1.0)
+print(json.dumps({"calls": calls, "impls_8": [r["impl"] for r in rows[8]], "times_16": len(rows[16][0]["update_s"])}))
+"""
+
+
+def test_throughput_interleaves_sizes_round_by_round():
   """benchmarks/throughput.measure_sizes builds every (size, implementation) first, then runs one update of each per
-  round, so the sizes' SPS ratio compares updates taken at the same time (fake builders record the order)."""
-  from benchmarks import throughput  # pylint: disable=import-outside-toplevel
-  calls = []
-
-  def builder(name):
-    def build(num_envs, num_updates):
-      calls.append(("build", num_envs, name))
-      return (lambda state: (calls.append(("update", num_envs, name)) or state, 0.0)), None, 0.5
-    return build
-
-  monkeypatch.setattr(throughput, "build_ours", builder("ours"))
-  monkeypatch.setattr(throughput, "build_naive", builder("naive"))
-  rows = throughput.measure_sizes({8: ["ours", "naive"], 16: ["ours"]}, repeats=2, ceiling_gflops=1.0)
-  one_round = [("update", 8, "ours"), ("update", 8, "naive"), ("update", 16, "ours")]
-  assert calls == [("build", 8, "ours"), ("build", 8, "naive"), ("build", 16, "ours")] + one_round * 3
-  assert [r["impl"] for r in rows[8]] == ["ours", "naive"] and len(rows[16][0]["update_s"]) == 2
+  round, so the sizes' SPS ratio compares updates taken at the same time (fake builders record the order). In a
+  subprocess: the benchmarks define absl flags of the same names, so two of them cannot share a test worker."""
+  proc = subprocess.run([sys.executable, "-c", _INTERLEAVE_CHECK], cwd=REPO, capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  one_round = [["update", 8, "ours"], ["update", 8, "naive"], ["update", 16, "ours"]]
+  assert out["calls"] == [["build", 8, "ours"], ["build", 8, "naive"], ["build", 16, "ours"]] + one_round * 3
+  assert out["impls_8"] == ["ours", "naive"] and out["times_16"] == 2

@@ -57,9 +57,11 @@ def device_runs(tmp_path_factory):
 def _assert_same_run(a, b):
   assert a["update"] == b["update"] == 10
   for key in COMPARED:
-    # The policy loss is a mean of O(1) terms that cancel to O(1e-4) (normalised advantages), so float
-    # reassociation across shards shows in its last digits: compare it at the scale of its terms.
-    atol = 1e-6 if key == "policy_loss" else 0.0
+    # The policy loss is a mean of O(1) terms that cancel to O(1e-4) (normalised advantages), and approx_kl (~1e-5)
+    # a mean of log-ratio terms at float32 resolution, so float reassociation across shards (also in the
+    # minibatches' advantage statistics, summed per shard) shows in their last digits: compare them at the scale of
+    # their terms, as tests/test_elastic.py does.
+    atol = {"policy_loss": 1e-6, "approx_kl": 1e-8}.get(key, 0.0)
     np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=atol, err_msg=key)
 
 
