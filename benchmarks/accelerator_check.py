@@ -6,7 +6,7 @@
 
 Sections, each recorded even if another fails (DIR/accelerator_check.json is rewritten after each one, so a run cut
 short keeps what it measured; DIR/accelerator_check.md is the table):
-  memory       the compiled update's memory per device (launch/memory.py) for the reference config at
+  memory       the compiled update's memory per device (launch/run/memory.py) for the reference config at
                --memory_envs (1,048,576) envs, and the default Kinetix config's when kinetix-env is importable;
                compile-only, nothing allocated
   correctness  --correctness_updates updates of the reference config on the devices == the same run on CPU in a
@@ -39,8 +39,8 @@ import jax
 from absl import app, flags, logging
 
 from benchmarks import throughput
-from launch import memory, programs, trainer
-from launch.sinks import read_jsonl
+from launch.run import memory, programs, trainer
+from launch.report.metrics_file import read_jsonl
 from learner import code_path
 
 FLAGS = flags.FLAGS

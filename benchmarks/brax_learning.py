@@ -18,9 +18,9 @@ import sys
 
 from absl import app, flags
 
-from launch import trainer
+from launch.run import trainer
 from launch.configs import brax as brax_config
-from launch.sinks import read_jsonl
+from launch.report.metrics_file import read_jsonl
 
 THRESHOLD = 900.0
 flags.DEFINE_string("workdir", "/tmp/brax_learning", "Where the run writes its metrics.")

@@ -20,9 +20,9 @@ import time
 
 from absl import app, flags
 
-from launch import trainer
+from launch.run import trainer
 from launch.configs import default
-from launch.sinks import read_jsonl
+from launch.report.metrics_file import read_jsonl
 
 flags.DEFINE_integer("updates", 40, "PPO updates per run.")
 flags.DEFINE_list("num_envs", ["32", "128", "512"], "Parallel env counts to measure (rollout length is the default 128).")

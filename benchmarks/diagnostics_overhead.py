@@ -1,4 +1,4 @@
-"""The cost of the outer-loop diagnostics: SPS of the trainer's update (launch/programs.py) with diagnostics on vs
+"""The cost of the outer-loop diagnostics: SPS of the trainer's update (launch/run/programs.py) with diagnostics on vs
 off, in one process.
 
 Both variants are compiled first (compile time is reported apart), then timed alternately, `repeats` rounds of
@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from launch import programs
+from launch.run import programs
 
 _DEFAULT = os.path.join(os.path.dirname(__file__), "..", "launch", "configs", "default.py")
 config_flags.DEFINE_config_file("config", _DEFAULT, "Config file.", lock_config=True)

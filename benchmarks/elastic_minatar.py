@@ -2,7 +2,7 @@
 `scaling.schedule` (recipe), (c) at N with outer-step control; evaluation returns with bootstrap confidence intervals
 over seeds.
 
-Every arm is the trainer itself (launch/trainer.py `train_and_evaluate`, one workdir per arm and seed), at an equal
+Every arm is the trainer itself (launch/run/trainer.py `train_and_evaluate`, one workdir per arm and seed), at an equal
 env-step budget; the schedule arm switches at `--grow_at` of the budget. All arms are evaluated at the same env steps
 (`--eval_points` evenly spaced): the grown arm's evaluation interval in updates is 16x shorter, so that its grown
 segment is evaluated as often per env step; its extra evaluations before the growth are not used, so that final and
@@ -26,7 +26,8 @@ import time
 import numpy as np
 from absl import app, flags
 
-from launch import sinks, trainer
+from launch.report import metrics_file
+from launch.run import trainer
 from launch.configs import default
 from benchmarks.stats import bootstrap_ci
 
@@ -137,7 +138,7 @@ def run_all() -> dict:
       shutil.rmtree(workdir, ignore_errors=True)
       run_start = time.time()
       trainer.train_and_evaluate(make_config(arm, seed), workdir)
-      rows = sinks.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+      rows = metrics_file.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
       results["runs"][f"{arm}/{seed}"] = {**summarize(rows, spacing, FLAGS.total_env_steps), "seconds": time.time() - run_start}
       if not FLAGS.keep_workdirs:
         shutil.rmtree(workdir, ignore_errors=True)

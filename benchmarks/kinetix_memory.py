@@ -3,8 +3,8 @@
   .venv-kinetix/bin/python -m benchmarks.kinetix_memory                  # kinetix.py, 8 virtual CPU devices
   .venv-kinetix/bin/python -m benchmarks.kinetix_memory --variant=flat --num_envs=1024,2048,4096
 
-Compiles the fused update (launch/programs.py, the program the trainer runs; nothing is allocated) of the Kinetix
-config at a few scaled-down num_envs on 8 devices, reads XLA's memory analysis per device (launch/memory.py: arguments
+Compiles the fused update (launch/run/programs.py, the program the trainer runs; nothing is allocated) of the Kinetix
+config at a few scaled-down num_envs on 8 devices, reads XLA's memory analysis per device (launch/run/memory.py: arguments
 + outputs - donated + temporaries + code), fits memory = a + b·num_envs by least squares and extrapolates to
 --target_num_envs; prints that next to per_transition's rollout per device at the target and their ratio, as JSON.
 Sizes should keep the gradient chunk at its full config.sgd_chunk_size (minibatch ≥ 2 chunks with diagnostics on),
@@ -23,7 +23,8 @@ import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 from absl import app, flags  # pylint: disable=wrong-import-position
 
-from launch import config_lib, memory, programs  # pylint: disable=wrong-import-position
+from launch.config import resolve as config_lib  # pylint: disable=wrong-import-position
+from launch.run import memory, programs
 from launch.configs import kinetix  # pylint: disable=wrong-import-position
 
 flags.DEFINE_string("variant", "", "launch/configs/kinetix.py variant: '' (entity observations) or 'flat'.")

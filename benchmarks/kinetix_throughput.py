@@ -31,7 +31,7 @@ import time
 import jax
 from absl import app, flags
 
-from launch import programs
+from launch.run import programs
 from launch.configs import kinetix
 
 VARIANTS = {  # name -> (kinetix.py variant, reset pool on)

@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 from scipy import stats
 
-from launch.sinks import read_jsonl
+from launch.report.metrics_file import read_jsonl
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("ref", "41844b0", "Git revision of the reference (pre-optimisation) code.")

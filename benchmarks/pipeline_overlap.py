@@ -36,9 +36,9 @@ import time  # pylint: disable=wrong-import-position
 
 import jax  # pylint: disable=wrong-import-position
 
-from launch import programs, trainer  # pylint: disable=wrong-import-position
+from launch.run import programs, trainer  # pylint: disable=wrong-import-position
 from launch.configs import default  # pylint: disable=wrong-import-position
-from launch.sinks import read_jsonl  # pylint: disable=wrong-import-position
+from launch.report.metrics_file import read_jsonl  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("envs", ["cartpole_substeps:768", "CartPole-v1"], "env_name values to benchmark.")

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import stagnation_study as study
-from launch import config_lib, programs
+from launch.config import resolve as config_lib
+from launch.run import programs
 from learner import ewma as ewma_lib
 
 FLAGS = study.FLAGS

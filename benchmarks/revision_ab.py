@@ -10,9 +10,9 @@ every round's SPS, each side's median, and the median and spread of the per-pair
   python -m benchmarks.revision_ab --a=/tmp/rev88 --b=. --rounds=15 -- --config.env_name=gymnax:Breakout-MinAtar \
       --config.num_envs=512 --config.num_steps=32 --config.diagnostics.enabled=false
 
-A worker builds the update as its revision's trainer does: `launch.programs.build` where the revision has it, else
-(revisions before the program builder) `jit(make_iteration)` with the trainer's shardings, donation and
-`launch.xla_options` compiler options, as its launch/trainer.py did. Arguments after `--` are config overrides for
+A worker builds the update as its revision's trainer does: `programs.build` (launch/run/programs.py, or launch/programs.py
+in older revisions) where the revision has it, else (revisions before the program builder) `jit(make_iteration)` with
+the trainer's shardings, donation and XLA options, as that revision's trainer did. Arguments after `--` are config overrides for
 launch/configs/default.py, given to both. `--a_env` / `--b_env` add NAME=VALUE variables to one worker's environment,
 so that `--a=. --b=.` compares one checkout under two environments, e.g. with glibc's transparent-huge-page tunable:
 
@@ -21,6 +21,7 @@ so that `--a=. --b=.` compares one checkout under two environments, e.g. with gl
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -60,12 +61,16 @@ def _worker(overrides: list[str], updates: int) -> None:
   config = default.get_config()
   apply_overrides(config, overrides)
   t0 = time.time()
-  if os.path.exists(os.path.join("launch", "programs.py")):
-    from launch import programs  # pylint: disable=import-outside-toplevel
+  if os.path.exists(os.path.join("launch", "run", "programs.py")) or os.path.exists(os.path.join("launch", "programs.py")):
+    # launch/run/programs.py, or launch/programs.py in revisions before launch/ was split by concern
+    programs = importlib.import_module("launch.run.programs" if os.path.isdir(os.path.join("launch", "run"))
+                                       else "launch.programs")
     progs = programs.build(config, eval_episodes=0)
     update, state = progs.update, progs.init(jax.random.PRNGKey(0))
-  else:  # before the program builder: the trainer's own compile
-    from launch import config_lib, trainer, xla_options  # pylint: disable=import-outside-toplevel
+  else:  # before the program builder: the trainer's own compile (that revision's module names)
+    config_lib = importlib.import_module("launch.config_lib")
+    trainer = importlib.import_module("launch.trainer")
+    xla_options = importlib.import_module("launch.xla_options")
     from pipeline import iteration as iteration_lib  # pylint: disable=import-outside-toplevel
     from sharding import Layout, make_mesh, split_mesh  # pylint: disable=import-outside-toplevel
     resolved = config_lib.resolve(config, jax.device_count())

@@ -5,7 +5,7 @@
       --config.level_sampler.batch_size=512 --config.level_sampler.num_batches=1     # 2,048 envs, fewer levels
   .venv/bin/python -m benchmarks.sfl_cost --config=launch/configs/debug.py --config.env_name=levels
 
-The config's programs with level_sampler.kind=sfl (set here), from launch/programs.py: the fused update and the
+The config's programs with level_sampler.kind=sfl (set here), from launch/run/programs.py: the fused update and the
 re-scoring, a program of its own that the run calls before every rescore_every-th update, both compiled ahead of
 the clock (compile time of the two is printed). Times the median of `repeats` updates that do not re-score and of `repeats` re-scorings, and prints
 one JSON line: seconds of each, the re-scoring per scored env step (it is linear in batch_size × num_batches ×
@@ -22,7 +22,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from launch import config_schema, programs
+from launch.config import schema as config_schema
+from launch.run import programs
 
 config_flags.DEFINE_config_file("config", "launch/configs/kinetix.py:debug", "Config to time.", lock_config=False)
 flags.DEFINE_integer("repeats", 3, "Timed updates and re-scorings (median reported).")

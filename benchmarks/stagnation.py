@@ -1,8 +1,8 @@
 """The stagnation experiment: sweep num_envs under each scaling rule at an equal env-step budget, and PPO-EWMA.
 
-Each (rule, num_envs) config is resolved by launch/config_lib.py (the same rules the trainer uses), compiled once,
+Each (rule, num_envs) config is resolved by launch/config/resolve.py (the same rules the trainer uses), compiled once,
 and run for every seed: by default with the trainer's one-update-per-call program, or (--vmap_seeds) with the
-update vmapped over seeds and `chunk` updates scanned per call; both built by launch/programs.py with the trainer's
+update vmapped over seeds and `chunk` updates scanned per call; both built by launch/run/programs.py with the trainer's
 shardings and compiler options. Per-update metrics and diagnostics are kept; the report step writes
 docs/results.md tables and PNG plots.
 
@@ -20,7 +20,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from launch import config_lib, programs
+from launch.config import resolve as config_lib
+from launch.run import programs
 from launch.configs import default
 
 flags.DEFINE_string("out", "docs/stagnation", "Directory for the per-run JSON results and the plots.")
@@ -66,7 +67,7 @@ def run_config(config) -> dict:
   chunk = resolved.num_updates // FLAGS.log_points
   assert chunk * FLAGS.log_points == resolved.num_updates, "budget must split into whole updates per log point"
 
-  # The trainer's programs (launch/programs.py: shardings, donation, XLA options), one compile per config.
+  # The trainer's programs (launch/run/programs.py: shardings, donation, XLA options), one compile per config.
   if FLAGS.vmap_seeds:  # all seeds in one program, `chunk` updates scanned per call
     progs = programs.build(config, resolved=resolved, eval_episodes=0, num_seeds=FLAGS.seeds,
                            updates_per_call=chunk)

@@ -1,7 +1,7 @@
 """The stagnation study on MinAtar: plateau and scaling recipe (experiment 1) and baselines (experiment 4).
 
 Every arm is one config (game, scaling rule, N, learning rate, PPO-EWMA, env-step budget) run for `--seeds` seeds
-in ONE program: launch/programs.py's seed axis (the update and evaluation vmapped over seeds) with the updates
+in ONE program: launch/run/programs.py's seed axis (the update and evaluation vmapped over seeds) with the updates
 between two evaluation points scanned per call, so at small N five seeds cost about one run. Every arm is
 evaluated (deterministic policy, `--eval_episodes` parallel episodes per seed) at the same env-step points: every
 `--eval_spacing` env steps, a multiple of the largest batch. Each arm writes OUT/<arm>.json when finished and is
@@ -30,7 +30,8 @@ import jax
 import numpy as np
 from absl import flags
 
-from launch import config_lib, programs
+from launch.config import resolve as config_lib
+from launch.run import programs
 from launch.configs import default
 from benchmarks.stats import bootstrap_ci
 

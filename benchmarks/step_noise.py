@@ -3,7 +3,7 @@ N and scaling rule.
 
 The plateau checkpoint is benchmarks/stagnation_study.py's base arm (its final TrainState, saved with orbax under
 STUDY/plateau/<game>); seed `--plateau_seed` of it is used. For each (rule, N), K copies of that learner state
-(params, optimizer state with its counts) are put into one program on launch/programs.py's seed axis, each with its
+(params, optimizer state with its counts) are put into one program on launch/run/programs.py's seed axis, each with its
 own envs at N and its own key. The envs are first warmed up on-policy by `--warmup` updates, after which the learner
 state is put back to the checkpoint's (so the envs hold states the plateau policy visits, not start states). Then
 one update per copy:
@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import stagnation_study as study
-from launch import config_lib, programs
+from launch.config import resolve as config_lib
+from launch.run import programs
 
 _define = study._define  # pylint: disable=protected-access
 _define("string")("study", "docs/study", "The stagnation study's directory (its plateau checkpoint).")

@@ -5,7 +5,7 @@
 
 The reference config: CartPole-v1, num_envs × 128 steps, 4 epochs × 4 minibatches, separate 64×64 tanh
 actor and critic, Adam 2.5e-4 annealed, clip 0.2, GAE(0.99, 0.95), entropy 0.01, value 0.5, grad-norm clip 0.5.
-"ours" is the update the trainer runs, from launch/programs.py (sharded state, jit with in/out shardings and donated
+"ours" is the update the trainer runs, from launch/run/programs.py (sharded state, jit with in/out shardings and donated
 state, compiled with launch/xla_options); "naive" is benchmarks/naive_ppo.py compiled with XLA's defaults.
 Everything (every size, both implementations) is compiled before the clock starts; each runs one untimed-for-SPS
 first update (one-time costs, reported apart, as the trainer's metrics do); then their timed updates alternate round
@@ -15,7 +15,7 @@ RSS of the process while that implementation's updates ran, the ratio, ours' SPS
 fraction of the FLOP ceiling: a [65536, 64] × [64, 64] matmul timed here, divided by the matmul FLOPs one
 transition costs.
 
-Also printed for ours, for the memory side: bytes per transition held at the update's peak (launch/memory.py's
+Also printed for ours, for the memory side: bytes per transition held at the update's peak (launch/run/memory.py's
 `per_transition`, what `--dry_run` prints: the packed rows the rollout writes + the epoch's permutation), and the
 memory traffic those bytes imply at the measured SPS: a lower bound that counts each stored byte written once and
 read once per pass over it (the rollout writes the rows, GAE reads and rewrites them, the advantage statistics'
@@ -35,7 +35,7 @@ from absl import app, flags
 
 import envs
 from benchmarks import naive_ppo
-from launch import programs
+from launch.run import programs
 from launch.configs import default
 
 FLAGS = flags.FLAGS
@@ -126,7 +126,7 @@ def copy_gbps(repeats: int = 5) -> float:
 
 def streamed_bytes_per_transition(config) -> tuple[dict, int]:
   """(launch/memory.per_transition's figures, the traffic lower bound per transition and update; module docstring)."""
-  from launch import memory  # pylint: disable=import-outside-toplevel
+  from launch.run import memory  # pylint: disable=import-outside-toplevel
   per = memory.per_transition(config)
   rows = per["packed_row_bytes"]
   # the rollout writes every row; GAE reads and rewrites three of its columns (counted as whole rows: they share
@@ -138,7 +138,7 @@ def streamed_bytes_per_transition(config) -> tuple[dict, int]:
 
 
 def build_ours(num_envs: int, num_updates: int):
-  """The trainer's programs (launch/programs.py): sharded state, jitted, donated update compiled with its options."""
+  """The trainer's programs (launch/run/programs.py): sharded state, jitted, donated update compiled with its options."""
   config = reference_config(num_envs, num_updates)
   progs = programs.build(config, eval_episodes=0)
   return progs.update, progs.init(jax.random.PRNGKey(config.seed)), progs.compile_time

@@ -20,6 +20,10 @@ PyTree = Any
 EnvStateT = TypeVar("EnvStateT")
 
 
+class UnknownEnvError(ValueError):
+  """An env name no registry or suite knows; the message lists what is available."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Discrete:
   """`n` actions, sampled as an int32 scalar."""

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 
 from envs import base, entities, extras
-from envs.registry import UnknownEnvError
 
 SIZES = ("s", "m", "l")
 FILTER_SAMPLE_RATIO = 2  # kinetix-env ppo-base.yaml: level_filter_sample_ratio
@@ -169,7 +168,7 @@ def solve_levels(spec: str) -> dict[str, list[str]]:
     names = [n for n in shipped if n.startswith(item + "/")] if item in SIZES else [item]
     for name in names:
       if name not in shipped:
-        raise UnknownEnvError(f'"{name}" is neither a Kinetix size (s, m, l) nor a shipped level; kinetix-env ships: '
+        raise base.UnknownEnvError(f'"{name}" is neither a Kinetix size (s, m, l) nor a shipped level; kinetix-env ships: '
                               + ", ".join(shipped))
       size = name.split("/")[0]
       if name not in out.setdefault(size, []):

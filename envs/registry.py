@@ -11,19 +11,18 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from envs import base, cartpole, entities, toy
+from envs import base, cartpole, cue, cue_entities, levels
 
 BUILTIN: dict[str, Callable[[], base.Environment]] = {
     "CartPole-v1": cartpole.CartPole,
-    "cue": toy.CueEnv,
-    "levels": toy.LevelsEnv,
-    "cue_entities": entities.CueEntitiesEnv,
+    "cue": cue.CueEnv,
+    "levels": levels.LevelsEnv,
+    "cue_entities": cue_entities.CueEntitiesEnv,
 }
 PREFIXES = ("gymnax", "brax", "kinetix", "craftax", "cartpole_substeps")
 
 
-class UnknownEnvError(ValueError):
-  pass
+UnknownEnvError = base.UnknownEnvError  # raised by the adapters too (envs/base.py)
 
 
 def _make_gymnax(env_id: str) -> base.Environment:

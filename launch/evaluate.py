@@ -5,7 +5,7 @@ the env's own success measure where it has one, and optionally one episode as a 
                             [--nodeterministic] [--seed=S]
 
 Only the params (and, with obs_norm, the observation statistics) are read from the checkpoint; the network comes
-from the run's saved config (launch/saved_run.py). Episodes run in parallel, each to its first end or the env's time
+from the run's saved config (launch/checkpoint/saved_run.py). Episodes run in parallel, each to its first end or the env's time
 limit. The default policy is deterministic (the distribution's mode), as the trainer's evaluation;
 `--nodeterministic` samples. Exit codes: 0 done; 2 bad flags, no checkpoint, or an env without a renderer for
 --video (the returns are printed first).
@@ -22,7 +22,8 @@ from typing import Any
 
 from absl import app, flags
 
-from launch import config_lib, console
+from launch.config import resolve as config_lib
+from launch.report import console
 
 FLAGS = flags.FLAGS
 
@@ -117,7 +118,7 @@ def main(argv):
   import numpy as np  # pylint: disable=import-outside-toplevel
   import envs  # pylint: disable=import-outside-toplevel
   from envs import render  # pylint: disable=import-outside-toplevel
-  from launch import saved_run  # pylint: disable=import-outside-toplevel
+  from launch.checkpoint import saved_run  # pylint: disable=import-outside-toplevel
   try:
     run = saved_run.load(FLAGS.workdir)
     env_name = FLAGS.env_name or run.config.env_name

@@ -16,14 +16,15 @@ import sys
 
 from absl import app, flags
 
-from launch import config_lib, console
+from launch.config import resolve as config_lib
+from launch.report import console
 
 FLAGS = flags.FLAGS
 
 
 def export(workdir: str, out: str) -> str:
   """Writes the newest checkpoint's policy of `workdir` to directory `out`; returns the checkpoint step read."""
-  from launch import saved_run  # pylint: disable=import-outside-toplevel
+  from launch.checkpoint import saved_run  # pylint: disable=import-outside-toplevel
   from learner import policy as policy_lib  # pylint: disable=import-outside-toplevel
   run = saved_run.load(workdir)
   policy_lib.save_policy(out, run.policy.spec, run.policy.params)

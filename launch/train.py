@@ -7,7 +7,7 @@
 
 Exit codes (each non-zero exit ends with one line saying what happened and what to do):
   0    done.
-  2    invalid config or flags; compiled programs that do not fit in device memory (launch/memory.py: the message
+  2    invalid config or flags; compiled programs that do not fit in device memory (launch/run/memory.py: the message
        names the memory needed and the keys to change); a workdir that cannot be used: in use by another run (its
        lock names the host and pid), not writable (no space, read-only, a path under a file: the message names the path, the cause and the
        checkpoint a rerun resumes from), metrics rows with no checkpoint to resume them (rerun with --fresh to start
@@ -29,12 +29,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from launch import config_cli, config_lib, config_schema, console
+from launch.config import describe as config_cli, resolve as config_lib, schema as config_schema
+from launch.report import console
 
 EXIT_CONFIG_ERROR = 2
 EXIT_PREEMPTED = 3
 EXIT_NONFINITE = 4
-EXIT_INTERRUPTED = 128 + 2  # a second SIGINT (the shell's convention; SIGTERM: 143, see launch/preemption.py)
+EXIT_INTERRUPTED = 128 + 2  # a second SIGINT (the shell's convention; SIGTERM: 143, see launch/run/preemption.py)
 
 
 def _fail(message: str):
@@ -75,9 +76,9 @@ flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-proc
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.DEFINE_bool("dry_run", False, "Validate the config, print it fully resolved as one JSON object, and exit.")
 flags.DEFINE_bool("dry_run_memory", True, "With --dry_run: also compile the programs from abstract shapes (no state "
-                  "is allocated) and print their memory per device (launch/memory.py).")
+                  "is allocated) and print their memory per device (launch/run/memory.py).")
 flags.DEFINE_bool("describe_config", False, "Print every config key (this config's value, type, one-line doc, rule, "
-                  "resume policy; see launch/config_schema.py) and exit.")
+                  "resume policy; see launch/config/schema.py) and exit.")
 flags.DEFINE_bool("fresh", False, "Start the run over: move this workdir's metrics, TensorBoard events and checkpoints "
                   "aside (into WORKDIR/previous-<time>/) first. Without it, a workdir with metrics rows but no "
                   "checkpoint to resume them from is refused.")
@@ -123,13 +124,14 @@ def main(argv):
   except ValueError as e:
     _fail(str(e))
   import jax  # pylint: disable=import-outside-toplevel
-  from launch import errors, preemption  # pylint: disable=import-outside-toplevel
+  from launch.files import fs_errors as errors  # pylint: disable=import-outside-toplevel
+  from launch.run import preemption
   errors.install_console_filters()
   preemption.EXIT_AT_ONCE = True  # this process is ours: a second signal, or a stop during compilation, ends it now
   try:
     if FLAGS.dry_run:
       described = config_cli.describe(config, jax.device_count(), jax.process_count())
-      from launch import memory  # pylint: disable=import-outside-toplevel
+      from launch.run import memory  # pylint: disable=import-outside-toplevel
       from learner import code_path  # pylint: disable=import-outside-toplevel
       described["code_path"] = code_path.describe()  # "portable" with PPO_PORTABLE=1 or on an accelerator
       described["memory_per_transition"] = memory.per_transition(config)  # shapes only: any num_envs, no compile
@@ -142,7 +144,9 @@ def main(argv):
       return
     if not FLAGS.workdir:
       _fail("--workdir is required")
-    from launch import checkpoint, trainer, workdir  # pylint: disable=import-outside-toplevel
+    from launch import checkpoint  # pylint: disable=import-outside-toplevel
+    from launch.files import workdir
+    from launch.run import trainer
     try:
       row = trainer.train_and_evaluate(config, FLAGS.workdir, fresh=FLAGS.fresh)
     except (checkpoint.Preempted, preemption.StoppedBeforeStart) as e:
@@ -153,7 +157,7 @@ def main(argv):
       sys.exit(EXIT_NONFINITE)
     except (errors.WorkdirError, workdir.HistoryError) as e:
       _fail(str(e))
-    except KeyboardInterrupt:  # a second Ctrl-C with several processes (one process: launch/preemption.py)
+    except KeyboardInterrupt:  # a second Ctrl-C with several processes (one process: launch/run/preemption.py)
       print(f"\nerror: interrupted by a second SIGINT, without saving the current update; "
             f"{errors.what_is_safe(FLAGS.workdir)}", file=sys.stderr)
       sys.exit(EXIT_INTERRUPTED)

@@ -1,7 +1,7 @@
 """Which code path this process runs: the CPU's own forms, or the one accelerators run (`PPO_PORTABLE=1`).
 
 On CPU the update normally takes CPU-specific forms: `learner/networks.dense` (thin products as multiply-adds,
-a hand-written backward pass) and XLA:CPU options (`launch/xla_options.py`). `PPO_PORTABLE=1` turns both off, so a
+a hand-written backward pass) and XLA:CPU options (`launch/run/xla_options.py`). `PPO_PORTABLE=1` turns both off, so a
 CPU runs exactly the code a GPU or TPU runs (`x @ k + b`, autodiff, XLA's default options): that is how the test
 suite covers the accelerators' path. This is the only place the variable is read. It is read when a program is
 traced, so set it before building programs (it is not part of the config: it does not change the algorithm,

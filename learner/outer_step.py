@@ -31,7 +31,7 @@ class OuterState:
 
 @dataclasses.dataclass(frozen=True)
 class OuterSettings:
-  """config.outer_step.* (launch/config_schema.py)."""
+  """config.outer_step.* (launch/config/schema.py)."""
   mode: str
   kl_target: float = 0.01
   samples_per_kl: float = 1e6

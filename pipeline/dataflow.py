@@ -37,7 +37,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from learner.state import TrainState
+from pipeline.train_state import TrainState
 from pipeline import iteration as iteration_lib
 
 _POLL_S = 0.05  # how often blocked stages look at the stop flag
@@ -65,7 +65,7 @@ class UpdateResult:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineFns:
-  """Compiled stage functions bound to their placement (launch/programs.py builds them, `bind_stages` binds them)."""
+  """Compiled stage functions bound to their placement (launch/run/programs.py builds them, `bind_stages` binds them)."""
   act: Callable  # (params on actor mesh, runner, key) -> ActorOutput
   advantage: Callable  # (traj rows, last_value) -> minibatch rows on the actor mesh (donates the traj rows)
   to_learner: Callable  # (Minibatch, EpisodeStats) on the actor mesh -> the same on the learner mesh
@@ -289,7 +289,7 @@ class Pipeline:
 
 def bind_stages(act: Callable, advantage: Callable, learn: Callable, metrics: Callable, split_key: Callable,
                 actor_layout, learner_layout) -> PipelineFns:
-  """The stage programs (compiled by launch/programs.py) bound to their meshes: each dispatch holds its mesh's lock,
+  """The stage programs (compiled by launch/run/programs.py) bound to their meshes: each dispatch holds its mesh's lock,
   and the transfers between the meshes are sharding-aware device_puts (the batch keeps its env axis split over the
   destination's `data` axis; with one shared mesh they are no-ops)."""
   a_rep, l_rep = actor_layout.replicated, learner_layout.replicated

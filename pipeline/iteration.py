@@ -1,6 +1,6 @@
 """One PPO update (rollout → GAE → SGD) as a single pure function, and the train state's initialisation.
 
-`make_iteration` returns `TrainState -> (TrainState, UpdateMetrics)`; launch/programs.py jits it with explicit shardings
+`make_iteration` returns `TrainState -> (TrainState, UpdateMetrics)`; launch/run/programs.py jits it with explicit shardings
 and donates the state. Nothing inside syncs with the host.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from envs import base
 from learner import diagnostics as diagnostics_lib, distributions, ewma as ewma_lib, losses, networks
 from learner import obs_store as obs_store_lib
 from learner import outer_step as outer_step_lib
-from learner.state import TrainState
+from pipeline.train_state import TrainState
 from pipeline import batch_rows, gae as gae_lib
 from pipeline import obs_norm as obs_norm_lib
 from pipeline import rollout as rollout_lib
@@ -28,7 +28,7 @@ from pipeline import sgd as sgd_lib
 
 @dataclasses.dataclass(frozen=True)
 class PPOSettings:
-  """The algorithm's resolved hyperparameters (derived from the config in one place: launch/config_lib.py)."""
+  """The algorithm's resolved hyperparameters (derived from the config in one place: launch/config/resolve.py)."""
   num_envs: int
   num_steps: int
   update_epochs: int
@@ -196,7 +196,7 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
 def make_rescore(agent: Agent, ppo: PPOSettings, constrain_envs: Callable = lambda tree, axis=0: tree) -> Callable:
   """SFL's re-scoring (pipeline/sfl.py) as `TrainState -> TrainState` with a new level buffer in the runner, drawn
   with the update's key folded with sfl.SFL_STREAM; the policy sees observations normalised with the runner's
-  statistics, as in the rollout. It is a program of its own (launch/programs.py runs it before updates 1,
+  statistics, as in the rollout. It is a program of its own (launch/run/programs.py runs it before updates 1,
   1 + rescore_every, ...): inside the update under lax.cond, both would be one program, which at Kinetix's size
   did not finish compiling in 20 minutes on CPU."""
 

@@ -165,7 +165,7 @@ RESIZE_STREAM = 0x656C6173  # folded into the run's key for the resets of envs a
 
 
 def resize_runner(env: base.Environment, runner: RunnerState, key: jax.Array, num_envs: int) -> RunnerState:
-  """The runner at another env count (a run continued at another num_envs, launch/elastic.py).
+  """The runner at another env count (a run continued at another num_envs, launch/run/elastic.py).
 
   Env i < min(old, new) keeps its state, observation and return so far; env i >= old starts a fresh episode from a
   reset keyed by fold_in(fold_in(key, RESIZE_STREAM), i), i.e. by its global index, so the result does not depend on

@@ -34,7 +34,7 @@ SFL_STREAM = 0x73666C  # folded into the update's key for the re-scoring
 
 @dataclasses.dataclass(frozen=True)
 class SFLSettings:
-  """The level sampler's resolved settings (launch/config_lib.py)."""
+  """The level sampler's resolved settings (launch/config/resolve.py)."""
   batch_size: int = 4096  # levels scored per batch
   num_batches: int = 3  # batches scored per re-scoring
   rollout_steps: int = 512  # policy steps per scored level

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from launch import config_lib, programs, trainer
+from launch.config import resolve as config_lib
+from launch.run import programs, trainer
 from launch.configs import debug, default
 from learner import losses
 from pipeline import advantage_stats, batch_rows, iteration as iteration_lib, permutation, sgd

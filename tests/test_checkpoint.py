@@ -2,7 +2,7 @@
 counts, corrupted checkpoints, incompatible configs, non-finite training, and `restore_from`.
 
 Runs are `python -m launch.train` subprocesses of one 12-update debug config; a persistent compilation cache shared
-by the module keeps each to a few seconds. Test-only env hooks (launch/preemption.py, launch/checkpoint/store.py) pause
+by the module keeps each to a few seconds. Test-only env hooks (launch/run/preemption.py, launch/checkpoint/store.py) pause
 the loop after an update, or hold an async save before its atomic rename, so that signals land at exact points.
 """
 import dataclasses
@@ -25,7 +25,11 @@ import pytest
 from etils.epath import testing as epath_testing
 from jax.sharding import PartitionSpec as P
 
-from launch import checkpoint, config_lib, packed_arrays, programs, sinks, trainer
+from launch import checkpoint
+from launch.checkpoint import packed_arrays
+from launch.config import resolve as config_lib
+from launch.report import metrics_file
+from launch.run import programs, trainer
 from launch.checkpoint import compat, format as format_lib
 from launch.configs import debug
 from learner import diagnostics as diagnostics_lib
@@ -93,7 +97,7 @@ def _steps(workdir):
 
 def _rows(workdir):
   return [{k: v for k, v in r.items() if k not in TIMING}
-          for r in sinks.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+          for r in metrics_file.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
 
 
 def _host_file(workdir, step):
@@ -343,11 +347,11 @@ def test_metrics_rows_drop_rows_past_the_checkpoint_and_a_cut_line(tmp_path):
   path = str(tmp_path / "metrics.jsonl")
   with open(path, "w", encoding="utf-8") as f:
     f.write('{"update": 4, "a": 1}\n{"update": 8, "a": 2}\n{"update": 12, "a": 3}\n{"update": 16, "a"')
-  jsonl = sinks.JsonlFile(path, resume_update=8)  # what MetricsSinks keeps on resume
+  jsonl = metrics_file.JsonlFile(path, resume_update=8)  # what MetricsSinks keeps on resume
   jsonl.close()
-  assert sinks.read_jsonl(path) == [{"update": 4, "a": 1}, {"update": 8, "a": 2}]
-  sinks.JsonlFile(path, resume_update=0).close()
-  assert sinks.read_jsonl(path) == []
+  assert metrics_file.read_jsonl(path) == [{"update": 4, "a": 1}, {"update": 8, "a": 2}]
+  metrics_file.JsonlFile(path, resume_update=0).close()
+  assert metrics_file.read_jsonl(path) == []
 
 
 def test_packing_round_trips_every_bit_and_restores_onto_other_device_counts():

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from launch import config_lib, config_schema
+from launch.config import resolve as config_lib, schema as config_schema
 from launch.configs import debug, default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

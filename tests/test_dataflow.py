@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from launch import programs, trainer
+from launch.run import programs, trainer
 from launch.configs import debug, default
-from launch.sinks import read_jsonl
+from launch.report.metrics_file import read_jsonl
 from pipeline import dataflow
 
 NUM_UPDATES = 4

@@ -18,11 +18,12 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import envs
-from launch import plot, trainer
+from launch.report import plots as plot
+from launch.run import trainer
 from launch.configs import debug
-from launch.sinks import read_jsonl
+from launch.report.metrics_file import read_jsonl
 from learner import diagnostics, distributions, entity_network, ewma, losses, networks
-from learner.state import TrainState
+from pipeline.train_state import TrainState
 from pipeline import batch_rows, iteration, permutation, rollout, sgd, sgd_chunks
 
 
@@ -310,7 +311,7 @@ def test_metrics_row_takes_ratios_of_the_intervals_means():
 
 
 def test_ewma_weights_by_hand(monkeypatch):
-  from launch import config_lib  # pylint: disable=import-outside-toplevel
+  from launch.config import resolve as config_lib  # pylint: disable=import-outside-toplevel
   decay = ewma.decay_from_center_of_mass(3.0)
   assert decay == 0.75
   config = debug.get_config()
@@ -401,7 +402,7 @@ def test_diagnostics_of_real_updates_by_brute_force_and_in_metrics_jsonl(runs):
   """The debug run's first log interval replayed stage by stage: each update's diagnostics against a float64
   recomputation from its batch and params; metrics.jsonl's row holds their means over the interval and the ratios of
   those means (null where a mean |G|² or KL is not positive), as strict JSON."""
-  from launch import config_lib  # pylint: disable=import-outside-toplevel
+  from launch.config import resolve as config_lib  # pylint: disable=import-outside-toplevel
   config = debug.get_config()
   resolved = config_lib.resolve(config, 1)
   agent = trainer.build_agent(config, resolved)
@@ -488,7 +489,8 @@ def test_diagnostics_figure_at_the_end_of_a_run_and_with_seed_bands(runs, tmp_pa
 
 
 def test_ewma_state_lives_in_train_state():
-  from launch import config_lib, programs  # pylint: disable=import-outside-toplevel
+  from launch.config import resolve as config_lib  # pylint: disable=import-outside-toplevel
+  from launch.run import programs
   from pipeline import iteration  # pylint: disable=import-outside-toplevel
   config = debug.get_config()
   config.ewma.enabled, config.ewma.center_of_mass = True, 0.0  # decay 0: the proximal params are the params

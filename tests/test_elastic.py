@@ -1,5 +1,5 @@
 """A run continued at another num_envs: by hand under a scaling rule, or by `scaling.schedule` in one run
-(launch/elastic.py). Params and optimizer state carry over bit for bit, minibatching and learning rate follow the
+(launch/run/elastic.py). Params and optimizer state carry over bit for bit, minibatching and learning rate follow the
 rule, the schedule equals a stop and resume by hand, and the result does not depend on the device count."""
 import os
 import shutil
@@ -9,7 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from launch import checkpoint, config_lib, elastic, preemption, programs, sinks, trainer
+from launch import checkpoint
+from launch.config import resolve as config_lib
+from launch.report import metrics_file
+from launch.run import elastic, preemption, programs, trainer
 from launch.configs import debug
 from pipeline import dataflow
 from tests.test_checkpoint import TIMING, _interrupt, _start, _wait_for, jax_cache  # noqa: F401  (fixture)
@@ -32,7 +35,7 @@ def _config(**overrides):
 
 def _rows(workdir):
   return [{k: v for k, v in r.items() if k not in TIMING}
-          for r in sinks.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+          for r in metrics_file.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,10 @@ import pytest
 
 import envs
 from envs import entities
-from launch import checkpoint, config_lib, export, programs, saved_run
+from launch import checkpoint, export
+from launch.checkpoint import saved_run
+from launch.config import resolve as config_lib
+from launch.run import programs
 from launch.configs import debug
 from learner import distributions, entity_network, policy as policy_lib
 from pipeline import batch_rows, dataflow
@@ -159,7 +162,7 @@ def test_entity_observation_resume_is_exact(built, tmp_path):
 
 
 def test_an_entity_run_exports_and_acts_as_the_trainer(built, tmp_path):
-  """launch.saved_run / launch.export / learner.policy with the entity network and EntityObs observations."""
+  """launch.checkpoint.saved_run / launch.export / learner.policy with the entity network and EntityObs observations."""
   config, progs = _config(), built[1]
   state, _ = _updates(progs, progs.init(jax.random.PRNGKey(0)), 1)
   ckpts = checkpoint.RunCheckpoints(str(tmp_path / "run"), config)

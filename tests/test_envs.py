@@ -1,11 +1,11 @@
-"""Built-in envs: CartPole against gymnax's CartPole-v1, the toy env's optimum, auto-reset, the gymnax adapter."""
+"""Built-in envs: CartPole against gymnax's CartPole-v1, the `cue` env's optimum, auto-reset, the gymnax adapter."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import envs
-from envs import base, cartpole, toy
+from envs import base, cartpole, cue
 
 
 def test_cartpole_matches_gymnax_trajectories():
@@ -41,7 +41,7 @@ def test_cartpole_truncates_at_500():
 
 
 def test_cue_env_optimal_and_wrong_actions():
-  env = toy.CueEnv(length=5, num_actions=3)
+  env = cue.CueEnv(length=5, num_actions=3)
   state, obs = env.reset(jax.random.PRNGKey(0))
   total = 0.0
   for t in range(5):
@@ -57,7 +57,7 @@ def test_cue_env_optimal_and_wrong_actions():
 
 
 def test_auto_reset_keeps_final_obs_and_resets_state():
-  env = toy.CueEnv(length=2, num_actions=2)
+  env = cue.CueEnv(length=2, num_actions=2)
   state, obs = env.reset(jax.random.PRNGKey(0))
   out = base.auto_reset_step(env, jax.random.PRNGKey(1), state, jnp.int32(0))
   assert not bool(out.truncated) and int(out.state.time) == 1

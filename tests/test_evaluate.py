@@ -11,7 +11,9 @@ from PIL import Image
 
 import envs
 from envs import cartpole, render
-from launch import evaluate, saved_run, trainer
+from launch import evaluate
+from launch.checkpoint import saved_run
+from launch.run import trainer
 from launch.configs import debug
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

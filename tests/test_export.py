@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from launch import checkpoint, config_lib, export, trainer
+from launch import checkpoint, export
+from launch.config import resolve as config_lib
+from launch.run import trainer
 from launch.configs import debug
 from learner import policy as policy_lib
 from pipeline import dataflow, iteration as iteration_lib, obs_norm as obs_norm_lib

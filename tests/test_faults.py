@@ -19,8 +19,10 @@ import jax
 import orbax.checkpoint as ocp
 import pytest
 
-from launch import config_lib, errors, preemption, workdir_lock
-from launch import trainer
+from launch.config import resolve as config_lib
+from launch.files import fs_errors as errors, lock as workdir_lock
+from launch.run import preemption
+from launch.run import trainer
 from launch.configs import debug
 from tests.test_checkpoint import ARGS, REPO, _env, _files, _rows, _start, _steps, _wait_for
 
@@ -37,7 +39,7 @@ def _run(jax_cache, workdir, *extra, env=None):
 
 
 # TensorStore prints, from C++ to fd 2, a traceback for each callback of a failed write that completes after orbax
-# closed the write's event loop. launch/errors.py keeps them off the console of a failed *restore*; a failed *save*
+# closed the write's event loop. launch/files/fs_errors.py keeps them off the console of a failed *restore*; a failed *save*
 # (disk full) can still print them while the run goes on, depending on timing (a known wart, README "Faults").
 _LOOP_CLOSED = re.compile(errors.LOOP_CLOSED.pattern.decode())
 
@@ -300,7 +302,7 @@ def _wait(condition, timeout=10.0):
 
 
 def test_a_second_signal_or_one_during_start_up_ends_the_process_at_once(baseline, tmp_path, monkeypatch):
-  """The watcher thread of launch/preemption.py (as launch.train runs it), with the exit itself recorded."""
+  """The watcher thread of launch/run/preemption.py (as launch.train runs it), with the exit itself recorded."""
   wd = str(tmp_path / "run")
   shutil.copytree(baseline, wd)
   exits = []

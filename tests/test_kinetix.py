@@ -14,7 +14,7 @@ if not os.environ.get("REQUIRE_KINETIX"):
   pytest.importorskip("kinetix", reason="kinetix-env needs jax<=0.9.0: runs in .venv-kinetix (scripts/test_kinetix.sh)")
 
 import envs  # pylint: disable=wrong-import-position
-from launch import programs  # pylint: disable=wrong-import-position
+from launch.run import programs  # pylint: disable=wrong-import-position
 from launch.configs import kinetix as kinetix_config  # pylint: disable=wrong-import-position
 
 NVEC = (3, 3, 3, 3, 2, 2)  # size s: 4 motors (forward, backward, off) and 2 thrusters (on, off)
@@ -110,7 +110,7 @@ def test_kinetix_renders_frames_and_reports_success():
   goal = res.replace(terminated=jnp.asarray(True), reward=jnp.asarray(1.0))
   assert bool(env.success(goal)) and not bool(env.success(goal.replace(reward=jnp.asarray(-1.0))))
   # `success` is also what SFL's level sampler scores levels by (pipeline/sfl.py): Kinetix configs accept it.
-  from launch import config_lib  # pylint: disable=import-outside-toplevel
+  from launch.config import resolve as config_lib  # pylint: disable=import-outside-toplevel
   config = kinetix_config.get_config("debug")
   config.level_sampler.kind = "sfl"
   assert config_lib.check(config, num_devices=1) == []

@@ -1,6 +1,6 @@
 """A run whose compiled programs do not fit in device memory stops before allocating (exit 2, naming the memory
 needed and the knobs); --dry_run prints the programs' memory per device. The device is faked small through
-PPO_DEVICE_MEMORY_BYTES (launch/memory.py)."""
+PPO_DEVICE_MEMORY_BYTES (launch/run/memory.py)."""
 import dataclasses
 import json
 import os
@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from launch import config_lib, memory, programs, trainer
+from launch.config import resolve as config_lib
+from launch.run import memory, programs, trainer
 from tests.test_entities import _config as _entity_config
 from tests.test_train import _debug_config
 

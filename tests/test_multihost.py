@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 from jax.experimental import multihost_utils
 
-from launch import checkpoint, config_lib, local, preemption, programs, trainer
+from launch import checkpoint, local
+from launch.config import resolve as config_lib
+from launch.run import preemption, programs, trainer
 from launch.configs import debug
 from pipeline import dataflow
-from launch.sinks import read_jsonl
+from launch.report.metrics_file import read_jsonl
 from sharding import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,7 +182,7 @@ def test_sigterm_to_one_process_stops_both_at_one_update_and_resumes_exactly(two
 
 
 def test_slurm_processes_agree_on_the_step_they_restore(two_processes, jax_cache, tmp_path):
-  """The SLURM path of launch/slurm.sbatch (no coordinator flags, everything from the scheduler's variables) resuming a
+  """The SLURM path of launch/cluster/slurm.sbatch (no coordinator flags, everything from the scheduler's variables) resuming a
   copy of the uninterrupted run whose step 10 is unreadable by process 1 only (a chunk of its env rows cut short): both
   skip it, resume from step 9 and finish with the uninterrupted run's rows (which match one process's)."""
   workdir = str(tmp_path / "run")
@@ -265,7 +267,7 @@ def test_sigint_is_passed_on_as_sigterm_with_several_processes(monkeypatch, tmp_
 
 def test_orbax_never_asks_the_preemption_sync_point(sync_point, tmp_path):
   """Orbax asks it at each save and again from its finalize thread with the saved step; that would set this host's
-  protocol counter back behind the loop. Only launch/preemption.py may ask."""
+  protocol counter back behind the loop. Only launch/run/preemption.py may ask."""
   config = debug.get_config()
   state = programs.build(config, compile_update=False).init(jax.random.PRNGKey(0))
   ckpts = checkpoint.RunCheckpoints(str(tmp_path), config)
@@ -275,7 +277,7 @@ def test_orbax_never_asks_the_preemption_sync_point(sync_point, tmp_path):
 
 
 def test_launch_scripts_parse():
-  for script in ("launch/slurm.sbatch", "launch/tpu_pod.sh"):
+  for script in ("launch/cluster/slurm.sbatch", "launch/cluster/tpu_pod.sh"):
     subprocess.run(["bash", "-n", script], cwd=REPO, check=True)
 
 

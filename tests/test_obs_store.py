@@ -8,7 +8,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from launch import config_lib, memory, trainer
+from launch.config import resolve as config_lib
+from launch.run import memory, trainer
 from launch.configs import debug, default
 from learner import obs_store, policy as policy_lib
 from pipeline import batch_rows, iteration, rollout

@@ -1,10 +1,13 @@
 """Outer-step control (learner/outer_step.py) on hand-made KL sequences and in a short run, and the plateau advice
-(launch/plateau.py) on hand-made rows."""
+(launch/run/plateau.py) on hand-made rows."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from launch import checkpoint, config_lib, plateau, preemption, sinks, trainer
+from launch import checkpoint
+from launch.config import resolve as config_lib
+from launch.report import metrics_file
+from launch.run import plateau, preemption, trainer
 from launch.configs import debug
 from learner import outer_step
 from tests.test_checkpoint import TIMING
@@ -54,7 +57,7 @@ def _outer_config():
 
 
 def _metrics(workdir):
-  return [{k: v for k, v in r.items() if k not in TIMING} for r in sinks.read_jsonl(f"{workdir}/metrics.jsonl")]
+  return [{k: v for k, v in r.items() if k not in TIMING} for r in metrics_file.read_jsonl(f"{workdir}/metrics.jsonl")]
 
 
 @pytest.fixture(scope="module")

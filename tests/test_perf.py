@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from launch import config_lib, programs, trainer, xla_options
+from launch.config import resolve as config_lib
+from launch.run import programs, trainer, xla_options
 from launch.configs import debug, default
-from launch.sinks import read_jsonl
+from launch.report.metrics_file import read_jsonl
 from learner import diagnostics, distributions, losses, networks
 from pipeline import iteration as iteration_lib
 from pipeline import batch_rows, permutation, sgd_chunks

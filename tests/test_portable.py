@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from launch import config_lib, programs, trainer, xla_options
-from launch.sinks import read_jsonl
+from launch.config import resolve as config_lib
+from launch.run import programs, trainer, xla_options
+from launch.report.metrics_file import read_jsonl
 from learner import code_path, networks
 from pipeline import dataflow
 from tests.test_train import _assert_same_run, _debug_config

@@ -6,7 +6,7 @@ import numpy as np
 from flax import struct
 
 from envs import base, reset_pool
-from launch import trainer
+from launch.run import trainer
 from launch.configs import debug
 from learner import distributions
 from pipeline import batch_rows, obs_norm, rollout
@@ -145,7 +145,7 @@ def test_obs_norm_and_reset_pool_do_not_depend_on_device_count(tmp_path):
 
 def test_train_state_carries_statistics_and_pool():
   config = _debug(obs_norm=True, **{"reset_pool.size": 16, "reset_pool.refresh": 4})
-  from launch import programs  # pylint: disable=import-outside-toplevel
+  from launch.run import programs  # pylint: disable=import-outside-toplevel
   from pipeline import iteration as iteration_lib  # pylint: disable=import-outside-toplevel
   progs = programs.build(config, eval_episodes=0)
   state = progs.init(jax.random.PRNGKey(0))

@@ -1,4 +1,4 @@
-"""The scaling rules (launch/config_lib.py) on hand-worked cases, their errors, and that the trainer uses them."""
+"""The scaling rules (launch/config/resolve.py) on hand-worked cases, their errors, and that the trainer uses them."""
 import json
 import math
 import os
@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from launch import config_lib, trainer
+from launch.config import resolve as config_lib
+from launch.run import trainer
 from launch.configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

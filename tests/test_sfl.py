@@ -1,4 +1,4 @@
-"""The SFL level sampler (pipeline/sfl.py): learnability and top-k by hand, the share of buffer resets, the toy env
+"""The SFL level sampler (pipeline/sfl.py): learnability and top-k by hand, the share of buffer resets, the `levels` env
 whose half-the-time levels SFL must find, exact resume with a stop between re-scorings, and 1 vs 8 devices."""
 import dataclasses
 import os
@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from envs import reset_pool, toy
-from launch import config_lib, sinks, trainer
+from envs import levels as levels_env, reset_pool
+from launch.config import resolve as config_lib
+from launch.report import metrics_file
+from launch.run import trainer
 from launch.configs import debug
 from pipeline import batch_rows, rollout, sfl
 
@@ -40,8 +42,8 @@ def test_learnability_and_top_k_by_hand():
 def test_success_rates_of_known_levels():
   """Episodes of 2 steps, 32 steps per level: always-solved levels score 1, never-solved 0, the coin flips near 1/2
   (16 episodes each), and the step's level restarts from its own start state."""
-  env = toy.LevelsEnv()
-  state = toy.LevelsState(level=jnp.arange(12), time=jnp.zeros((12,), jnp.int32))
+  env = levels_env.LevelsEnv()
+  state = levels_env.LevelsState(level=jnp.arange(12), time=jnp.zeros((12,), jnp.int32))
   obs = jax.nn.one_hot(jnp.arange(12), 12)
   policy = lambda params, o: (jnp.zeros(o.shape[:-1] + (2,)), jnp.zeros(o.shape[:-1]))
   from learner import distributions  # pylint: disable=import-outside-toplevel
@@ -56,10 +58,10 @@ def test_success_rates_of_known_levels():
 def test_share_of_buffer_resets_matches_the_ratio():
   """Resets drawn from the buffer: their count is Binomial(resets, ratio), and exactly those episodes start from
   the buffer's level (marked by an observation no reset produces)."""
-  env, ratio, num_envs, steps = toy.LevelsEnv(), 0.3, 256, 64
+  env, ratio, num_envs, steps = levels_env.LevelsEnv(), 0.3, 256, 64
   key_pool, key_run, key = jax.random.split(jax.random.PRNGKey(3), 3)
   pool = reset_pool.init_pool(env, key_pool, 64)
-  marked = toy.LevelsState(level=jnp.full((4,), 11), time=jnp.zeros((4,), jnp.int32))
+  marked = levels_env.LevelsState(level=jnp.full((4,), 11), time=jnp.zeros((4,), jnp.int32))
   buffer = sfl.LevelBuffer(state=marked, obs=jnp.full((4, 12), -1.0), learnability=jnp.zeros(4),
                            success=jnp.zeros(4))
   runner = rollout.init_runner(env, key_run, num_envs).replace(reset_pool=pool, level_buffer=buffer)
@@ -94,15 +96,15 @@ def test_config_errors_name_the_key():
   assert "config.level_sampler.batch_size=12: must be a multiple of the 8 devices" in errors(
       **{"level_sampler.batch_size": 12, "mesh.data": -1})
   assert errors() == ""
-  from launch import programs  # pylint: disable=import-outside-toplevel
+  from launch.run import programs  # pylint: disable=import-outside-toplevel
   with pytest.raises(ValueError, match="num_seeds and updates_per_call with level_sampler.kind='sfl'"):
     programs.build(_config(), eval_episodes=0, num_seeds=2)  # refused before anything is compiled
 
 
 def test_buffer_holds_the_half_the_time_levels():
-  """The toy env's levels are always, never or half the time solved whatever the policy does: after the first
+  """The `levels` env's levels are always, never or half the time solved whatever the policy does: after the first
   re-scoring every buffer level is a coin-flip one, with a success rate strictly between 0 and 1."""
-  from launch import programs  # pylint: disable=import-outside-toplevel
+  from launch.run import programs  # pylint: disable=import-outside-toplevel
   progs = programs.build(_config(), eval_episodes=0)
   state, metrics = progs.update(progs.init(jax.random.PRNGKey(0)))
   buffer = jax.device_get(state.runner.level_buffer)
@@ -122,7 +124,7 @@ def test_buffer_holds_the_half_the_time_levels():
 
 def _rows(workdir):
   return [{k: v for k, v in r.items() if k not in TIMING}
-          for r in sinks.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+          for r in metrics_file.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
 
 
 @pytest.fixture(scope="module")

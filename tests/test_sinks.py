@@ -8,7 +8,8 @@ from etils import epath
 from etils.epath import testing as epath_testing
 from tensorboardX import record_writer
 
-from launch import plot, sinks, workdir
+from launch.files import workdir
+from launch.report import metrics_file, plots as plot, sinks
 
 
 def _rows(n0, n1):
@@ -27,13 +28,13 @@ def _write_run(path, rows, resume_update=0):
 def test_local_workdir_rows_resume_and_plot(tmp_path):
   path = str(tmp_path / "run")
   out = _write_run(path, _rows(1, 5))
-  assert sinks.read_jsonl(f"{path}/metrics.jsonl") == _rows(1, 5) and not out._jsonl.rewrite  # appended
+  assert metrics_file.read_jsonl(f"{path}/metrics.jsonl") == _rows(1, 5) and not out._jsonl.rewrite  # appended
   out = sinks.MetricsSinks(path, total_env_steps=100, initial_env_steps=20, resume_update=2)
   assert out.last_row == _rows(2, 3)[0]
   for row in _rows(3, 6):
     out.write(row)
   out.close()
-  assert sinks.read_jsonl(f"{path}/metrics.jsonl") == _rows(1, 6)  # 3 and 4 once each: the resumed run's
+  assert metrics_file.read_jsonl(f"{path}/metrics.jsonl") == _rows(1, 6)  # 3 and 4 once each: the resumed run's
   assert glob.glob(f"{path}/tensorboard/events.out.tfevents.*")
   plot.plot_runs([path], f"{path}/learning_curve.png")
   assert os.path.getsize(f"{path}/learning_curve.png") > 1000
@@ -43,11 +44,11 @@ def test_rewrite_mode_keeps_every_row_and_cut_lines_are_dropped(tmp_path):
   """The remote-workdir strategy (whole-file rewrite per row) on a local path, after a kill cut the last line."""
   path = tmp_path / "metrics.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in _rows(1, 4)) + '{"update": 4, "env_', encoding="utf-8")
-  jsonl = sinks.JsonlFile(path, resume_update=3, rewrite=True)
+  jsonl = metrics_file.JsonlFile(path, resume_update=3, rewrite=True)
   assert jsonl._file is None  # never opened for appending
   for row in _rows(4, 7):
     jsonl.append(row)
-    assert sinks.read_jsonl(path) == _rows(1, row["update"] + 1)  # complete after every row
+    assert metrics_file.read_jsonl(path) == _rows(1, row["update"] + 1)  # complete after every row
   jsonl.close()
   assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]  # no temporary file left
 
@@ -111,11 +112,11 @@ def test_remote_workdir_goes_through_epath_without_appending(tmp_path, monkeypat
     for row in _rows(3, 6):
       out.write(row)
     out.close()
-    assert sinks.read_jsonl(f"{run}/metrics.jsonl") == _rows(1, 6)
+    assert metrics_file.read_jsonl(f"{run}/metrics.jsonl") == _rows(1, 6)
     plot.plot_runs([run], f"{run}/learning_curve.png")
     assert epath.Path(f"{run}/learning_curve.png").exists()
   local = bucket.local(run)
-  assert sinks.read_jsonl(os.path.join(local, "metrics.jsonl")) == _rows(1, 6)
+  assert metrics_file.read_jsonl(os.path.join(local, "metrics.jsonl")) == _rows(1, 6)
   assert glob.glob(f"{local}/tensorboard/events.out.tfevents.*")
   assert os.path.getsize(os.path.join(local, "learning_curve.png")) > 1000
   assert os.listdir(tmp_path / "cwd") == []  # nothing went to a local "gs:" directory

@@ -93,11 +93,12 @@ def _qr_operand_ranks(jaxpr) -> list[int]:
 
 
 def test_the_seed_axis_inits_each_seed_unbatched_and_equals_separate_runs():
-  """launch/programs.py's seed axis: the seeds' inits run one after the other, so the orthogonal initializer's QRs
+  """launch/run/programs.py's seed axis: the seeds' inits run one after the other, so the orthogonal initializer's QRs
   are never batched (a batched QR deadlocked XLA:CPU's 2-thread pool with 16 seeds), and seed i of S seeds in one
   program is the run of key i on its own: the init bit for bit, an update up to float order."""
   import jax  # pylint: disable=import-outside-toplevel
-  from launch import config_lib, programs  # pylint: disable=import-outside-toplevel
+  from launch.config import resolve as config_lib  # pylint: disable=import-outside-toplevel
+  from launch.run import programs
   from launch.configs import debug  # pylint: disable=import-outside-toplevel
   config = debug.get_config()
   resolved = config_lib.resolve(config, num_devices=1)

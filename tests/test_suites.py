@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import envs
-from launch import config_lib, programs
+from launch.config import resolve as config_lib
+from launch.run import programs
 from launch.configs import brax as brax_config
 from launch.configs import craftax as craftax_config
 from launch.configs import default

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from launch import trainer
+from launch.run import trainer
 from launch.configs import debug, default
-from launch.sinks import read_jsonl
+from launch.report.metrics_file import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPARED = ("param_norm", "policy_loss", "value_loss", "entropy", "approx_kl")

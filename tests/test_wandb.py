@@ -6,7 +6,9 @@ import struct
 
 import pytest
 
-from launch import config_lib, trainer, wandb_sink
+from launch.config import resolve as config_lib
+from launch.report import wandb_sink
+from launch.run import trainer
 from launch.configs import debug
 
 wandb = pytest.importorskip("wandb")

@@ -9,13 +9,13 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from launch import config_lib
-from launch import config_schema
-from launch import elastic
-from launch import errors
-from launch import packed_arrays
+from launch.config import resolve as config_lib
+from launch.config import schema as config_schema
+from launch.config import schedule
+from launch.files import fs_errors as errors
+from launch.checkpoint import packed_arrays
 
-# Each key's resume policy is defined with the key, in launch/config_schema.py: must_match keys (key -> what in the
+# Each key's resume policy is defined with the key, in launch/config/schema.py: must_match keys (key -> what in the
 # saved state depends on it) refuse a change; free keys do not change the trajectory; the rest change the run and
 # only log a warning. pipeline.mode / max_policy_lag are free: fused and sync give identical results; only the
 # overlap lag shapes the saved state (stale params versions) and the run, so that is what must match (`_policy_lag`).
@@ -46,7 +46,7 @@ def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], w
   # A key the saved config lacks was added after it was written: that run ran as the key's default (new keys
   # default to the old behaviour), so it resumes as such instead of every new must_match key refusing it.
   now, then = _flat(config_json(config)), {**_flat(config_json(config_schema.SCHEMA.config())), **_flat(saved)}
-  # Under a scaling rule a run continues at another num_envs (launch/elastic.py rebuilds the envs); else refused.
+  # Under a scaling rule a run continues at another num_envs (launch/run/elastic.py rebuilds the envs); else refused.
   elastic_ok = now.get("scaling.rule", "none") != "none"
   errors = [f"config.{k}={now.get(k)!r} does not match {then.get(k)!r} in the checkpoint ({why})"
             for k, why in MUST_MATCH.items() if now.get(k) != then.get(k) and not (k == "num_envs" and elastic_ok)]
@@ -55,7 +55,7 @@ def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], w
                   f"{now.get('pipeline.max_policy_lag')!r} gives policy lag {_policy_lag(now)}, the checkpoint's "
                   f"is {_policy_lag(then)} (it holds that many in-flight params versions)")
   if now.get("num_envs") != then.get("num_envs") and not elastic_ok:
-    errors.append(elastic.HINT)
+    errors.append(schedule.HINT)
   if errors:
     raise config_lib.ConfigError(
         f"cannot resume from {where}:\n  " + "\n  ".join(errors) +

@@ -9,7 +9,7 @@ A step has two orbax items, written together and renamed into place only once co
                       "stale_params": the params versions the in-flight batches are collected with (overlap mode)}
             runner   {"runner": env states, last observations, episode-return accumulators, observation statistics
                                 and reset pool}
-          each packed by launch/packed_arrays.py (a few arrays instead of ~45: orbax's per-save work grows with the
+          each packed by launch/checkpoint/packed_arrays.py (a few arrays instead of ~45: orbax's per-save work grows with the
           number of arrays, hardly with their bytes). The runner is packed only when it shares the learner's devices;
           otherwise it is saved array by array (its layout is then None).
   host    JSON: FORMAT, the update, the run's config, the per-update metrics and policy lags of the unfinished log
@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from launch import config_lib
-from launch import packed_arrays
+from launch.config import resolve as config_lib
+from launch.checkpoint import packed_arrays
 from learner import diagnostics
 from pipeline import sfl
 from pipeline.dataflow import Snapshot

@@ -16,7 +16,7 @@ logging.get_absl_logger().addFilter(_drop_orbax_info)
 
 
 class CheckpointManager(ocp.CheckpointManager):
-  """Never asks JAX's preemption sync point: launch/preemption.py must be its only caller. Orbax asks it with the
+  """Never asks JAX's preemption sync point: launch/run/preemption.py must be its only caller. Orbax asks it with the
   step of each save, also from its finalize thread once the loop is further on, which would move this host's protocol
   counter back and could leave the hosts stopping at different updates."""
 

@@ -7,9 +7,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from launch import config_lib
-from launch import packed_arrays
-from launch import workdir as workdir_lib
+from launch.config import resolve as config_lib
+from launch.checkpoint import packed_arrays
+from launch.files import workdir as workdir_lib
 from launch.checkpoint import compat, format as format_lib
 from pipeline.dataflow import Snapshot
 

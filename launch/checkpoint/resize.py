@@ -1,4 +1,4 @@
-"""Reading a checkpoint saved at another num_envs (launch/elastic.py): the runner part is read at the saved env
+"""Reading a checkpoint saved at another num_envs (launch/run/elastic.py): the runner part is read at the saved env
 count, replicated on the current mesh (the saved count need not divide its devices), and then rebuilt at this run's
 count by `Programs.resize_runner` (pipeline/rollout.py `resize_runner`: kept envs keep their state, added ones start
 from resets keyed by their global index). Everything else of the state is read unchanged, bit for bit."""
@@ -9,7 +9,7 @@ from typing import Any
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from launch import packed_arrays
+from launch.checkpoint import packed_arrays
 
 
 def at_num_envs(runner: Any, num_envs: int) -> Any:

@@ -22,7 +22,9 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from launch import config_lib, errors, packed_arrays, workdir as workdir_lib
+from launch.checkpoint import packed_arrays
+from launch.config import resolve as config_lib
+from launch.files import fs_errors as errors, workdir as workdir_lib
 from launch.checkpoint import agree, compat, format as format_lib, manager, params as params_lib, resize
 from launch.checkpoint.writer import Writer
 from pipeline.dataflow import Snapshot
@@ -151,7 +153,7 @@ class RunCheckpoints:
     format_lib.check_format(host, where)
     compat.check_compatible(self._config, host["config"], where)
     items = format_lib.parts(target)
-    resized = host["config"]["num_envs"] != self._config.num_envs  # allowed by the check above: launch/elastic.py
+    resized = host["config"]["num_envs"] != self._config.num_envs  # allowed by the check above: launch/run/elastic.py
     if resized and self._resize_runner is None:
       raise config_lib.ConfigError(f"cannot resume from {where} at another num_envs here (no resize_runner)")
     if resized:

@@ -6,11 +6,11 @@ cores. Every other config starts from this one and overrides some keys.
   python -m launch.train --describe_config   # every key: default, type, one-line doc, rule, resume policy
 
 Each key (its default, type, doc, validation rule and whether it may change on resume) is defined once, in
-launch/config_schema.py; this config is those defaults.
+launch/config/schema.py; this config is those defaults.
 """
 import ml_collections
 
-from launch.config_schema import SCHEMA
+from launch.config.schema import SCHEMA
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,9 +1,9 @@
 """Every config key, described once: default, type, one-line doc, validation rule and resume policy.
 
-launch/configs/default.py builds its ConfigDict from `SCHEMA`, launch/config_lib.py checks each key against its
+launch/configs/default.py builds its ConfigDict from `SCHEMA`, launch/config/resolve.py checks each key against its
 rule (rules that relate several keys, the devices or the processes stay there), and the resume check takes its
 MUST_MATCH (key → reason) and FREE_KEYS from here. List everything: `python -m launch.train --describe_config` (with
-`--config=...` it shows that config's values), or `python -m launch.config_schema`.
+`--config=...` it shows that config's values), or `python -m launch.config.schema`.
 
 Resume policies — how a key may change when a run resumes from its own checkpoint:
   must_match  the saved state depends on it (the reason says how): a change is refused
@@ -12,11 +12,11 @@ Resume policies — how a key may change when a run resumes from its own checkpo
 """
 from __future__ import annotations
 
-import importlib
 
-from launch.config_keys import (BOOL, FREE, POLICIES, WARN, Key, Resume, Rule, Schema, is_int, is_number,  # noqa: F401
+from launch.config.keys import (BOOL, FREE, POLICIES, WARN, Key, Resume, Rule, Schema, is_int, is_number,  # noqa: F401
                                 must_match, non_negative_int, non_negative_number, one_of, positive_int,
                                 positive_number, unit_interval)
+from launch.config import schedule
 from learner import networks, obs_store
 
 _SHAPES = "the saved params have these shapes"
@@ -131,7 +131,7 @@ SCHEMA = Schema(
         "num_envs at which minibatch size / count and learning rate are as configured",
         positive_int(), WARN),
     Key("scaling.schedule", "", str, 'num_envs by env steps, e.g. "0:2048,2e9:65536"; "" = num_envs throughout',
-        Rule(lambda v: v == "" or importlib.import_module("launch.elastic").schedule_ok(v),  # late: imports us
+        Rule(lambda v: v == "" or schedule.schedule_ok(v),
              'must be "" or "STEPS:NUM_ENVS,..." with increasing STEPS'), WARN),
     # Outer-step control (README, "Outer-step control"): the learning rate scaled per update from measured KL.
     Key("outer_step.mode", "none", str, "none | adaptive_kl (KL per update near kl_target) | samples_per_kl",

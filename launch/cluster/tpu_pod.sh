@@ -2,7 +2,7 @@
 # Multi-host training on a Cloud TPU pod slice: the same command on every worker; jax.distributed auto-detects the
 # pod's topology, so no coordinator flags are needed.
 #
-#   bash launch/tpu_pod.sh my-tpu us-central2-b gs://bucket/runs/exp1 --config.num_envs=1048576
+#   bash launch/cluster/tpu_pod.sh my-tpu us-central2-b gs://bucket/runs/exp1 --config.num_envs=1048576
 #
 # Assumes the repository is checked out and set up (bash scripts/setup.sh) at ~/ppo-million on every worker
 # (e.g. via `gcloud compute tpus tpu-vm ssh ... --worker=all --command="git clone ... && bash scripts/setup.sh"`).

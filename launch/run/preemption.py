@@ -31,7 +31,7 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from launch import errors
+from launch.files import fs_errors as errors
 
 EXIT_PREEMPTED = 3  # launch.train's
 EXIT_AT_ONCE = False  # set by launch.train, which owns the process: may a signal end it from the watcher thread?

@@ -4,15 +4,14 @@ boundaries), and where the current num_envs took over (`Segment`).
 A run is a sequence of segments, each at one num_envs. The newest checkpoint's host record holds the segment it was
 saved in; `plan(config, workdir)` reads it before any program is built and returns the config this process runs
 (num_envs from the schedule, else the config's) and the segment it continues or starts. Under a scaling rule the
-minibatching and learning rate of the new segment follow the rule from the base (launch/config_lib.py `_scale`).
+minibatching and learning rate of the new segment follow the rule from the base (launch/config/resolve.py `_scale`).
 The learning-rate anneal is over env steps: at a segment's start the multiplier is 1 - E0 / E_total (E0 env steps
 done, E_total those the run will have done at its end at this num_envs: total_env_steps rounded down to whole
-updates), then falls linearly per optimizer step to 0 at the run's last update (config_lib.resolve). Without a rule
+updates), then falls linearly per optimizer step to 0 at the run's last update (config/resolve.py). Without a rule
 a change of num_envs is refused, saying which flag asks for it.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from typing import Any
@@ -20,65 +19,9 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from launch import config_lib, workdir as workdir_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class Segment:
-  """Where the run's current num_envs began: the counts before its first update."""
-  update: int = 0  # updates done before
-  env_steps: int = 0  # env steps done before
-  grad_steps: int = 0  # optimizer steps done before (the anneal schedule's count)
-  num_envs: int = 0
-
-  def to_json(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_json(cls, data: dict[str, Any]) -> Segment:
-    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
-
-
-def parse_schedule(text: str) -> list[tuple[int, int]]:
-  """'0:2048,2e9:65536' → [(0, 2048), (2000000000, 65536)] (env steps → num_envs, increasing env steps)."""
-  out = []
-  for part in (p.strip() for p in text.split(",") if p.strip()):
-    steps, envs = part.split(":")
-    steps_f, envs_f = float(steps), float(envs)
-    if steps_f != int(steps_f) or envs_f != int(envs_f) or steps_f < 0 or envs_f < 1:
-      raise ValueError(part)
-    out.append((int(steps_f), int(envs_f)))
-  if [s for s, _ in out] != sorted({s for s, _ in out}):
-    raise ValueError("env steps must increase")
-  return out
-
-
-def schedule_ok(text: Any) -> bool:
-  if not isinstance(text, str):
-    return False
-  try:
-    parse_schedule(text)
-  except ValueError:
-    return False
-  return True
-
-
-def num_envs_at(config: ml_collections.ConfigDict, env_steps: int) -> int:
-  """num_envs from env step `env_steps` on: the schedule's last entry at or before it, else config.num_envs."""
-  envs = config.num_envs
-  for steps, n in parse_schedule(config.scaling.schedule):
-    if steps <= env_steps:
-      envs = n
-  return envs
-
-
-def config_at(config: ml_collections.ConfigDict, num_envs: int) -> ml_collections.ConfigDict:
-  """The config this segment runs: `config` itself, or a copy at another num_envs (the caller's is not changed)."""
-  if num_envs == config.num_envs:
-    return config
-  out = ml_collections.ConfigDict(config.to_dict())
-  out.num_envs = num_envs
-  return out
+from launch.config import resolve as config_lib
+from launch.config.schedule import Segment, config_at, num_envs_at, parse_schedule, refusal
+from launch.files import workdir as workdir_lib
 
 
 def end_update(config: ml_collections.ConfigDict, segment: Segment, resolved: config_lib.Resolved) -> int:
@@ -120,14 +63,6 @@ def _counts(saved: dict[str, Any], segment: Segment, update: int) -> tuple[int, 
   done = update - segment.update
   grad_steps = segment.grad_steps + done * flat["update_epochs"] * scaled.num_minibatches
   return segment.env_steps + done * batch, grad_steps
-
-
-HINT = ("a run continues at another num_envs only under a scaling rule: add --config.scaling.rule=recipe (minibatch "
-        "size and learning rate held at --config.scaling.base_num_envs, now the config's value)")
-
-
-def refusal(saved_envs: int, envs: int) -> str:
-  return f"config.num_envs={envs} does not match {saved_envs} in the checkpoint; {HINT}"
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collections.ConfigDict, Segment]:

@@ -2,7 +2,7 @@
 
 eval_shape(init) → shardings → jit(init, out_shardings); the fused update (or the staged pipeline's stages) jitted
 with in/out shardings and donated state, lowered and compiled ahead of time with the backend's compiler options
-(launch/xla_options.py); the evaluation likewise. The trainer, the tests and the benchmarks all take their programs
+(launch/run/xla_options.py); the evaluation likewise. The trainer, the tests and the benchmarks all take their programs
 from here, so what a test checks and what a benchmark times is the program a run executes.
 
   progs = programs.build(config)                     # the trainer's programs for `config` on its mesh
@@ -22,9 +22,10 @@ import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import envs
-from launch import config_lib, xla_options
+from launch.config import resolve as config_lib
+from launch.run import xla_options
 from learner import distributions, entity_network, networks, optimizer as optimizer_lib
-from learner.state import TrainState
+from pipeline.train_state import TrainState
 from pipeline import dataflow
 from pipeline import evaluate as evaluate_lib
 from pipeline import solve_rate as solve_rate_lib
@@ -168,7 +169,7 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
       state = state.replace(runner=jax.device_put(state.runner, state_shardings.runner))
     return state
 
-  # A checkpoint of another num_envs (launch/elastic.py): its runner, rebuilt at this run's count (rollout.py).
+  # A checkpoint of another num_envs (launch/run/elastic.py): its runner, rebuilt at this run's count (rollout.py).
   resize_runner = jax.jit(functools.partial(rollout_lib.resize_runner, agent.env, num_envs=ppo.num_envs),
                           out_shardings=state_shardings.runner) if not num_seeds else None
   progs = Programs(resolved=resolved, agent=agent, layout=layout, actor_layout=actor_layout,

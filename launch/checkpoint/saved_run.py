@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 import envs
-from launch import config_lib
+from launch.config import resolve as config_lib
 from launch.checkpoint import format as format_lib, params as ckpt_params
 from learner import policy as policy_lib
 from pipeline import obs_norm as obs_norm_lib

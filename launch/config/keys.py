@@ -1,5 +1,5 @@
-"""The pieces of the config schema (launch/config_schema.py): a `Key` = default, type, doc, `Rule`, `Resume` policy,
-and `Schema`, the keys in order. The keys themselves are in launch/config_schema.py."""
+"""The pieces of the config schema (launch/config/schema.py): a `Key` = default, type, doc, `Rule`, `Resume` policy,
+and `Schema`, the keys in order. The keys themselves are in launch/config/schema.py."""
 from __future__ import annotations
 
 import dataclasses

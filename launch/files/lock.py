@@ -29,8 +29,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from launch import errors
-from launch import workdir as workdir_lib
+from launch.files import fs_errors as errors
+from launch.files import workdir as workdir_lib
 
 LOCK_NAME = ".lock"
 HEARTBEAT_S = float(os.environ.get("PPO_LOCK_HEARTBEAT_S", "10"))

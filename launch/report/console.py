@@ -1,4 +1,4 @@
-"""What a run prints: one start line, the progress bar (launch/sinks.py), a line per checkpoint when asked for
+"""What a run prints: one start line, the progress bar (launch/report/sinks.py), a line per checkpoint when asked for
 (`config.log_checkpoints`), and a final summary. Only process 0 prints.
 
 At the default verbosity the libraries underneath stay quiet: INFO logs are off and other libraries' warnings

@@ -1,12 +1,24 @@
-"""The config rules that look at the env: its observations against the network and obs_norm, and SFL's settings.
+"""The config rules that look outside the config: the env's observations against the network and obs_norm, SFL's
+settings, and whether the W&B extra is installed.
 
 `config_lib.check` applies them (with its `valid` and `err` helpers) once each key's own rule holds.
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from envs import base, entities, registry
+
+WANDB_INSTALL = 'pip install -e ".[wandb]"'
+
+
+def wandb_installed() -> bool:
+  return importlib.util.find_spec("wandb") is not None
+
+
+def wandb_missing_message() -> str:
+  return f"needs the wandb extra, which is not installed. Install it with: {WANDB_INSTALL}"
 
 
 def check_sfl(flat: dict[str, Any], valid, err, mode: str, shards: int) -> None:

@@ -6,8 +6,8 @@ from typing import Any
 
 import ml_collections
 
-from launch.config_lib import resolve
-from launch.config_schema import SCHEMA
+from launch.config.resolve import resolve
+from launch.config.schema import SCHEMA
 
 
 def unknown_override_keys(args: list[str]) -> list[str]:

@@ -14,9 +14,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from launch import checkpoint, config_lib, console, elastic, memory, plateau, preemption, programs, sinks, wandb_sink
-from launch import workdir_lock
-from launch import workdir as workdir_lib
+from launch import checkpoint
+from launch.config import resolve as config_lib
+from launch.report import console, sinks, wandb_sink
+from launch.run import elastic, memory, plateau, preemption, programs
+from launch.files import lock as workdir_lock
+from launch.files import workdir as workdir_lib
 from learner import code_path, diagnostics as diagnostics_lib
 from pipeline import dataflow
 from pipeline import iteration as iteration_lib
@@ -57,9 +60,9 @@ def _finite(x) -> float | None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> dict[str, Any]:
   """Trains per `config`, writing metrics, TensorBoard and plots under `workdir`. Returns the last metrics row.
 
-  The config is checked before the workdir is touched; then the run takes the workdir's lock (launch/workdir_lock.py:
+  The config is checked before the workdir is touched; then the run takes the workdir's lock (launch/files/lock.py:
   another run holding it → WorkdirBusy) and refuses metrics rows that no checkpoint resumes unless `fresh`, which
-  moves the old files aside (launch/workdir.py). A start that fails leaves the workdir as it found it.
+  moves the old files aside (launch/files/workdir.py). A start that fails leaves the workdir as it found it.
   """
   config_lib.resolve(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   existed = jax.process_index() == 0 and workdir_lib.Tidy(workdir).existed[""]
@@ -71,7 +74,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, fresh: b
   preemption.AT_EXIT_NOW.extend(cleanups)
   try:
     elastic.check_schedule(config, jax.device_count(), jax.process_count())
-    while True:  # one segment per num_envs (launch/elastic.py): a scheduled change saves, rebuilds, restores
+    while True:  # one segment per num_envs (launch/run/elastic.py): a scheduled change saves, rebuilds, restores
       segment_config, segment = elastic.plan(config, workdir)
       row, handed_over = _train(segment_config, workdir, segment)
       if not handed_over:
@@ -88,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, fresh: b
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Segment) -> tuple[dict[str, Any], bool]:
-  """Runs one segment (launch/elastic.py); returns the last row and whether it handed over to the next num_envs."""
+  """Runs one segment (launch/run/elastic.py); returns the last row and whether it handed over to the next num_envs."""
   resolved = config_lib.resolve(config, num_devices=jax.device_count(), num_processes=jax.process_count(),
                                 segment=segment)
   lead = jax.process_index() == 0
@@ -97,7 +100,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
   stop.starting(True)  # until the first update a stop has nothing to save: exit at once, also during compilation
 
   # Mesh, shardings and programs: the init, the fused update or the pipeline's stages, evaluation; compiled ahead
-  # of the clock (launch/programs.py). The runner lives with the actors, the rest with the learner.
+  # of the clock (launch/run/programs.py). The runner lives with the actors, the rest with the learner.
   try:
     progs = programs.build(config, resolved=resolved)
     # Before anything is allocated: a program that cannot fit stops here (exit 2) with what to change.

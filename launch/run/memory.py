@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from launch import config_lib
+from launch.config import resolve as config_lib
 
 ENV_VAR = "PPO_DEVICE_MEMORY_BYTES"
 GIB = 2**30
@@ -138,7 +138,7 @@ def analyse(progs) -> MemoryReport:
 
 def plan(config: ml_collections.ConfigDict) -> MemoryReport:
   """The report for `config` without running it: programs compiled from abstract shapes, no state allocated."""
-  from launch import programs  # pylint: disable=import-outside-toplevel  (programs imports the world)
+  from launch.run import programs  # pylint: disable=import-outside-toplevel  (programs imports the world)
   resolved = config_lib.resolve(config, num_devices=jax.device_count(), planning=True,
                                 num_processes=jax.process_count())
   return analyse(programs.build(config, resolved=resolved))

@@ -1,6 +1,6 @@
 """Config validation and derived values, in one place.
 
-`resolve(config, num_devices)` checks every key (its own rule from launch/config_schema.py, then the rules that
+`resolve(config, num_devices)` checks every key (its own rule from launch/config/schema.py, then the rules that
 relate keys, devices and processes) before anything compiles and returns the derived settings
 (batch and minibatch sizes, number of updates, the learning rate after the scaling rule). A bad value raises one
 ConfigError that names each offending key and the rule it breaks; the launcher prints it without a traceback.
@@ -14,8 +14,8 @@ from typing import Any
 import ml_collections
 
 from envs import registry
-from launch import config_rules, wandb_sink
-from launch.config_schema import SCHEMA
+from launch.config import rules as config_rules
+from launch.config.schema import SCHEMA
 from learner import ewma, outer_step
 from pipeline import permutation, sfl
 from pipeline.iteration import PPOSettings
@@ -46,7 +46,7 @@ class Resolved:
   num_updates: int
   total_gradient_steps: int  # updates × epochs × minibatches, for the learning-rate anneal
   max_policy_lag: int  # params versions the actors may trail the learner by (0 unless pipeline.mode=overlap)
-  # Where this num_envs took over (launch/elastic.py Segment; all 0 / 1.0 for a run at one num_envs): the anneal
+  # Where this num_envs took over (launch/run/elastic.py Segment; all 0 / 1.0 for a run at one num_envs): the anneal
   # runs from learning_rate * lr_fraction at optimizer step first_grad_steps to 0 after total_gradient_steps more
   # (total_gradient_steps counts this segment's steps only).
   first_update: int = 0
@@ -76,7 +76,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
           num_processes: int = 1) -> list[str]:
   """Returns one message per broken rule (empty if the config is valid).
 
-  Each key's own rule comes from launch/config_schema.py; the rules relating several keys, the devices
+  Each key's own rule comes from launch/config/schema.py; the rules relating several keys, the devices
   (`num_devices` visible) or the processes (`num_processes`) are here. `planning` (--dry_run) waives the rule that
   the run is at least one batch long, so sizes can be looked up for a num_envs without also raising total_env_steps
   (`describe` reports it as a warning instead).
@@ -95,7 +95,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
     errors.append(f"config.{key}={flat[key]!r}: {rule}")
 
   invalid = set()
-  for key in SCHEMA:  # each key's own rule (launch/config_schema.py)
+  for key in SCHEMA:  # each key's own rule (launch/config/schema.py)
     message = key.rule(flat[key.name])
     if message:
       err(key.name, message)
@@ -128,8 +128,8 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
     err("outer_step.mode", "needs diagnostics.enabled=True (it reads the measured KL) and pipeline.mode='fused'")
   if flat["level_sampler.kind"] == "sfl":
     config_rules.check_sfl(flat, valid, err, mode, _shards(flat, num_devices)[2] if valid("mesh.data") else 1)
-  if valid("wandb.project") and flat["wandb.project"] and not wandb_sink.installed():
-    err("wandb.project", wandb_sink.missing_message())
+  if valid("wandb.project") and flat["wandb.project"] and not config_rules.wandb_installed():
+    err("wandb.project", config_rules.wandb_missing_message())
   if valid("env_name"):
     try:
       config_rules.check_observations(flat, registry.make(flat["env_name"]), err)
@@ -242,7 +242,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool 
   batch_size = config.num_envs * config.num_steps
   first = (segment.update, segment.env_steps, segment.grad_steps) if segment else (0, 0, 0)
   num_updates = first[0] + max(0, config.total_env_steps - first[1]) // batch_size
-  # The anneal is over env steps (launch/elastic.py): 1 - E0 / E_total at this segment's start, 0 at the run's end.
+  # The anneal is over env steps (launch/run/elastic.py): 1 - E0 / E_total at this segment's start, 0 at the run's end.
   env_total = first[1] + (num_updates - first[0]) * batch_size
   lr_fraction = 1.0 - first[1] / env_total if config.anneal_lr and first[1] else 1.0
   com = float(config.ewma.center_of_mass)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from absl import flags, logging
 from etils import epath
 
-from launch import workdir as workdir_lib
+from launch.files import workdir as workdir_lib
 
 # The causes a user can fix: space, permissions, a path that is not a directory, a read-only or failing disk.
 FILESYSTEM_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
@@ -123,7 +123,7 @@ def unreadable(error: BaseException, limit: int = 300) -> str:
 
 
 def _verbose() -> bool:
-  """Was --verbosity (-v) given? Then everything is shown, as launch/console.py does for the libraries' logs."""
+  """Was --verbosity (-v) given? Then everything is shown, as launch/report/console.py does for the libraries' logs."""
   try:
     return flags.FLAGS["verbosity"].present > 0
   except (KeyError, flags.Error):

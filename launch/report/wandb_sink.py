@@ -7,7 +7,6 @@ coincide). `config.wandb.mode=offline` writes the run under WORKDIR/wandb (uploa
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import secrets
@@ -16,19 +15,11 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from launch import workdir as workdir_lib
+from launch.config import rules as config_rules
+from launch.files import workdir as workdir_lib
 
-INSTALL = 'pip install -e ".[wandb]"'
 RUN_ID_FILE = "wandb_run_id"
 MODES = ("online", "offline", "disabled")
-
-
-def installed() -> bool:
-  return importlib.util.find_spec("wandb") is not None
-
-
-def missing_message() -> str:
-  return f"needs the wandb extra, which is not installed. Install it with: {INSTALL}"
 
 
 class WandbSink:
@@ -38,7 +29,7 @@ class WandbSink:
     try:
       import wandb  # pylint: disable=import-outside-toplevel
     except ImportError as e:
-      raise ImportError(f"config.wandb.project {missing_message()} ({e})") from None
+      raise ImportError(f"config.wandb.project {config_rules.wandb_missing_message()} ({e})") from None
     self._wandb = wandb
     id_file = epath.Path(workdir) / RUN_ID_FILE
     run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)  # W&B ids: [a-z0-9]

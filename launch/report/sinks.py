@@ -1,5 +1,5 @@
 """Host-side metric sinks: metrics.jsonl, TensorBoard event files, the console progress bar with ETA, optional extra
-sinks (launch/wandb_sink.py), and at the end of a completed run the learning-curve and diagnostics plots.
+sinks (launch/report/wandb_sink.py), and at the end of a completed run the learning-curve and diagnostics plots.
 
 Only the lead process writes (`enabled=False` elsewhere). Rows are plain dicts of JSON scalars; None marks a value
 with no data in its interval (e.g. no training episode finished).
@@ -19,42 +19,14 @@ from typing import Any
 import tqdm
 from etils import epath
 
-from launch import workdir as workdir_lib
-
-
-class JsonlFile:
-  """metrics.jsonl: keeps the rows up to `resume_update` already there, then `append`s one row at a time. Each row is
-  in the file when `append` returns (a checkpoint saved after it never gets ahead of the metrics)."""
-
-  def __init__(self, path: str | epath.PathLike, resume_update: int, rewrite: bool | None = None):
-    self.path = epath.Path(path)
-    self.rewrite = workdir_lib.is_remote(path) if rewrite is None else rewrite  # else append
-    self.lines = _kept_lines(self.path, resume_update)  # every row of the file
-    _replace_contents(self.path, self.lines)
-    self._file = None if self.rewrite else self.path.open("a", encoding="utf-8")
-
-  def append(self, row: dict[str, Any]) -> None:
-    line = json.dumps(row) + "\n"
-    self.lines.append(line)
-    try:
-      if self.rewrite:
-        _replace_contents(self.path, self.lines)
-      else:
-        self._file.write(line)
-        self._file.flush()
-    except OSError as e:
-      e.filename = e.filename or str(self.path)  # a write to an open file does not say which (launch/errors.py)
-      raise
-
-  def close(self) -> None:
-    if self._file is not None:
-      self._file.close()
+from launch.report import plots as plot_lib
+from launch.report.metrics_file import JsonlFile
 
 
 class MetricsSinks:
-  """Appends rows to DIR/metrics.jsonl, DIR/tensorboard and the `extra` sinks (e.g. launch.wandb_sink), drives a
+  """Appends rows to DIR/metrics.jsonl, DIR/tensorboard and the `extra` sinks (e.g. report/wandb_sink.py), drives a
   progress bar over env steps, and on a completed run's close writes DIR/learning_curve.png and DIR/diagnostics.png
-  (launch/plot.py; both sent to the extras)."""
+  (report/plots.py; both sent to the extras)."""
 
   def __init__(self, workdir: str, total_env_steps: int, initial_env_steps: int = 0, enabled: bool = True,
                resume_update: int = 0, extra: tuple[Any, ...] = ()):
@@ -107,7 +79,6 @@ class MetricsSinks:
     self._jsonl.close()
     try:
       if plot:
-        from launch import plot as plot_lib  # pylint: disable=import-outside-toplevel  (plot imports this module)
         self.plot_path = plot_lib.plot_runs([self._workdir], f"{self._workdir}/learning_curve.png")
         self.diagnostics_path = plot_lib.plot_diagnostics([self._workdir], f"{self._workdir}/diagnostics.png")
         for sink in self._extra:
@@ -116,29 +87,3 @@ class MetricsSinks:
     finally:
       for sink in self._extra:
         sink.close(exit_code=0 if plot else 1)
-
-
-def _kept_lines(path: epath.Path, max_update: int) -> list[str]:
-  """The complete rows of `path` with update <= max_update (a half-written last line is dropped)."""
-  if not path.exists():
-    return []
-  kept = []
-  for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError:
-      continue  # a line cut short by a kill
-    if row["update"] <= max_update:
-      kept.append(line if line.endswith("\n") else line + "\n")
-  return kept
-
-
-def _replace_contents(path: epath.Path, lines: list[str]) -> None:
-  """Writes a temporary file, then renames it over `path`: never leaves a half-rewritten file."""
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text("".join(lines), encoding="utf-8")
-  tmp.replace(path)
-
-
-def read_jsonl(path: str | epath.PathLike) -> list[dict[str, Any]]:
-  return [json.loads(line) for line in epath.Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

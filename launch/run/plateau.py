@@ -1,7 +1,7 @@
 """Plateau advice: once the evaluation return has not improved over `plateau.share` of the run's env steps (and
 MIN_EVALS evaluations), the run says so once, in the log and in that metrics row (its `plateau` entry), with the outer step it measured (KL per
 update, samples per unit KL) and the command that continues it with 4x the envs under the recipe
-(launch/elastic.py); the command (it names the workdir) is in the log line only, so rows do not depend on paths."""
+(launch/run/elastic.py); the command (it names the workdir) is in the log line only, so rows do not depend on paths."""
 from __future__ import annotations
 
 import os
