@@ -16,7 +16,7 @@ from absl import logging
 
 from launch import checkpoint
 from launch.config import resolve as config_lib
-from launch.report import console, sinks, wandb_sink
+from launch.report import console, metrics_file, sinks, wandb_sink
 from launch.run import elastic, memory, plateau, preemption, programs
 from launch.files import lock as workdir_lock
 from launch.files import workdir as workdir_lib
@@ -160,7 +160,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
   # Train loop (the host sinks). Metrics rows after the restored update are dropped, then appended to.
   out = sinks.MetricsSinks(workdir, resolved.env_steps, resolved.env_steps_at(start), enabled=lead,
                            resume_update=start, extra=(wandb,) if wandb else ())
-  watch = plateau.Watch(config, workdir, config.total_env_steps, sinks.read_jsonl(out.jsonl_path)) if lead else None
+  watch = plateau.Watch(config, workdir, config.total_env_steps, metrics_file.read_jsonl(out.jsonl_path)) if lead else None
   pending: list[iteration_lib.UpdateMetrics] = list(resume.pending)
   lags: list[int] = list(resume.lags)
   run_start = PROCESS_START - resume.wall_time  # wall_time counts the run time of earlier processes too
@@ -239,7 +239,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
   if handed_over:
     return row, True
   if lead:
-    for line in console.summary_lines(sinks.read_jsonl(out.jsonl_path), start, resolved.env_steps_at(start), {
+    for line in console.summary_lines(metrics_file.read_jsonl(out.jsonl_path), start, resolved.env_steps_at(start), {
         "checkpoint": ckpts.step_path(resolved.num_updates), "metrics": out.jsonl_path,
         "plots": f"{out.plot_path} {out.diagnostics_path}", "tensorboard": f"{workdir}/tensorboard"}):
       console.say(line)
