@@ -22,7 +22,7 @@ import os
 
 # Eigen's intra-op thread pool off: the virtual devices already give XLA:CPU one thread each, and with it on the
 # stages' threads contend on both cores (when this was set, overlap went 1.21x -> 1.32x with sync no slower, back to
-# back; the stages have since become faster and busier, see README).
+# back; the stages have since become faster and busier, see docs/performance.md).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
                            + " --xla_cpu_multi_thread_eigen=false").strip()
 

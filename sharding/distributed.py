@@ -18,7 +18,7 @@ from absl import logging
 HEARTBEAT_TIMEOUT_S = int(os.environ.get("PPO_HEARTBEAT_TIMEOUT_S", "20"))
 INIT_TIMEOUT_S = int(os.environ.get("PPO_INIT_TIMEOUT_S", "120"))
 
-EXIT_NEVER_JOINED = 2  # launch.train's exit code for a start that cannot go on (README, "Exit codes")
+EXIT_NEVER_JOINED = 2  # launch.train's exit code for a start that cannot go on (docs/checkpoints.md, exit codes)
 
 _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
 

@@ -40,7 +40,7 @@ def _run(jax_cache, workdir, *extra, env=None):
 
 # TensorStore prints, from C++ to fd 2, a traceback for each callback of a failed write that completes after orbax
 # closed the write's event loop. launch/files/fs_errors.py keeps them off the console of a failed *restore*; a failed *save*
-# (disk full) can still print them while the run goes on, depending on timing (a known wart, README "Faults").
+# (disk full) can still print them while the run goes on, depending on timing (a known wart, docs/checkpoints.md).
 _LOOP_CLOSED = re.compile(errors.LOOP_CLOSED.pattern.decode())
 
 

@@ -124,8 +124,8 @@ SCHEMA = Schema(
     Key("pipeline.actor_devices", 0, int,
         "0: actors and learner share the mesh; k: first k devices step envs, rest train",
         non_negative_int("must be a non-negative integer (0: actors and learner share the devices)"), FREE),
-    # How sizes follow num_envs (README, "Scaling to more envs").
-    Key("scaling.rule", "none", str, "how minibatching and learning rate follow num_envs (README)",
+    # How sizes follow num_envs (docs/scaling.md).
+    Key("scaling.rule", "none", str, "how minibatching and learning rate follow num_envs (docs/scaling.md)",
         one_of("none", "recipe", "fixed_minibatches", "sqrt_lr"), WARN),
     Key("scaling.base_num_envs", 32, int,
         "num_envs at which minibatch size / count and learning rate are as configured",
@@ -133,7 +133,7 @@ SCHEMA = Schema(
     Key("scaling.schedule", "", str, 'num_envs by env steps, e.g. "0:2048,2e9:65536"; "" = num_envs throughout',
         Rule(lambda v: v == "" or schedule.schedule_ok(v),
              'must be "" or "STEPS:NUM_ENVS,..." with increasing STEPS'), WARN),
-    # Outer-step control (README, "Outer-step control"): the learning rate scaled per update from measured KL.
+    # Outer-step control (docs/scaling.md): the learning rate scaled per update from measured KL.
     Key("outer_step.mode", "none", str, "none | adaptive_kl (KL per update near kl_target) | samples_per_kl",
         one_of("none", "adaptive_kl", "samples_per_kl"), must_match("the saved state holds the scale only when on")),
     Key("outer_step.kl_target", 0.01, float, "adaptive_kl: KL per update aimed at; outside [/2, x2] the lr moves",
