@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from launch.config import resolve as config_lib
+from launch.config import resolve as config_lib, rules as config_rules
 from launch.report import wandb_sink
 from launch.run import trainer
 from launch.configs import debug
@@ -74,6 +74,6 @@ def test_missing_extra_and_bad_mode_are_config_errors(monkeypatch):
   config = _config(5)
   config.wandb.mode = "sometimes"
   assert any("config.wandb.mode='sometimes': must be one of" in e for e in config_lib.check(config, 1))
-  monkeypatch.setattr(wandb_sink, "installed", lambda: False)
+  monkeypatch.setattr(config_rules, "wandb_installed", lambda: False)
   errors = config_lib.check(_config(5), 1)
   assert any(e.startswith("config.wandb.project=") and 'pip install -e ".[wandb]"' in e for e in errors), errors

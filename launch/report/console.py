@@ -16,8 +16,9 @@ from typing import Any
 import tqdm
 from absl import flags, logging
 
-_OURS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), p) + os.sep
-              for p in ("launch", "envs", "learner", "pipeline", "sharding", "benchmarks"))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above launch/report/
+_OURS = tuple(os.path.join(_ROOT, p) + os.sep for p in ("launch", "envs", "learner", "pipeline", "sharding",
+                                                        "benchmarks"))
 
 
 def _ours_or_error(record: std_logging.LogRecord) -> bool:
