@@ -11,7 +11,6 @@ from absl import logging
 
 from launch.config import resolve as config_lib
 from launch.config import schema as config_schema
-from launch.config import schedule
 from launch.files import fs_errors as errors
 from launch.checkpoint import packed_arrays
 
@@ -55,7 +54,7 @@ def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], w
                   f"{now.get('pipeline.max_policy_lag')!r} gives policy lag {_policy_lag(now)}, the checkpoint's "
                   f"is {_policy_lag(then)} (it holds that many in-flight params versions)")
   if now.get("num_envs") != then.get("num_envs") and not elastic_ok:
-    errors.append(schedule.HINT)
+    errors.append(config_lib.growth_hint(saved))
   if errors:
     raise config_lib.ConfigError(
         f"cannot resume from {where}:\n  " + "\n  ".join(errors) +
