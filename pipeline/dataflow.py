@@ -144,36 +144,38 @@ class _Versions:
 
 
 class _KeySchedule:
-  """key_u for every update, computed on demand in order (shared by the act and learn stages)."""
+  """key_u for every update, computed on demand in order (shared by the act and learn stages).
+
+  Each stage reads its keys in increasing update order, so a read drops that kind's keys of earlier updates: the
+  schedule holds only the keys between the learner and the actors (at most the lag plus the queues apart), however
+  long the run."""
 
   def __init__(self, split_key: Callable, key, start: int):
     self._split = split_key
     self._lock = threading.Lock()
+    self._next = start  # the first update whose key is not split yet
     self._keys = {start: key}  # update -> key_u
-    self._derived: dict[int, tuple] = {}  # update -> (rollout key, sgd key)
+    self._rollout: dict[int, Any] = {}  # update -> rollout key
+    self._sgd: dict[int, Any] = {}  # update -> sgd key
 
-  def _ensure(self, update: int) -> None:
-    last = max(self._keys)
-    while last <= update:
-      next_key, rollout_key, sgd_key = self._split(self._keys[last])
-      self._derived[last] = (rollout_key, sgd_key)
-      self._keys[last + 1] = next_key
-      last += 1
+  def _read(self, table: dict[int, Any], update: int):
+    with self._lock:
+      while self._next <= update:
+        next_key, self._rollout[self._next], self._sgd[self._next] = self._split(self._keys[self._next])
+        self._next += 1
+        self._keys[self._next] = next_key
+      for u in [u for u in table if u < update]:
+        del table[u]
+      return table[update]
 
   def rollout_key(self, update: int):
-    with self._lock:
-      self._ensure(update)
-      return self._derived[update][0]
+    return self._read(self._rollout, update)
 
   def sgd_key(self, update: int):
-    with self._lock:
-      self._ensure(update)
-      return self._derived[update][1]
+    return self._read(self._sgd, update)
 
   def key(self, update: int):
-    with self._lock:
-      self._ensure(update)
-      return self._keys[update]
+    return self._read(self._keys, update)
 
 
 class Pipeline:

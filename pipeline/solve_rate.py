@@ -5,6 +5,7 @@ at temperature 1, 20 attempts per level): Kinetix's physics and a fixed level ar
 would score each level 0 or 1 and be a different, noisier measure than the published numbers. A level's solve rate
 is the fraction of its attempts whose first episode ended at the goal (`env.success`). Randomness is drawn per
 (level, attempt, step) from the level's index, so a level's rate does not depend on which levels are evaluated with it.
+With the run's observation statistics the policy sees normalised observations, as it does in training.
 """
 from __future__ import annotations
 
@@ -14,14 +15,21 @@ import jax
 import jax.numpy as jnp
 
 from learner import distributions
+from pipeline import obs_norm as obs_norm_lib
 
 
 def make_solve_rates(env, apply_fn: Callable, dist: distributions.Distribution, attempts: int) -> Callable:
-  """`(params, key, levels [L, ...], level_ids [L]) -> solve rate per level [L]` for levels of one size played in
-  `env` (its step and observation; the levels' start states replace its reset)."""
+  """`(params, key, levels [L, ...], level_ids [L], obs_norm=None) -> solve rate per level [L]` for levels of one
+  size played in `env` (its step and observation; the levels' start states replace its reset). `obs_norm`: the run's
+  running statistics (None when off), as in pipeline/evaluate.py: a policy trained on normalised observations is
+  another policy on raw ones."""
   obs_of = jax.vmap(env._obs)  # pylint: disable=protected-access  (the adapter's observation of a state)
 
-  def solve_rates(params, key, levels, level_ids):
+  def observe(state, obs_norm):
+    obs = obs_of(state)
+    return obs if obs_norm is None else obs_norm_lib.normalize(obs_norm, obs)
+
+  def solve_rates(params, key, levels, level_ids, obs_norm=None):
     num_levels = level_ids.shape[0]
     state = jax.tree.map(lambda x: jnp.repeat(x, attempts, axis=0), levels)  # level-major [L * A, ...]
     keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i), attempts))(level_ids).reshape(-1, 2)
@@ -34,7 +42,7 @@ def make_solve_rates(env, apply_fn: Callable, dist: distributions.Distribution, 
     def body(carry):
       state, done, solved, t = carry
       step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, t)))(keys)
-      head, _ = apply_fn(params, obs_of(state))
+      head, _ = apply_fn(params, observe(state, obs_norm))
       action = jax.vmap(dist.sample)(step_keys[:, 0], head)
       res = jax.vmap(env.step)(step_keys[:, 1], state, action)
       solved = solved | (~done & env.success(res))

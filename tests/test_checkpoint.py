@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -30,10 +31,11 @@ from launch.checkpoint import packed_arrays
 from launch.config import resolve as config_lib
 from launch.report import metrics_file
 from launch.run import programs, trainer
-from launch.checkpoint import compat, format as format_lib
+from launch.checkpoint import compat, format as format_lib, saved_run
 from launch.configs import debug
 from learner import diagnostics as diagnostics_lib
 from pipeline import dataflow
+from pipeline import obs_norm as obs_norm_lib
 from pipeline import iteration as iteration_lib
 from sharding import Layout, make_mesh
 
@@ -320,6 +322,58 @@ def test_restore_from_starts_a_new_run_from_params_only(baseline, tmp_path):
     np.testing.assert_array_equal(got, want)
   with pytest.raises(config_lib.ConfigError, match="no such directory"):
     checkpoint.read_params(str(tmp_path / "missing"), target.params)
+
+
+STATS = obs_norm_lib.RunningMeanStd(mean=jnp.arange(4.0), var=jnp.arange(1.0, 5.0), count=jnp.float32(1234))
+
+
+@pytest.fixture(scope="module")
+def obs_norm_source(tmp_path_factory):
+  """A saved run with obs_norm on whose statistics (STATS, forged) no fresh run has."""
+  workdir = str(tmp_path_factory.mktemp("obs_norm_source") / "run")
+  config = _debug_config(obs_norm=True)
+  init, target = _state_target(config, 1)
+  state = init().state
+  state = state.replace(runner=state.runner.replace(obs_norm=jax.device_put(
+      STATS, jax.tree.map(lambda s: s.sharding, target.state.runner.obs_norm))))
+  ckpts = checkpoint.RunCheckpoints(workdir, config)
+  ckpts.maybe_save(dataflow.Snapshot(state=state), 1, [], [], 0.0, force=True)
+  ckpts.close()
+  return workdir
+
+
+def test_restore_from_carries_the_observation_statistics(obs_norm_source, tmp_path):
+  """The params were trained on observations scaled by the source's statistics: a new run with obs_norm starts from
+  them (and their count), not from its own first observations; settings under which the params mean something else
+  are refused in one line naming the keys."""
+  config = _debug_config(obs_norm=True, restore_from=obs_norm_source)
+  init, target = _state_target(config, 8)
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path / "new"), config)
+  snapshot, _ = ckpts.restore_or_init(init, target)
+  ckpts.close()
+  stats = snapshot.state.runner.obs_norm
+  assert float(init().state.runner.obs_norm.count) == 8  # a fresh run's: its first observations
+  for got, want in zip(jax.tree.leaves(stats), jax.tree.leaves(STATS)):
+    np.testing.assert_array_equal(got, want)
+  assert stats.mean.sharding == target.state.runner.obs_norm.mean.sharding
+  saved = saved_run.load(obs_norm_source).policy.spec.obs_norm  # what launch.evaluate normalises with
+  assert saved.mean == (0.0, 1.0, 2.0, 3.0) and saved.var == (1.0, 2.0, 3.0, 4.0)
+  # Another policy's inputs: refused before anything is read, naming every key that differs.
+  for overrides, named in (({"obs_norm": False}, ["obs_norm"]),
+                           ({"obs_store": "bfloat16", "network.activation": "relu", "env_name": "cue"},
+                            ["env_name", "obs_store", "network.activation"])):
+    config = _debug_config(**{"obs_norm": True, "restore_from": obs_norm_source, **overrides})
+    init, target = _state_target(config, 1)
+    with pytest.raises(config_lib.ConfigError) as e:
+      checkpoint.RunCheckpoints(str(tmp_path / "refused"), config).restore_or_init(init, target)
+    assert "\n" not in str(e.value) and "its params mean something else in this run" in str(e.value)
+    assert re.findall(r"config\.([\w.]+)=", str(e.value)) == ["restore_from", *named], str(e.value)
+  # Other dynamics with the same observations and actions are fine (e.g. other levels of one Kinetix size).
+  config = _debug_config(obs_norm=True, restore_from=obs_norm_source, env_name="cartpole_substeps:2")
+  init, target = _state_target(config, 1)
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path / "other_dynamics"), config)
+  assert float(ckpts.restore_or_init(init, target)[0].state.runner.obs_norm.count) == 1234
+  ckpts.close()
 
 
 def _fingerprints(tree, devices):

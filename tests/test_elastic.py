@@ -2,6 +2,7 @@
 (launch/run/elastic.py). Params and optimizer state carry over bit for bit, minibatching and learning rate follow the
 rule, the schedule equals a stop and resume by hand, and the result does not depend on the device count."""
 import os
+import re
 import shutil
 import signal
 
@@ -139,6 +140,30 @@ def test_another_num_envs_without_a_rule_is_refused_with_the_flag(stopped_at_bou
     elastic.plan(_config(num_envs=32, **{"scaling.rule": "none"}), stopped_at_boundary)
   with pytest.raises(config_lib.ConfigError, match=r"scaling\.rule=recipe"):
     elastic.check_schedule(_config(**{"scaling.rule": "none", "scaling.schedule": SCHEDULE}), 1)
+
+
+def follow(config, message):
+  """`config` with the --config.KEY=VALUE flags that `message` names set, as the command line would set them."""
+  for key, value in re.findall(r"--config\.([\w.]+)=(\S+)", message):
+    config.update_from_flattened_dict({key: type(config_lib.flat_keys(config)[key])(value)})
+  return config
+
+
+def test_following_the_growth_hint_continues_with_the_runs_own_minibatch(tmp_path):
+  """A run saved at 16 envs without a rule (minibatches of 16 x 16 / 2 = 128), rerun at 32 envs: the refusal names
+  the flags that continue it as itself, not at the config's scaling.base_num_envs (8: minibatches of 64)."""
+  workdir = str(tmp_path / "run")
+  saved = _config(num_envs=16, **{"scaling.rule": "none"})
+  progs = programs.build(saved, compile_update=False)
+  ckpts = checkpoint.RunCheckpoints(workdir, saved)
+  ckpts.maybe_save(dataflow.Snapshot(state=progs.init(jax.random.PRNGKey(0))), 1, [], [], 0.0, force=True)
+  ckpts.close()
+  with pytest.raises(config_lib.ConfigError) as e:
+    elastic.plan(_config(num_envs=32, **{"scaling.rule": "none"}), workdir)
+  config, segment = elastic.plan(follow(_config(num_envs=32, **{"scaling.rule": "none"}), str(e.value)), workdir)
+  want, got = config_lib.resolve(saved, 1), config_lib.resolve(config, 1, segment=segment)
+  assert config.num_envs == 32 and got.minibatch_size == want.minibatch_size == 128
+  assert got.learning_rate == want.learning_rate and got.ppo.num_minibatches == 2 * want.ppo.num_minibatches
 
 
 def test_schedule_on_eight_devices_matches_one(scheduled, tmp_path):

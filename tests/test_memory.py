@@ -13,6 +13,7 @@ import pytest
 from launch.config import resolve as config_lib
 from launch.run import memory, programs, trainer
 from tests.test_entities import _config as _entity_config
+from tests.test_sfl import _config as _sfl_config
 from tests.test_train import _debug_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,3 +91,18 @@ def test_per_transition_estimate_is_within_20_percent_of_the_compiled_update():
   compiled = memory.program_memory(programs.build(config, eval_episodes=0).compiled["update"]).needed
   estimate = memory.per_transition(config)["rollout_per_device_gib"] * memory.GIB
   assert 0.8 < estimate / compiled < 1.2, (estimate, compiled)
+
+
+def test_programs_that_run_one_at_a_time_count_the_state_once(monkeypatch):
+  """Fused SFL: the update, the re-scoring and the evaluation each take the state (or its params) and never run at
+  once, so a device that holds the state, every program's code and the largest transient fits the run."""
+  progs = programs.build(_sfl_config())
+  report = memory.analyse(progs)
+  update, rescore, evaluate = (report.programs[k] for k in ("update", "rescore", "evaluate"))
+  state = max(update.argument, rescore.argument)  # jit leaves out the leaves a program does not read
+  assert state > evaluate.argument  # the params and statistics
+  transient = max(p.output - p.alias + p.temp for p in (update, rescore, evaluate))
+  assert report.per_device == state + update.code + rescore.code + evaluate.code + transient
+  assert report.per_device < update.needed + rescore.needed  # the state is not counted twice
+  monkeypatch.setenv(memory.ENV_VAR, str(report.per_device))
+  assert memory.check_fits(progs, _sfl_config()).fits

@@ -1,6 +1,7 @@
 """Outer-step control (learner/outer_step.py) on hand-made KL sequences and in a short run, and the plateau advice
 (launch/run/plateau.py) on hand-made rows."""
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -11,6 +12,7 @@ from launch.run import plateau, preemption, trainer
 from launch.configs import debug
 from learner import outer_step
 from tests.test_checkpoint import TIMING
+from tests.test_elastic import follow
 
 
 def _run(settings, kls, samples=1e4):
@@ -114,3 +116,19 @@ def test_plateau_is_said_once_after_the_share_of_the_budget():
   config.plateau.share = 0.0
   off = plateau.Watch(config, "/tmp/run", 2000)
   assert not any(off.observe(r) for r in _rows([1] * 30))
+
+
+@pytest.mark.parametrize("rule", [
+    {"scaling.rule": "none"},
+    {"scaling.rule": "fixed_minibatches", "num_minibatches": 0, "minibatch_size": 32},  # 64 at 16 envs
+    {"scaling.rule": "sqrt_lr"},  # the learning rate x sqrt(16 / 8)
+    {"scaling.rule": "recipe", "scaling.base_num_envs": 4}])
+def test_the_plateau_command_continues_with_the_runs_minibatch_size_and_learning_rate(rule):
+  config = debug.get_config()
+  config.update_from_flattened_dict({"num_envs": 16, **rule})
+  want = config_lib.resolve(config, 1)
+  grown = follow(ml_collections.ConfigDict(config.to_dict()), plateau.command(config, "/tmp/run"))
+  got = config_lib.resolve(grown, 1)
+  assert grown.num_envs == 64 and grown.scaling.rule == "recipe"
+  assert got.minibatch_size == want.minibatch_size and got.ppo.num_minibatches == 4 * want.ppo.num_minibatches
+  assert got.learning_rate == pytest.approx(want.learning_rate, rel=1e-12)

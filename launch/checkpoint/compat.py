@@ -11,7 +11,6 @@ from absl import logging
 
 from launch.config import resolve as config_lib
 from launch.config import schema as config_schema
-from launch.config import schedule
 from launch.files import fs_errors as errors
 from launch.checkpoint import packed_arrays
 
@@ -23,11 +22,11 @@ MUST_MATCH = config_schema.SCHEMA.must_match()
 FREE_KEYS = config_schema.SCHEMA.free_keys()
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   out = {}
   for k, v in tree.items():
     if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
+      out.update(flat(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
   return out
@@ -45,7 +44,7 @@ def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], w
   """Raises ConfigError naming every MUST_MATCH key that differs; warns about other changed keys."""
   # A key the saved config lacks was added after it was written: that run ran as the key's default (new keys
   # default to the old behaviour), so it resumes as such instead of every new must_match key refusing it.
-  now, then = _flat(config_json(config)), {**_flat(config_json(config_schema.SCHEMA.config())), **_flat(saved)}
+  now, then = flat(config_json(config)), {**flat(config_json(config_schema.SCHEMA.config())), **flat(saved)}
   # Under a scaling rule a run continues at another num_envs (launch/run/elastic.py rebuilds the envs); else refused.
   elastic_ok = now.get("scaling.rule", "none") != "none"
   errors = [f"config.{k}={now.get(k)!r} does not match {then.get(k)!r} in the checkpoint ({why})"
@@ -55,7 +54,7 @@ def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], w
                   f"{now.get('pipeline.max_policy_lag')!r} gives policy lag {_policy_lag(now)}, the checkpoint's "
                   f"is {_policy_lag(then)} (it holds that many in-flight params versions)")
   if now.get("num_envs") != then.get("num_envs") and not elastic_ok:
-    errors.append(schedule.HINT)
+    errors.append(config_lib.growth_hint(saved))
   if errors:
     raise config_lib.ConfigError(
         f"cannot resume from {where}:\n  " + "\n  ".join(errors) +

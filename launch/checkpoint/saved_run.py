@@ -67,44 +67,12 @@ def saved_config(workdir: str) -> dict[str, Any]:
   return _read_host(directory, step)["config"]
 
 
-_OBS_NORM = "['runner'].obs_norm."  # the statistics' leaves in the runner item's layout
-
-
 def _read_obs_norm(directory: epath.Path, step: int, host: dict[str, Any]) -> policy_lib.ObsNorm:
-  """The runner's observation statistics alone: the packed replicated words of the runner, unpacked at their
-  offsets in the saved layout (the env rows are not read)."""
-  layout = host["layout"][format_lib.RUNNER]
-  if layout is None:
-    raise config_lib.ConfigError(f"{directory / str(step)}: the runner was saved unpacked (separate actor devices); "
-                                 "reading its observation statistics alone is not supported")
-  words, offset, leaves = {}, 0, {}
-  for path, shape, dtype, group in layout:  # the statistics come first among the runner's replicated leaves
-    if group != "flat":
-      continue
-    if not path.startswith(_OBS_NORM):
-      if leaves:
-        break
-      raise config_lib.ConfigError(f"{directory / str(step)}: the runner's first replicated leaf is {path}, not "
-                                   "the observation statistics")
-    if np.dtype(dtype).itemsize != 4:
-      raise config_lib.ConfigError(f"{directory / str(step)}: unexpected observation statistic {path} ({dtype})")
-    size = int(np.prod(shape))
-    leaves[path[len(_OBS_NORM):]] = (offset, size, shape, dtype)
-    offset += size
-  if not {"mean", "var"} <= set(leaves):
-    raise config_lib.ConfigError(f"{directory / str(step)}: no observation statistics in the checkpoint")
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  placed = {"flat_uint32": ocp.ArrayRestoreArgs(sharding=sharding)}
   manager = _manager(directory)
   try:
-    packed = manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(
-        {format_lib.RUNNER: placed}, restore_args={format_lib.RUNNER: placed},
-        partial_restore=True)))["arrays"][format_lib.RUNNER]
+    words = ckpt_params.read_obs_stats(manager, step, host, str(directory / str(step)))
   finally:
     manager.close()
-  flat = np.asarray(packed["flat_uint32"])
-  for name, (start, size, shape, dtype) in leaves.items():
-    words[name] = flat[start:start + size].view(np.dtype(dtype)).reshape(shape)
   return policy_lib.ObsNorm(mean=tuple(map(float, words["mean"])), var=tuple(map(float, words["var"])),
                             clip=float(obs_norm_lib.CLIP), eps=float(obs_norm_lib.EPS))
 

@@ -141,10 +141,9 @@ class RunCheckpoints:
           f"--workdir: no readable checkpoint in {self.directory}:\n  " +
           "\n  ".join(f"step {s}: {compat.first_line(e)}" for s, e in failed) +
           f"\n  move {self.directory} aside to start the run over")
-    snapshot = init()
     if self._config.restore_from:
-      snapshot = params_lib.start_from(self._config.restore_from, snapshot, target)
-    return snapshot, Resume()
+      return params_lib.start_from(self._config, init, target), Resume()
+    return init(), Resume()
 
   def _read_step(self, step: int, target: Snapshot):
     """The step's host record (checked: format, config, layout) and its arrays as this process reads them."""

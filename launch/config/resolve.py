@@ -223,6 +223,30 @@ def _scale(flat: dict[str, Any], shards: int, errors: list[str]) -> Scaled | Non
   return Scaled(num_minibatches=count, minibatch_size=size, learning_rate=learning_rate)
 
 
+def recipe_flags(run: ml_collections.ConfigDict | dict[str, Any]) -> list[str]:
+  """The flags that continue `run` (its config, e.g. as saved in a checkpoint) at any other num_envs under
+  scaling.rule=recipe with its own minibatch size and learning rate. The recipe holds those at the base, so the base
+  is the run itself: its num_envs, the minibatch count (or size: the key the run set) it had there, and its learning
+  rate where its rule had scaled it. A key the saved config lacks ran as its default."""
+  given = run.to_dict() if isinstance(run, ml_collections.ConfigDict) else run
+  flat = {**flat_keys(SCHEMA.config()), **flat_keys(ml_collections.ConfigDict(given))}
+  scaled = _scale(flat, 1, [])  # the run's own sizes (devices do not change them; it passed their checks)
+  flags = ["--config.scaling.rule=recipe", f"--config.scaling.base_num_envs={flat['num_envs']}"]
+  if scaled is None:
+    return flags
+  flags.append(f"--config.num_minibatches={scaled.num_minibatches}" if flat["num_minibatches"] > 0
+               else f"--config.minibatch_size={scaled.minibatch_size}")
+  if scaled.learning_rate != float(flat["learning_rate"]):
+    flags.append(f"--config.learning_rate={scaled.learning_rate!r}")
+  return flags
+
+
+def growth_hint(run: ml_collections.ConfigDict | dict[str, Any]) -> str:
+  """What a refused change of num_envs says: the flags that continue `run` as itself (recipe_flags)."""
+  return ("a run continues at another num_envs only under a scaling rule: add " + " ".join(recipe_flags(run)) +
+          " (the run's own minibatch size and learning rate, held by the recipe at any num_envs)")
+
+
 def _shards(flat: dict[str, Any], num_devices: int) -> tuple[int, int, int]:
   """Devices on the data axis, and of those the actors' and the learner's (all of them when they share)."""
   shards = num_devices if flat["mesh.data"] == -1 else flat["mesh.data"]

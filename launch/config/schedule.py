@@ -68,11 +68,3 @@ def config_at(config: ml_collections.ConfigDict, num_envs: int) -> ml_collection
   out = ml_collections.ConfigDict(config.to_dict())
   out.num_envs = num_envs
   return out
-
-
-HINT = ("a run continues at another num_envs only under a scaling rule: add --config.scaling.rule=recipe (minibatch "
-        "size and learning rate held at --config.scaling.base_num_envs, now the config's value)")
-
-
-def refusal(saved_envs: int, envs: int) -> str:
-  return f"config.num_envs={envs} does not match {saved_envs} in the checkpoint; {HINT}"

@@ -63,7 +63,8 @@ SCHEMA = Schema(
         positive_int(), FREE),
     Key("keep_checkpoints", 2, int, "newest complete checkpoints kept (older ones are deleted after each save)",
         positive_int(), FREE),
-    Key("restore_from", "", str, "a run's workdir (or its checkpoints/ or a step dir): start a new run from its params",
+    Key("restore_from", "", str, "a run's workdir (or its checkpoints/ or a step dir): start a new run from its params "
+        "(and obs statistics, with obs_norm)",
         Rule(lambda v: isinstance(v, str), "must be a path (a run's workdir, its checkpoints/ dir or one step dir), "
              "or '' for none"), FREE),
     Key("log_checkpoints", False, bool, "print a console line for each checkpoint saved", BOOL, FREE),

@@ -20,7 +20,7 @@ import ml_collections
 from etils import epath
 
 from launch.config import resolve as config_lib
-from launch.config.schedule import Segment, config_at, num_envs_at, parse_schedule, refusal
+from launch.config.schedule import Segment, config_at, num_envs_at, parse_schedule
 from launch.files import workdir as workdir_lib
 
 
@@ -80,8 +80,9 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collection
   if envs == segment.num_envs:
     return config_at(config, envs), segment
   if config.scaling.rule == "none":
-    raise config_lib.ConfigError(f"cannot resume from {workdir}: {refusal(segment.num_envs, envs)}; or use a new "
-                                 "--workdir")
+    raise config_lib.ConfigError(f"cannot resume from {workdir}: config.num_envs={envs} does not match "
+                                 f"{segment.num_envs} in the checkpoint; {config_lib.growth_hint(host['config'])}; "
+                                 "or use a new --workdir")
   return config_at(config, envs), Segment(update=host["update"], env_steps=env_steps, grad_steps=grad_steps,
                                           num_envs=envs)
 
@@ -92,7 +93,9 @@ def check_schedule(config: ml_collections.ConfigDict, num_devices: int, num_proc
   schedule = parse_schedule(config.scaling.schedule) if config.scaling.schedule else []
   if schedule and config.scaling.rule == "none":
     raise config_lib.ConfigError("invalid config:\n  config.scaling.schedule needs a scaling rule to change num_envs "
-                                 "(minibatching and learning rate follow it): add --config.scaling.rule=recipe")
+                                 "(minibatching and learning rate follow it): add " +
+                                 " ".join(config_lib.recipe_flags(config)) + " (the minibatch size and learning rate "
+                                 f"at config.num_envs={config.num_envs}, held by the recipe at every num_envs)")
   for _, envs in schedule:
     try:
       config_lib.resolve(config_at(config, envs), num_devices, planning=True, num_processes=num_processes)

@@ -118,15 +118,22 @@ def _host_available() -> int | None:
 def analyse(progs) -> MemoryReport:
   """Memory per device of `progs` (launch/programs.Programs) as compiled.
 
-  Fused: the update, plus the evaluation's temporaries and code (it runs between updates, next to the state). Staged
-  (sync / overlap): the sum over the stages, an upper bound (in overlap they run at once and hold their batches).
+  Fused: the update, SFL's re-scoring (before some updates: programs.SFLUpdate) and the evaluation (between updates)
+  run one at a time, in the host's order, each on the state or part of it. So: the state once (the largest argument),
+  every program's generated code (all are loaded), and the largest transient of any one program (its outputs not
+  written into donated arguments, plus its temporaries). Staged (sync / overlap): the sum over the stages, an upper
+  bound (in overlap they run at once and hold their batches), plus the evaluation's temporaries and code.
   """
   programs = {name: m for name, c in progs.compiled.items() if (m := program_memory(c)) is not None}
-  evaluate = programs.get("evaluate")
-  trained = {k: v for k, v in programs.items() if k != "evaluate"}
-  per_device = sum(p.needed for p in trained.values())
-  if evaluate is not None:
-    per_device += evaluate.temp + evaluate.code
+  if "update" in programs:
+    alone = programs.values()
+    per_device = (max(p.argument for p in alone) + sum(p.code for p in alone)
+                  + max(p.output - p.alias + p.temp for p in alone))
+  else:
+    evaluate = programs.get("evaluate")
+    per_device = sum(p.needed for name, p in programs.items() if name != "evaluate")
+    if evaluate is not None:
+      per_device += evaluate.temp + evaluate.code
   devices = {d for layout in (progs.layout, progs.actor_layout) for d in layout.mesh.devices.flat
              if d.process_index == jax.process_index()}
   device = min(devices, key=lambda d: d.id) if devices else jax.local_devices()[0]

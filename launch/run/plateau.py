@@ -11,19 +11,19 @@ from typing import Any
 
 import ml_collections
 
+from launch.config import resolve as config_lib
+
 MIN_EVALS = 3  # evaluations since the best one, at least: one or two low ones after it are noise, not a plateau
 
 
 def command(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """The command line that continues this run in `workdir` at 4x num_envs under the scaling recipe."""
+  """The command line that continues this run in `workdir` at 4x num_envs under the scaling recipe, with its own
+  minibatch size and learning rate (config_lib.recipe_flags: the run itself as the recipe's base)."""
   argv = sys.argv[1:] if os.path.basename(os.path.dirname(sys.argv[0] or "")) == "launch" else []
-  drop = ("--workdir", "--config.num_envs", "--config.scaling.rule", "--config.scaling.base_num_envs",
-          "--config.scaling.schedule", "--fresh")
+  flags = config_lib.recipe_flags(config)
+  drop = {"--workdir", "--config.num_envs", "--config.scaling.schedule", "--fresh", *(f.split("=", 1)[0] for f in flags)}
   kept = [a for a in argv if not a.split("=", 1)[0] in drop]
-  # Without a rule the config's minibatching and learning rate are those at the current num_envs: make that the base.
-  base = config.scaling.base_num_envs if config.scaling.rule != "none" else config.num_envs
-  args = [f"--workdir={workdir}", *kept, f"--config.num_envs={4 * config.num_envs}", "--config.scaling.rule=recipe",
-          f"--config.scaling.base_num_envs={base}"]
+  args = [f"--workdir={workdir}", *kept, f"--config.num_envs={4 * config.num_envs}", *flags]
   return "python -m launch.train " + " ".join(shlex.quote(a) for a in args)
 
 

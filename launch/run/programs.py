@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -49,7 +50,7 @@ class Programs:
   pipeline: dataflow.PipelineFns | None = None  # the staged pipeline's compiled stages, bound to their meshes
   evaluate: Callable | None = None  # (params, key, obs_norm) -> mean deterministic return
   resize_runner: Callable | None = None  # (runner at another num_envs, key) -> runner placed per state_shardings
-  solve_rates: Callable | None = None  # (params, key) -> {level: solve rate}, per config.eval.solve_levels
+  solve_rates: Callable | None = None  # (params, key, obs_norm) -> {level: solve rate}, per config.eval.solve_levels
   rescore: Callable | None = None  # SFL's re-scoring, TrainState -> TrainState with a new level buffer (donating)
   compile_time: float = 0.0  # seconds spent compiling update / stages and evaluation
   compiled: dict = dataclasses.field(default_factory=dict)  # name -> jax.stages.Compiled (for memory_analysis)
@@ -60,6 +61,9 @@ class Programs:
 
   def evaluate_state(self, state: TrainState, key: jax.Array) -> jax.Array:
     return self.evaluate(state.params, key, self.eval_obs_norm(state))
+
+  def solve_rates_state(self, state: TrainState, key: jax.Array) -> dict[str, float]:
+    return self.solve_rates(state.params, key, self.eval_obs_norm(state))
 
 
 def build_agent(config: ml_collections.ConfigDict, resolved: config_lib.Resolved) -> iteration_lib.Agent:
@@ -98,25 +102,46 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
   if not config.eval.solve_levels or not progs.evaluate:
     return progs
   t0 = time.time()
-  solve = _solve_rates(agent, config.eval.solve_levels, config.eval.solve_attempts, progs.abstract_state.params)
+  solve = solve_rate_program(agent, _kinetix_level_groups(agent, config.eval.solve_levels),
+                             config.eval.solve_attempts, progs)
   return dataclasses.replace(progs, solve_rates=solve, compile_time=progs.compile_time + time.time() - t0)
 
 
-def _solve_rates(agent, spec: str, attempts: int, params) -> Callable:
-  """Kinetix solve rates (pipeline/solve_rate.py): one compiled program per level size."""
+def _kinetix_level_groups(agent, spec: str) -> list[LevelGroup]:
+  """config.eval.solve_levels as one group per level size (kinetix-env's shipped levels)."""
   from envs import kinetix_adapter  # pylint: disable=import-outside-toplevel
   shipped, groups = kinetix_adapter.shipped_levels(), []
   for names in kinetix_adapter.solve_levels(spec).values():
     env, levels = kinetix_adapter.stacked_levels(names, agent.env.observation)
     ids = jax.numpy.asarray([shipped.index(n) for n in names], jax.numpy.int32)
-    levels, ids = jax.device_put((levels, ids), jax.tree.leaves(params)[0].sharding)  # next to the params
-    fn = jax.jit(solve_rate_lib.make_solve_rates(env, agent.apply, agent.dist, attempts))
-    groups.append((names, fn.lower(params, jax.eval_shape(jax.random.PRNGKey, 0), levels, ids).compile(), levels, ids))
+    groups.append(LevelGroup(names, env, levels, ids))
+  return groups
 
-  def solve_rates(params, key) -> dict[str, float]:
+
+class LevelGroup(NamedTuple):
+  """Levels of one size: their names, the env that plays them, their start states stacked [L, ...] and ids [L]."""
+  names: list[str]
+  env: object
+  levels: object
+  ids: jax.Array
+
+
+def solve_rate_program(agent, groups: list[LevelGroup], attempts: int, progs: Programs) -> Callable:
+  """Solve rates (pipeline/solve_rate.py), one compiled program per group, next to the learner's params and fed the
+  run's observation statistics as evaluation is: `(params, key, obs_norm) -> {level: solve rate}`."""
+  params, compiled = progs.abstract_state.params, []
+  obs_norm = _placed(progs.abstract_state.runner.obs_norm,
+                     jax.tree.map(lambda _: progs.layout.replicated, progs.abstract_state.runner.obs_norm))
+  for group in groups:
+    levels, ids = jax.device_put((group.levels, group.ids), jax.tree.leaves(params)[0].sharding)  # next to params
+    fn = jax.jit(solve_rate_lib.make_solve_rates(group.env, agent.apply, agent.dist, attempts))
+    key = jax.eval_shape(jax.random.PRNGKey, 0)
+    compiled.append((group.names, fn.lower(params, key, levels, ids, obs_norm).compile(), levels, ids))
+
+  def solve_rates(params, key, obs_norm) -> dict[str, float]:
     out = {}
-    for names, fn, levels, ids in groups:
-      out.update(zip(names, (float(r) for r in jax.device_get(fn(params, key, levels, ids)))))
+    for names, fn, levels, ids in compiled:
+      out.update(zip(names, (float(r) for r in jax.device_get(fn(params, key, levels, ids, obs_norm)))))
     return out
 
   return solve_rates

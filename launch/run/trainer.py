@@ -195,7 +195,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
           row["eval_return"] = float(eval_return)
           if progs.solve_rates:  # Kinetix solve rates (config.eval.solve_levels): sampled policy, per level
             with learner_lock:
-              level_rates = progs.solve_rates(result.snapshot.state.params, jax.random.fold_in(eval_key, update))
+              level_rates = progs.solve_rates_state(result.snapshot.state, jax.random.fold_in(eval_key, update))
             row.update(solve_rate_lib.summarize(level_rates))
           eval_seconds = time.time() - eval_start
         now = time.time()
