@@ -15,14 +15,26 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA = "data"
 
 
-def make_mesh(data_devices: int = -1, devices=None) -> Mesh:
-  """A 1-D mesh over the first `data_devices` devices (-1: all visible devices, across all processes)."""
-  devices = list(jax.devices() if devices is None else devices)
+def mesh_devices(data_devices: int, devices: list) -> list:
+  """The devices of a `data_devices`-long mesh: all of them for -1; else the first ones, as many from every process
+  (each process of a multi-process run must hold a part of the mesh: the run's programs execute on all of them)."""
   if data_devices == -1:
-    data_devices = len(devices)
+    return list(devices)
   if not 1 <= data_devices <= len(devices):
     raise ValueError(f"mesh.data={data_devices} but {len(devices)} devices are visible")
-  return Mesh(np.asarray(devices[:data_devices]), (DATA,))
+  processes = sorted({d.process_index for d in devices})
+  if len(processes) == 1:
+    return list(devices[:data_devices])
+  if data_devices % len(processes):
+    raise ValueError(f"mesh.data={data_devices} must be a multiple of the {len(processes)} processes (each takes an "
+                     "equal share of its devices), or -1")
+  share = data_devices // len(processes)
+  return [d for p in processes for d in [d for d in devices if d.process_index == p][:share]]
+
+
+def make_mesh(data_devices: int = -1, devices=None) -> Mesh:
+  """A 1-D mesh over `data_devices` devices (-1: all visible devices, across all processes; see mesh_devices)."""
+  return Mesh(np.asarray(mesh_devices(data_devices, list(jax.devices() if devices is None else devices))), (DATA,))
 
 
 @dataclasses.dataclass(frozen=True)

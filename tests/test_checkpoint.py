@@ -484,7 +484,7 @@ def test_unfinished_interval_metrics_of_another_version_resume(tmp_path):
   saved["retired_metric"] = saved.pop("entropy")
   del saved["diagnostics.kl_mean"]
   with open(_host_file(str(tmp_path), 0), "w", encoding="utf-8") as f:
-    json.dump(host, f)
+    json.dump(format_lib.seal(host), f)  # as that version wrote it: a record that matches its checksum
   ckpts = checkpoint.RunCheckpoints(str(tmp_path), config)
   _, resume = ckpts.restore_or_init(init, target)
   ckpts.close()
@@ -494,7 +494,7 @@ def test_unfinished_interval_metrics_of_another_version_resume(tmp_path):
   assert row["policy_loss"] == 1.5 and row["update_norm"] == 2.0 and row["episodes"] == 6
   del saved["policy_loss"]  # one the non-finite guard checks: the interval's start is not carried on
   with open(_host_file(str(tmp_path), 0), "w", encoding="utf-8") as f:
-    json.dump(host, f)
+    json.dump(format_lib.seal(host), f)
   ckpts = checkpoint.RunCheckpoints(str(tmp_path), config)
   _, resume = ckpts.restore_or_init(init, target)
   ckpts.close()

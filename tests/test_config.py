@@ -3,11 +3,13 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
 from launch.config import resolve as config_lib, schema as config_schema
 from launch.configs import debug, default
+from sharding import mesh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,6 +94,21 @@ def test_network_errors():
 def test_mesh_larger_than_visible_devices():
   assert _errors(num_devices=2, **{"mesh.data": 4}) == [
       "config.mesh.data=4: must be -1 (all devices) or between 1 and the 2 visible devices"]
+
+
+def test_with_several_processes_the_mesh_takes_an_equal_share_of_every_process():
+  """Four devices over two processes ([p0, p0, p1, p1]): a 2-device mesh is one device of each, not process 0's two
+  (process 1 would hold none of the mesh its programs run on); an odd count is refused in one line."""
+  fake = [types.SimpleNamespace(id=i, process_index=i // 2) for i in range(4)]
+  assert [d.id for d in mesh.mesh_devices(2, fake)] == [0, 2]
+  assert [d.id for d in mesh.mesh_devices(-1, fake)] == [0, 1, 2, 3]
+  assert [d.id for d in mesh.mesh_devices(2, fake[:2])] == [0, 1]  # one process: the first ones
+  with pytest.raises(ValueError, match="multiple of the 2 processes"):
+    mesh.mesh_devices(3, fake)
+  config = default.get_config()
+  config.mesh.data = 3
+  assert config_lib.check(config, 4, num_processes=2) == [
+      "config.mesh.data=3: must be -1 or a multiple of the 2 processes: each process holds an equal share of the mesh"]
 
 
 def test_unknown_and_missing_keys_in_a_config_file():

@@ -199,6 +199,25 @@ def test_sigterm_at_the_size_change_leaves_a_resumable_run(jax_cache, scheduled,
       np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
 
 
+def test_sigterm_during_the_hand_over_save_stops_there(jax_cache, scheduled, tmp_path):  # noqa: F811
+  """SIGTERM while the boundary's checkpoint (the hand-over to 32 envs) is being saved: the run stops with that
+  checkpoint (exit 3) instead of training on with the signal lost; the rerun finishes as the uninterrupted one."""
+  workdir = str(tmp_path / "run")
+  args = ("--config.scaling.rule=recipe", f"--config.scaling.schedule={SCHEDULE}",
+          f"--config.total_env_steps={TOTAL}", "--config.log_every=2", "--config.eval_every=2",
+          "--config.checkpoint_every=100")
+  proc = _start(jax_cache, workdir, *args, hold=4)
+  _wait_for(proc, f"{workdir}/test_holding_save_4")
+  err = _interrupt(proc, signal.SIGTERM)
+  assert proc.returncode == 3, err[-3000:]
+  assert "stopped on request after update 4" in err
+  assert sorted(os.listdir(f"{workdir}/checkpoints")) == ["4"]
+  proc = _start(jax_cache, workdir, *args)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert [r["update"] for r in _rows(workdir)] == [r["update"] for r in _rows(scheduled)]
+
+
 def test_schedule_parsing_and_boundaries():
   assert elastic.parse_schedule("0:2048, 2e9:65536,2e10:1048576") == [(0, 2048), (2 * 10**9, 65536),
                                                                        (2 * 10**10, 1048576)]

@@ -7,7 +7,9 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-READABLE, UNREADABLE, INCOMPATIBLE = 0, 1, 2  # one process's outcome for one step
+# One process's outcome for one step: read; corrupt (skipped, moved aside once an older step restores); refused
+# by the config check; the storage kept failing (nothing moved); a bug in the reading code (raised).
+READABLE, UNREADABLE, INCOMPATIBLE, STORAGE, FAILED = 0, 1, 2, 3, 4
 
 
 def steps(local: list[int]) -> list[int]:

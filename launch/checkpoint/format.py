@@ -14,12 +14,15 @@ A step has two orbax items, written together and renamed into place only once co
           otherwise it is saved array by array (its layout is then None).
   host    JSON: FORMAT, the update, the run's config, the per-update metrics and policy lags of the unfinished log
           interval, the wall time so far, per item the packed layout (path, shape, dtype, placement per leaf), the
-          span of each part in each packed array, and a fingerprint per packed array (catches corrupted bytes that
-          still decode).
+          span of each part in each packed array, a fingerprint per packed array (catches corrupted bytes that
+          still decode), and the record's own checksum (`seal`: a flipped bit in the record is caught, not read as
+          another config).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Any
 
 import jax
@@ -28,6 +31,7 @@ import numpy as np
 
 from launch.config import resolve as config_lib
 from launch.checkpoint import packed_arrays
+from launch.checkpoint.read_errors import CorruptStep
 from learner import diagnostics
 from pipeline import sfl
 from pipeline.dataflow import Snapshot
@@ -40,6 +44,25 @@ LEARNER, RUNNER = "learner", "runner"  # the packed items: the learner's devices
 COUNTS = {"episode_count": np.int32(0), "episode_return_sum": np.float32(0), "sfl.buffer_resets": np.int32(0),
           "sfl.resets": np.int32(0)}
 _GROUPS = ("diagnostics", "sfl")  # UpdateMetrics' optional parts, saved as `<group>.<name>`
+
+
+CHECKSUM = "checksum"
+
+
+def _digest(host: dict[str, Any]) -> str:
+  body = {k: v for k, v in host.items() if k != CHECKSUM}
+  return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal(host: dict[str, Any]) -> dict[str, Any]:
+  """The host record with the checksum of the rest of it, as it will read back (JSON turns int keys into strings)."""
+  return {**host, CHECKSUM: _digest(json.loads(json.dumps(host)))}
+
+
+def check_seal(host: dict[str, Any], where: str) -> None:
+  """Raises CorruptStep when the record does not match its checksum (a record without one is taken as it is)."""
+  if CHECKSUM in host and host[CHECKSUM] != _digest(host):
+    raise CorruptStep(f"{where}: its host record does not match its checksum (corrupted bytes)")
 
 
 def parts(snapshot: Snapshot) -> dict[str, dict[str, Any]]:

@@ -1,6 +1,7 @@
 """The run's checkpoints under WORKDIR/checkpoints (an orbax CheckpointManager): async saves through a writer thread,
 resume from the newest step every process can read onto whatever mesh is current, corrupt steps moved aside, or a
-new run from another run's params. What a step holds: launch/checkpoint/format.py.
+new run from another run's params. What a step holds: launch/checkpoint/format.py; which read failures make a step
+corrupt, which are retried and which are bugs: launch/checkpoint/read_errors.py.
 
 Saves may fall on any update; metrics rows are written before the save of the same update.
 """
@@ -25,7 +26,7 @@ from jax.experimental import multihost_utils
 from launch.checkpoint import packed_arrays
 from launch.config import resolve as config_lib
 from launch.files import fs_errors as errors, workdir as workdir_lib
-from launch.checkpoint import agree, compat, format as format_lib, manager, params as params_lib, resize
+from launch.checkpoint import agree, compat, format as format_lib, manager, params as params_lib, read_errors, resize
 from launch.checkpoint.writer import Writer
 from pipeline.dataflow import Snapshot
 from pipeline.iteration import UpdateMetrics
@@ -118,17 +119,23 @@ class RunCheckpoints:
           read = self._read_step(step, target)  # this process's files only: no collective inside
       except config_lib.ConfigError as e:
         status, error = agree.INCOMPATIBLE, e
-      except Exception as e:  # pylint: disable=broad-except  (an unreadable step is skipped, never trusted)
+      except read_errors.CorruptStep as e:  # the step's own bytes: skipped, never trusted
         status, error = agree.UNREADABLE, e
+      except read_errors.StorageUnavailable as e:  # retried already; not the step's fault: nothing is moved
+        status, error = agree.STORAGE, e
+      except Exception as e:  # pylint: disable=broad-except  (a bug: raised below, once every process knows)
+        status, error = agree.FAILED, e
       statuses = agree.statuses(status)
       others = [i for i, s in enumerate(statuses) if s != agree.READABLE and i != jax.process_index()]
-      if agree.INCOMPATIBLE in statuses:
-        raise error if status == agree.INCOMPATIBLE else config_lib.ConfigError(
-            f"cannot resume from {self.step_path(step)}: process {others[0]} refused it (see its log)")
+      for kind, cls in ((agree.FAILED, RuntimeError), (agree.STORAGE, read_errors.StorageUnavailable),
+                        (agree.INCOMPATIBLE, config_lib.ConfigError)):
+        if kind in statuses:
+          raise error if status == kind else cls(
+              f"cannot resume from {self.step_path(step)}: process {others[0]} could not read it (see its log)")
       if agree.UNREADABLE not in statuses:
         try:
           snapshot, resume = self._use_step(step, *read)  # the same collectives and outcome on every process
-        except Exception as e:  # pylint: disable=broad-except
+        except read_errors.CorruptStep as e:  # anything else is a bug: it propagates, and nothing is moved
           error = e
         else:
           for bad, why in failed:
@@ -148,7 +155,8 @@ class RunCheckpoints:
   def _read_step(self, step: int, target: Snapshot):
     """The step's host record (checked: format, config, layout) and its arrays as this process reads them."""
     where, directory = self.step_path(step), epath.Path(self.step_path(step))
-    host = self._host.restore(directory / "host", args=ocp.args.JsonRestore())
+    host = read_errors.read(lambda: self._host.restore(directory / "host", args=ocp.args.JsonRestore()), where)
+    format_lib.check_seal(host, where)
     format_lib.check_format(host, where)
     compat.check_compatible(self._config, host["config"], where)
     items = format_lib.parts(target)
@@ -165,7 +173,8 @@ class RunCheckpoints:
       shapes[format_lib.RUNNER] = items[format_lib.RUNNER]
     if resized:
       shapes[format_lib.RUNNER] = resize.replicated(shapes[format_lib.RUNNER])
-    arrays = self._arrays.restore(directory / "arrays", args=ocp.args.StandardRestore(shapes))
+    arrays = read_errors.read(
+        lambda: self._arrays.restore(directory / "arrays", args=ocp.args.StandardRestore(shapes)), where)
     return host, arrays, items, packed_runner, resized
 
   def _use_step(self, step: int, host: dict[str, Any], arrays: dict[str, Any], items: dict[str, Any],
@@ -174,7 +183,8 @@ class RunCheckpoints:
     packed = {k: v for k, v in arrays.items() if k != format_lib.RUNNER or packed_runner}
     got = jax.tree.map(int, jax.device_get(format_lib.check_fingerprints(packed)))
     if got != {k: v for k, v in host["fingerprint"].items() if k != format_lib.RUNNER or packed_runner}:
-      raise ValueError("the restored arrays do not match the fingerprint saved with them (corrupted bytes)")
+      raise read_errors.CorruptStep("the restored arrays do not match the fingerprint saved with them (corrupted "
+                                    "bytes)")
     unpacker = lambda name: resize.unpacker if resized and name == format_lib.RUNNER else packed_arrays.unpacker
     unpacked = {name: unpacker(name)(tree)(arrays[name]) if name in packed else arrays[name]
                 for name, tree in items.items()}
@@ -183,7 +193,7 @@ class RunCheckpoints:
       state = snapshot.state
       snapshot = dataclasses.replace(snapshot, state=state.replace(runner=self._resize_runner(state.runner, state.key)))
     if int(snapshot.state.update) != step or host["update"] != step:
-      raise ValueError(f"holds update {int(snapshot.state.update)}, not {step}")
+      raise read_errors.CorruptStep(f"holds update {int(snapshot.state.update)}, not {step}")
     pending = format_lib.metrics_from_json(host["pending_metrics"], self._config.diagnostics.enabled, CHECKED_METRICS,
                                            with_sfl=self._config.level_sampler.kind == "sfl")
     lags = tuple(int(x) for x in host["pending_lags"])
@@ -238,10 +248,11 @@ class RunCheckpoints:
     def job():
       host_pending = jax.device_get(pending)
       self.check_finite(host_pending, update - len(pending) + 1)
-      host = {"format": format_lib.FORMAT, "update": update, "config": self._config_json, "wall_time": wall_time,
-              "pending_metrics": format_lib.metrics_to_json(host_pending), "pending_lags": lags, **described,
-              **({"segment": self._segment.to_json()} if self._segment is not None else {}),
-              "fingerprint": dict.fromkeys(described["layout"]) | jax.tree.map(int, jax.device_get(fingerprints))}
+      host = format_lib.seal({
+          "format": format_lib.FORMAT, "update": update, "config": self._config_json, "wall_time": wall_time,
+          "pending_metrics": format_lib.metrics_to_json(host_pending), "pending_lags": lags, **described,
+          **({"segment": self._segment.to_json()} if self._segment is not None else {}),
+          "fingerprint": dict.fromkeys(described["layout"]) | jax.tree.map(int, jax.device_get(fingerprints))})
       if self._test_hold_at is not None:
         self._in_flight.append(update)
       self._manager.save(update, force=True, args=ocp.args.Composite(arrays=ocp.args.StandardSave(arrays),

@@ -72,11 +72,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, fresh: b
     tidy.existed[""] = existed  # the lock made the directory
   cleanups = [c for c in (lock and lock.release, tidy and tidy.undo) if c]  # in this order: the lock is a file
   preemption.AT_EXIT_NOW.extend(cleanups)
+  # One stop request for the whole process, across its segments: a signal during a hand-over to the next num_envs
+  # is kept, and the preemption protocol's step ids go on increasing (they count this process's updates).
+  stop = None
   try:
     elastic.check_schedule(config, jax.device_count(), jax.process_count())
+    stop = preemption.StopRequest(workdir)
     while True:  # one segment per num_envs (launch/run/elastic.py): a scheduled change saves, rebuilds, restores
       segment_config, segment = elastic.plan(config, workdir)
-      row, handed_over = _train(segment_config, workdir, segment)
+      row, handed_over = _train(segment_config, workdir, segment, stop)
       if not handed_over:
         return row
   except BaseException:
@@ -84,31 +88,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, fresh: b
       c()
     raise
   finally:
+    if stop is not None:
+      stop.close()
     for c in cleanups:
       preemption.AT_EXIT_NOW.remove(c)
     if lock is not None:
       lock.release()
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Segment) -> tuple[dict[str, Any], bool]:
+def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Segment,
+           stop: preemption.StopRequest) -> tuple[dict[str, Any], bool]:
   """Runs one segment (launch/run/elastic.py); returns the last row and whether it handed over to the next num_envs."""
   resolved = config_lib.resolve(config, num_devices=jax.device_count(), num_processes=jax.process_count(),
                                 segment=segment)
   lead = jax.process_index() == 0
 
-  stop = preemption.StopRequest(workdir)
   stop.starting(True)  # until the first update a stop has nothing to save: exit at once, also during compilation
 
   # Mesh, shardings and programs: the init, the fused update or the pipeline's stages, evaluation; compiled ahead
   # of the clock (launch/run/programs.py). The runner lives with the actors, the rest with the learner.
-  try:
-    progs = programs.build(config, resolved=resolved)
-    # Before anything is allocated: a program that cannot fit stops here (exit 2) with what to change.
-    fit = memory.check_fits(progs, config)
-    distributed.barrier("compiled")  # processes meet before their first collective (restore, first update)
-  except BaseException:
-    stop.close()
-    raise
+  progs = programs.build(config, resolved=resolved)
+  # Before anything is allocated: a program that cannot fit stops here (exit 2) with what to change.
+  fit = memory.check_fits(progs, config)
+  distributed.barrier("compiled")  # processes meet before their first collective (restore, first update)
   logging.info("mesh: actors %s, learner %s; %d env steps per update, %d updates, pipeline %s; compiled in %.1fs; "
                "code path %s; %s", dict(progs.actor_layout.mesh.shape), dict(progs.layout.mesh.shape),
                resolved.batch_size, resolved.num_updates, config.pipeline.mode, progs.compile_time,
@@ -132,12 +134,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
                                    "and rerun")
   except BaseException:  # e.g. an incompatible checkpoint: stop orbax's threads before the error ends the process
     ckpts.close()
-    stop.close()
     raise
   stop.starting(False)
   if stop.stopped_before_start():  # while compiling or restoring: no update to run or save
     ckpts.close()
-    stop.close()
     raise preemption.StoppedBeforeStart(workdir)
   compile_time, evaluate = progs.compile_time, progs.evaluate_state
   state = snapshot.state
@@ -230,10 +230,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
     with contextlib.ExitStack() as closing:  # every one of them, even after an error of another (e.g. a disk full)
       # The learning curves of a completed run; after an error, its message is the last line, not the bar.
       closing.push(lambda _, error, __: out.close(plot=completed, failed=failed or error is not None))
-      closing.callback(stop.close)
       closing.callback(ckpts.close)  # waits for the save in flight
       if hasattr(results, "close"):
         closing.callback(results.close)  # stops the pipeline's stages
+  # A stop that came while the hand-over's checkpoint was saved: that checkpoint is the one to resume from. (With
+  # several processes the preemption protocol stops them all after the next segment's first update instead.)
+  stopped = stopped or (handed_over and not stop.multiprocess and stop.requested.is_set())
   if stopped:
     raise checkpoint.Preempted(update, ckpts.step_path(update))
   if handed_over:
