@@ -16,7 +16,10 @@ EPS = 1e-8
 
 @struct.dataclass
 class RunningMeanStd:
-  """Moments of all observations seen so far. `count` is float32: it only weighs the merge of a new batch."""
+  """Moments of the observations seen so far. `count` is float32: it only weighs the merge of a new batch. Past
+  2^24 batches (num_envs x 2^24 observations: 1.8e13 at 2^20 envs, 5.4e8 at 32) adding a batch no longer changes
+  it, so each new batch keeps a weight of about 2^-24 instead of less: the moments become an average over roughly
+  the last 2^24 rollout steps rather than all (a float32 mean moves by no less than 2^-24 of itself either way)."""
   mean: Float[Array, "obs"]
   var: Float[Array, "obs"]
   count: Float[Array, ""]

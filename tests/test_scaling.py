@@ -119,3 +119,17 @@ def test_dry_run_shows_million_env_recipe():
   derived = out["derived"]
   assert derived["minibatch_size"] == 1024 and derived["learning_rate"] == 2.5e-3  # the base run's (32 envs)
   assert derived["num_minibatches"] == 1048576 * 128 // 1024
+
+
+def test_dry_run_at_the_papers_scale():
+  """A trillion transitions at 2^20 envs, the programs compiled (as --dry_run does by default): 3.9e9 optimizer
+  steps, more than int32 holds (learner/optimizer.py counts the anneal in updates and steps within one)."""
+  flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)  # one device
+  proc = subprocess.run([sys.executable, "-m", "launch.train", "--dry_run", "--config.num_envs=1048576",
+                         "--config.scaling.rule=recipe", "--config.total_env_steps=1000000000000"], cwd=REPO,
+                        env=dict(os.environ, XLA_FLAGS=flags), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout)
+  derived = out["derived"]
+  assert derived["num_updates"] == 10**12 // (1048576 * 128) and derived["total_gradient_steps"] > 2**31
+  assert out["memory"]["programs"]["update"]["needed"] > 0

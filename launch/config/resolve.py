@@ -44,14 +44,13 @@ class Resolved:
   minibatch_size: int
   learning_rate: float  # after scaling.rule (the config's own value at scaling.base_num_envs)
   num_updates: int
-  total_gradient_steps: int  # updates × epochs × minibatches, for the learning-rate anneal
+  total_gradient_steps: int  # this segment's updates × epochs × minibatches (shown by --dry_run; may pass 2^31)
   max_policy_lag: int  # params versions the actors may trail the learner by (0 unless pipeline.mode=overlap)
-  # Where this num_envs took over (launch/run/elastic.py Segment; all 0 / 1.0 for a run at one num_envs): the anneal
-  # runs from learning_rate * lr_fraction at optimizer step first_grad_steps to 0 after total_gradient_steps more
-  # (total_gradient_steps counts this segment's steps only).
+  # Where this num_envs took over (launch/run/elastic.py Segment; 0 / 1.0 for a run at one num_envs): the anneal
+  # runs from learning_rate * lr_fraction at the first optimizer step of update first_update to 0 at the end of
+  # update num_updates (learner/optimizer.py; total_gradient_steps counts this segment's steps only).
   first_update: int = 0
   first_env_steps: int = 0
-  first_grad_steps: int = 0
   lr_fraction: float = 1.0
 
   def env_steps_at(self, update: int) -> int:
@@ -164,6 +163,11 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
       err("sgd_chunk_size", f"must divide the minibatch size {scaled.minibatch_size} (or be at least as large)")
     elif chunk % learner_shards:
       err("sgd_chunk_size", f"must be divisible by the {learner_shards} devices of the data axis")
+    steps = flat["update_epochs"] * scaled.num_minibatches
+    if steps > MAX_INDEX:  # the anneal counts optimizer steps within an update in int32 (learner/optimizer.py)
+      err("update_epochs", f"{steps:,} optimizer steps per update (update_epochs x {scaled.num_minibatches:,} "
+          f"minibatches) are more than {MAX_INDEX:,} (2^31 - 1), the most the int32 anneal count holds; lower "
+          "update_epochs or the number of minibatches")
   if flat["total_env_steps"] < batch_size and not planning:
     err("total_env_steps", f"must be at least one batch (num_envs * num_steps = {batch_size})")
   if flat["total_env_steps"] // batch_size > MAX_INDEX:  # TrainState.update (also the checkpoint step) is int32
@@ -267,8 +271,12 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool 
   flat = flat_keys(config)
   scaled = _scale(flat, _shards(flat, num_devices)[2], [])
   batch_size = config.num_envs * config.num_steps
-  first = (segment.update, segment.env_steps, segment.grad_steps) if segment else (0, 0, 0)
+  first = (segment.update, segment.env_steps) if segment else (0, 0)
   num_updates = first[0] + max(0, config.total_env_steps - first[1]) // batch_size
+  if num_updates > MAX_INDEX:  # check() bounds total / batch; updates done at a smaller num_envs add more
+    raise ConfigError(f"invalid config:\n  config.total_env_steps={config.total_env_steps}: {num_updates:,} updates "
+                      f"({first[0]:,} done before this num_envs) are more than {MAX_INDEX:,} (2^31 - 1), the most the "
+                      "int32 update counter holds; lower total_env_steps")
   # The anneal is over env steps (launch/run/elastic.py): 1 - E0 / E_total at this segment's start, 0 at the run's end.
   env_total = first[1] + (num_updates - first[0]) * batch_size
   lr_fraction = 1.0 - first[1] / env_total if config.anneal_lr and first[1] else 1.0
@@ -290,4 +298,4 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool 
                   learning_rate=scaled.learning_rate, num_updates=num_updates,
                   total_gradient_steps=(num_updates - first[0]) * config.update_epochs * scaled.num_minibatches,
                   max_policy_lag=config.pipeline.max_policy_lag if config.pipeline.mode == "overlap" else 0,
-                  first_update=first[0], first_env_steps=first[1], first_grad_steps=first[2], lr_fraction=lr_fraction)
+                  first_update=first[0], first_env_steps=first[1], lr_fraction=lr_fraction)

@@ -17,7 +17,6 @@ class Segment:
   """Where the run's current num_envs began: the counts before its first update."""
   update: int = 0  # updates done before
   env_steps: int = 0  # env steps done before
-  grad_steps: int = 0  # optimizer steps done before (the anneal schedule's count)
   num_envs: int = 0
 
   def to_json(self) -> dict[str, Any]:
@@ -25,7 +24,7 @@ class Segment:
 
   @classmethod
   def from_json(cls, data: dict[str, Any]) -> Segment:
-    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})  # records may hold more (grad_steps)
 
 
 def parse_schedule(text: str) -> list[tuple[int, int]]:

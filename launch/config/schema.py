@@ -46,7 +46,7 @@ SCHEMA = Schema(
     Key("learning_rate", 2.5e-3, float, "Adam step size at scaling.base_num_envs (initial, if annealed)",
         positive_number(), WARN),
     Key("anneal_lr", True, bool, "linearly anneal the learning rate to 0 over the run", BOOL,
-        must_match("the saved optimizer state has the schedule's step count only when annealing")),
+        must_match("the saved optimizer state has the anneal's position only when annealing")),
     Key("gamma", 0.99, float, "discount", unit_interval(), WARN),
     Key("gae_lambda", 0.95, float, "GAE λ", unit_interval(), WARN),
     Key("clip_eps", 0.2, float, "PPO ratio clip (also clips the value update)", positive_number(), WARN),

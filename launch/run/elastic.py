@@ -7,7 +7,8 @@ saved in; `plan(config, workdir)` reads it before any program is built and retur
 minibatching and learning rate of the new segment follow the rule from the base (launch/config/resolve.py `_scale`).
 The learning-rate anneal is over env steps: at a segment's start the multiplier is 1 - E0 / E_total (E0 env steps
 done, E_total those the run will have done at its end at this num_envs: total_env_steps rounded down to whole
-updates), then falls linearly per optimizer step to 0 at the run's last update (config/resolve.py). Without a rule
+updates), then falls linearly per optimizer step to 0 at the run's last update (learner/optimizer.py, counted in
+updates and steps within one, so it does not overflow). Without a rule
 a change of num_envs is refused, saying which flag asks for it.
 """
 from __future__ import annotations
@@ -54,15 +55,9 @@ def saved_segment(host: dict[str, Any]) -> Segment:
   return Segment(num_envs=host["config"]["num_envs"])
 
 
-def _counts(saved: dict[str, Any], segment: Segment, update: int) -> tuple[int, int]:
-  """Env steps and optimizer steps after `update` of a segment run with the `saved` config."""
-  flat = config_lib.flat_keys(ml_collections.ConfigDict(saved))
-  flat = {k: (tuple(v) if isinstance(v, list) else v) for k, v in flat.items()}
-  batch = flat["num_envs"] * flat["num_steps"]
-  scaled = config_lib._scale(flat, 1, [])  # pylint: disable=protected-access  (the sizes only; 1 shard)
-  done = update - segment.update
-  grad_steps = segment.grad_steps + done * flat["update_epochs"] * scaled.num_minibatches
-  return segment.env_steps + done * batch, grad_steps
+def _env_steps(saved: dict[str, Any], segment: Segment, update: int) -> int:
+  """Env steps after `update` of a segment run with the `saved` config."""
+  return segment.env_steps + (update - segment.update) * saved["num_envs"] * saved["num_steps"]
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collections.ConfigDict, Segment]:
@@ -75,7 +70,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collection
     envs = num_envs_at(config, 0)
     return config_at(config, envs), Segment(num_envs=envs)
   segment = saved_segment(host)
-  env_steps, grad_steps = _counts(host["config"], segment, host["update"])
+  env_steps = _env_steps(host["config"], segment, host["update"])
   envs = num_envs_at(config, env_steps) if config.scaling.schedule else config.num_envs
   if envs == segment.num_envs:
     return config_at(config, envs), segment
@@ -83,8 +78,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collection
     raise config_lib.ConfigError(f"cannot resume from {workdir}: config.num_envs={envs} does not match "
                                  f"{segment.num_envs} in the checkpoint; {config_lib.growth_hint(host['config'])}; "
                                  "or use a new --workdir")
-  return config_at(config, envs), Segment(update=host["update"], env_steps=env_steps, grad_steps=grad_steps,
-                                          num_envs=envs)
+  return config_at(config, envs), Segment(update=host["update"], env_steps=env_steps, num_envs=envs)
 
 
 

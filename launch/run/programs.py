@@ -80,7 +80,8 @@ def build_agent(config: ml_collections.ConfigDict, resolved: config_lib.Resolved
                                  shared_trunk=net.shared_trunk)
   # After a change of num_envs the anneal continues from the share of the learning rate it had left (elastic.py).
   optimizer = optimizer_lib.make_optimizer(resolved.learning_rate * resolved.lr_fraction, config.max_grad_norm,
-                                           config.anneal_lr, resolved.total_gradient_steps, resolved.first_grad_steps)
+                                           config.anneal_lr, config.update_epochs * resolved.ppo.num_minibatches,
+                                           resolved.num_updates, resolved.first_update)
   return iteration_lib.Agent(env=env, model=model, dist=dist, optimizer=optimizer, obs_store=config.obs_store)
 
 
