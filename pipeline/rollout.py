@@ -6,8 +6,9 @@ restart from a reset pool (envs/reset_pool.py); both are replicated state thread
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,11 @@ from pipeline import sfl as sfl_lib
 
 @struct.dataclass
 class RunnerState:
-  """The actors' state: the live envs, sharded over the env axis N, and what they share (replicated)."""
+  """The actors' state: the live envs, sharded over the env axis N, and what they share (replicated).
+
+  `SHARED` names the shared fields, the one list of them: the rollout, the shardings (sharding/mesh.py, which may
+  not import this module and so asks the runner), a resize and its checkpoint target all derive the split from
+  `per_env` / `shared` / `with_shared`, so a shared part added later is one field here and its name in `SHARED`."""
   env_state: Any  # env-specific pytree, leaves [N, ...]
   obs: Any  # raw observations: [N, obs], or the env's observation pytree with leaves [N, ...]
   episode_return: Float[Array, "N"]  # return so far of each env's current episode
@@ -33,9 +38,24 @@ class RunnerState:
   reset_pool: reset_pool_lib.ResetPool | None = None  # pre-sampled start states (config.reset_pool.size > 0)
   level_buffer: sfl_lib.LevelBuffer | None = None  # SFL's most learnable levels (config.level_sampler.kind=sfl)
 
+  SHARED: ClassVar[tuple[str, ...]] = ("obs_norm", "reset_pool", "level_buffer")  # the rest have the env axis
+
   def per_env(self) -> RunnerState:
     """The parts with an env axis (the shared ones set to None)."""
-    return self.replace(obs_norm=None, reset_pool=None, level_buffer=None)
+    return self.replace(**dict.fromkeys(self.SHARED))
+
+  def shared(self) -> RunnerState:
+    """The parts shared by all envs (the per-env ones set to None)."""
+    per_env = [f.name for f in dataclasses.fields(self) if f.name not in self.SHARED]
+    return self.replace(**dict.fromkeys(per_env))
+
+  def with_shared(self, other: RunnerState) -> RunnerState:
+    """This runner's per-env parts with `other`'s shared parts (`other` may be a tree of shapes or shardings)."""
+    return self.replace(**{name: getattr(other, name) for name in self.SHARED})
+
+  @property
+  def num_envs(self) -> int:
+    return self.episode_return.shape[0]
 
 
 @struct.dataclass
@@ -96,11 +116,12 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
   precision in the trajectory; `apply_fn` and `value_fn` must see them at it (iteration.Agent's do), so that the
   stored observation is what the policy acted on.
   """
-  num_envs = runner.episode_return.shape[0]
+  num_envs = runner.num_envs
   norm = (lambda stats, obs: obs) if runner.obs_norm is None else obs_norm_lib.normalize
 
   def step(carry, step_key):
-    runner, stats, obs_stats, pool = carry
+    runner, stats, shared = carry  # shared: the replicated parts (RunnerState.shared), carried apart from the envs
+    obs_stats, pool, level_buffer = shared.obs_norm, shared.reset_pool, shared.level_buffer
     from_buffer = None
     act_key, env_key = jax.random.split(step_key)
     obs = obs_store_lib.narrow(norm(obs_stats, runner.obs), obs_store)  # what the policy sees is what is stored
@@ -133,21 +154,20 @@ def rollout(params, runner: RunnerState, key: jax.Array, *, env: base.Environmen
     transition = step_record(obs, action, log_prob, value,
                              gae_lib.bootstrap(out.reward, out.terminated, out.truncated, truncation_value, gamma),
                              done, head if keep_head else None, dist, obs_store)
-    return (new_runner, stats, obs_stats, pool), constrain(batch_rows.pack_step(transition))
+    shared = shared.replace(obs_norm=obs_stats, reset_pool=pool)
+    return (new_runner, stats, shared), constrain(batch_rows.pack_step(transition))
 
-  level_buffer = runner.level_buffer
-  stats0 = constrain(EpisodeStats(return_sum=jnp.zeros((num_envs,), jnp.float32),
-                                  count=jnp.zeros((num_envs,), jnp.int32),
-                                  buffer_resets=None if level_buffer is None else jnp.zeros((num_envs,), jnp.int32)))
-  (runner, stats, obs_norm, reset_pool), data = jax.lax.scan(
-      step, (runner.per_env(), stats0, runner.obs_norm, runner.reset_pool), jax.random.split(key, num_steps))
+  counts = lambda: jnp.zeros((num_envs,), jnp.int32)
+  stats0 = constrain(EpisodeStats(return_sum=jnp.zeros((num_envs,), jnp.float32), count=counts(),
+                                  buffer_resets=None if runner.level_buffer is None else counts()))
+  (runner, stats, shared), data = jax.lax.scan(
+      step, (runner.per_env(), stats0, runner.shared()), jax.random.split(key, num_steps))
   stats = jax.tree.map(jnp.sum, stats)
-  last_value = value_fn(params, norm(obs_norm, runner.obs))
+  last_value = value_fn(params, norm(shared.obs_norm, runner.obs))
   example = jax.eval_shape(lambda: step_record(
       runner.obs, dist.sample(key, jnp.zeros((num_envs, dist.param_size))), *[jnp.zeros((num_envs,))] * 4,
       jnp.zeros((num_envs, dist.param_size)) if keep_head else None, dist, obs_store))
-  return (runner.replace(obs_norm=obs_norm, reset_pool=reset_pool, level_buffer=level_buffer),
-          batch_rows.from_steps(data, example), last_value, stats)
+  return (runner.with_shared(shared), batch_rows.from_steps(data, example), last_value, stats)
 
 
 def step_record(obs, action, log_prob, value, reward, done, head, dist: distributions.Distribution,
@@ -169,21 +189,22 @@ def resize_runner(env: base.Environment, runner: RunnerState, key: jax.Array, nu
 
   Env i < min(old, new) keeps its state, observation and return so far; env i >= old starts a fresh episode from a
   reset keyed by fold_in(fold_in(key, RESIZE_STREAM), i), i.e. by its global index, so the result does not depend on
-  the device count (from the reset pool when it is on, drawn the same way). Observation statistics and the reset
-  pool carry over unchanged.
+  the device count (from the reset pool when it is on, drawn the same way). Every leaf of the per-env parts is cut
+  or extended along its env axis, whatever the observation's pytree; the shared parts (RunnerState.SHARED: the
+  observation statistics, the reset pool, SFL's level buffer) carry over unchanged.
   """
-  keep = min(runner.obs.shape[0], num_envs)
+  keep = min(runner.num_envs, num_envs)
+  per_env = runner.per_env()
   if keep == num_envs:
-    return runner.replace(**jax.tree.map(lambda x: x[:keep], dict(env_state=runner.env_state, obs=runner.obs,
-                                                                  episode_return=runner.episode_return)))
+    return jax.tree.map(lambda x: x[:keep], per_env).with_shared(runner)
   base_key = jax.random.fold_in(key, RESIZE_STREAM)
   keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(jnp.arange(keep, num_envs))
   pool = runner.reset_pool
   if pool is None:
     state, obs = jax.vmap(env.reset)(keys)
   else:
-    index = jax.vmap(lambda k: jax.random.randint(k, (), 0, pool.obs.shape[0]))(keys)
-    state, obs = jax.tree.map(lambda x: x[index], pool.state), pool.obs[index]
+    index = jax.vmap(lambda k: jax.random.randint(k, (), 0, reset_pool_lib.pool_size(pool)))(keys)
+    state, obs = jax.tree.map(lambda x: x[index], (pool.state, pool.obs))
+  added = per_env.replace(env_state=state, obs=obs, episode_return=jnp.zeros((num_envs - keep,), jnp.float32))
   join = lambda old, new: jnp.concatenate([old[:keep], new.astype(old.dtype)])
-  return runner.replace(env_state=jax.tree.map(join, runner.env_state, state), obs=join(runner.obs, obs),
-                        episode_return=join(runner.episode_return, jnp.zeros((num_envs - keep,), jnp.float32)))
+  return jax.tree.map(join, per_env, added).with_shared(runner)

@@ -67,13 +67,10 @@ class Layout:
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self.env_sharding(x.ndim, axis)), tree)
 
   def runner_shardings(self, runner):
-    """RunnerState of shardings: the envs split over `data`; what they share (observation statistics, reset pool, SFL's level buffer)
-    replicated."""
-    shared = runner.replace(env_state=None, obs=None, episode_return=None)
-    return self.env_shardings(runner.per_env()).replace(
-        obs_norm=jax.tree.map(lambda _: self.replicated, shared.obs_norm),
-        reset_pool=jax.tree.map(lambda _: self.replicated, shared.reset_pool),
-        level_buffer=jax.tree.map(lambda _: self.replicated, shared.level_buffer))
+    """RunnerState of shardings: the envs split over `data`, what they share replicated. The split is the runner's
+    own (pipeline/rollout.py RunnerState.per_env / shared), which this layer may not import."""
+    replicated = jax.tree.map(lambda _: self.replicated, runner.shared())
+    return self.env_shardings(runner.per_env()).with_shared(replicated)
 
   def train_state_shardings(self, state_shapes):
     """TrainState of shardings: the runner's envs are split over envs, everything else replicated."""

@@ -80,13 +80,13 @@ def test_schedule_equals_manual_stop_and_resume(scheduled, stopped_at_boundary, 
   assert _leaves_equal(a.state, b.state)
 
 
-def _restore(config, workdir, segment=None):
+def _restore(config, workdir, segment=None, resize_runner=None):
   """The newest checkpoint restored into `config`'s programs (not compiled: the init and shardings only)."""
   config, planned = elastic.plan(config, workdir)
   segment = segment or planned
   resolved = config_lib.resolve(config, jax.device_count(), segment=segment)
   progs = programs.build(config, resolved=resolved, compile_update=False, eval_episodes=0)
-  ckpts = checkpoint.RunCheckpoints(workdir, config, None, segment, progs.resize_runner)
+  ckpts = checkpoint.RunCheckpoints(workdir, config, None, segment, resize_runner or progs.resize_runner)
   try:
     snapshot, _ = ckpts.restore_or_init(lambda: None, dataflow.Snapshot(state=progs.abstract_state))
   finally:
@@ -127,6 +127,20 @@ def test_resume_at_another_num_envs_carries_the_learner_state(stopped_at_boundar
   assert resolved.lr_fraction == 1 - GROW_AT / resolved.env_steps
   assert resolved.num_updates == 4 + (TOTAL - GROW_AT) // (num_envs * 16)
   assert resolved.total_gradient_steps == (resolved.num_updates - 4) * 2 * resolved.ppo.num_minibatches
+
+
+def test_a_failing_resize_is_not_reported_as_a_corrupt_checkpoint(stopped_at_boundary, tmp_path):
+  """An error while the runner is rebuilt at another num_envs is the code's, not the checkpoint's (its bytes are
+  checked by then): it propagates as it is, with no advice to move checkpoints aside, and no step is moved aside."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(stopped_at_boundary, workdir)
+
+  def broken(runner, key):
+    raise RuntimeError("a defect in resize_runner")
+  with pytest.raises(RuntimeError, match="a defect in resize_runner"):
+    _restore(_config(num_envs=32), workdir, resize_runner=broken)
+  assert os.listdir(f"{workdir}/checkpoints") == os.listdir(f"{stopped_at_boundary}/checkpoints")
+  assert not os.path.exists(f"{workdir}/checkpoints_corrupt")
 
 
 def test_added_envs_do_not_depend_on_the_device_count(stopped_at_boundary):

@@ -13,10 +13,11 @@ from launch.checkpoint import packed_arrays
 
 
 def at_num_envs(runner: Any, num_envs: int) -> Any:
-  """The abstract runner with its per-env leaves at `num_envs` (placed like this run's: the packed layout)."""
+  """The abstract runner with its per-env leaves at `num_envs` and its shared parts as they are (placed like this
+  run's: the packed layout)."""
   per_env = jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_envs, *x.shape[1:]), x.dtype, sharding=x.sharding),
                          runner.per_env())
-  return per_env.replace(obs_norm=runner.obs_norm, reset_pool=runner.reset_pool)
+  return per_env.with_shared(runner)
 
 
 def _replicated_sharding(x: Any) -> Any:

@@ -138,6 +138,10 @@ class RunCheckpoints:
         except read_errors.CorruptStep as e:  # anything else is a bug: it propagates, and nothing is moved
           error = e
         else:
+          *_, resized = read
+          if resized:  # saved at another num_envs. Outside the try: the bytes are checked by now, so a failure here
+            # is the code's, not the checkpoint's, and propagates with its traceback instead of reading as corruption.
+            snapshot = self._resized(snapshot)
           for bad, why in failed:
             self._quarantine(bad, why)
           logging.info("resuming from %s", self.step_path(step))
@@ -189,9 +193,6 @@ class RunCheckpoints:
     unpacked = {name: unpacker(name)(tree)(arrays[name]) if name in packed else arrays[name]
                 for name, tree in items.items()}
     snapshot = format_lib.snapshot(unpacked)
-    if resized:  # the envs at this run's num_envs; nothing else changes
-      state = snapshot.state
-      snapshot = dataclasses.replace(snapshot, state=state.replace(runner=self._resize_runner(state.runner, state.key)))
     if int(snapshot.state.update) != step or host["update"] != step:
       raise read_errors.CorruptStep(f"holds update {int(snapshot.state.update)}, not {step}")
     pending = format_lib.metrics_from_json(host["pending_metrics"], self._config.diagnostics.enabled, CHECKED_METRICS,
@@ -202,6 +203,11 @@ class RunCheckpoints:
                       "/".join(CHECKED_METRICS))
       pending, lags = (), ()
     return snapshot, Resume(update=step, pending=pending, lags=lags, wall_time=float(host["wall_time"]))
+
+  def _resized(self, snapshot: Snapshot) -> Snapshot:
+    """The envs at this run's num_envs; nothing else changes."""
+    state = snapshot.state
+    return dataclasses.replace(snapshot, state=state.replace(runner=self._resize_runner(state.runner, state.key)))
 
   def _quarantine(self, step: int, error: BaseException) -> None:
     """Moves an unreadable step out of the way (not deleted: it may still be of use to a person)."""
