@@ -40,9 +40,9 @@ def workdir(tmp_path):
 
 # The longest modules first (minutes each on 2 cores): with several pytest-xdist workers (scripts/test.sh), a module
 # runs in one worker, and a long one started last would leave the other workers idle at the end.
-_LONGEST_FIRST = ("test_multihost", "test_entities", "test_elastic", "test_elastic_features", "test_options",
-                  "test_train", "test_perf", "test_suites", "test_dataflow", "test_faults", "test_diagnostics",
-                  "test_checkpoint", "test_outer_step")
+_LONGEST_FIRST = ("test_matrix", "test_matrix_more", "test_multihost", "test_entities", "test_elastic",
+                  "test_elastic_features", "test_options", "test_train", "test_perf", "test_suites", "test_dataflow",
+                  "test_faults", "test_diagnostics", "test_checkpoint", "test_outer_step")
 
 
 def pytest_collection_modifyitems(items):

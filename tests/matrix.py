@@ -56,7 +56,8 @@ def config_for(cell: dict[str, str]) -> ml_collections.ConfigDict:
   config.scaling.schedule = f"0:{NUM_ENVS},{grow_at}:{GROWN_ENVS},{shrink_at}:{NUM_ENVS}"
   config.total_env_steps = shrink_at + UPDATES[2] * batch
   config.log_every = config.eval_every = 1
-  config.checkpoint_every = 100
+  config.checkpoint_every = 100  # saves at the boundaries (the hand-overs) and the end only
+  config.keep_checkpoints = 3
   config.eval_episodes = 8
   for axis, value in cell.items():
     config.update_from_flattened_dict(AXES[axis][value])
@@ -134,7 +135,7 @@ def render() -> str:
            "one cell below (an all-pairs covering set, chosen greedily), and every pair that cannot is refused before "
            "anything compiles, by a config rule whose one-line message names the keys.", "",
            "Each cell is a tiny run of the `cue`, `cue_entities` or `levels` env (pure JAX), scheduled to grow from "
-           f"{NUM_ENVS} to {GROWN_ENVS} envs and shrink back, and goes through the lifecycle: train; stop before "
+           f"{NUM_ENVS} to {GROWN_ENVS} envs and shrink back, and goes through the lifecycle: train; stop at "
            "the growth and resume (the rows equal the uninterrupted run's); `restore_from` into a new run; "
            "evaluate the saved policy; export it and load it apart from training (its actions equal the trainer's).",
            "", "## Axes", "", "| axis | values (the first is every other cell's) |", "| --- | --- |"]

@@ -2,7 +2,8 @@
 every refused pair refused by the config rules in one line per broken rule naming its key.
 
 Lifecycle of a cell: the run, scheduled to grow and then shrink its env count, trains to the end; the same run
-stopped before the growth and resumed ends with the same rows (==); `restore_from` starts a new run from its params;
+stopped at the growth (its checkpoints after the boundary removed, as a kill there leaves it) resumes and ends with
+the same rows (==); `restore_from` starts a new run from its params;
 `launch.evaluate`'s episodes play its saved policy; `launch.export` → `load_policy` acts as the trainer's policy.
 Cells with two processes train through launch/local.py (their stop and resume: tests/test_multihost.py).
 """
@@ -21,7 +22,6 @@ from launch.config import resolve as config_lib
 from launch.report import metrics_file
 from launch.run import preemption, trainer
 from learner import policy as policy_lib
-from pipeline import dataflow
 from launch.evaluate import run_episodes
 from launch.run import programs
 from tests import matrix
@@ -29,7 +29,7 @@ from tests import matrix
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ("wall_time", "sps", "compile_time", "first_update_time")  # differ between runs by nature
 CELLS, REFUSED = matrix.covering_set()
-STOP_AT = 1  # an update before the growth
+STOP_AT = 1  # where the restore_from run stops
 
 
 def _rows(workdir):
@@ -56,40 +56,33 @@ def _train_two_processes(config, workdir):
   assert code == 0
 
 
-def _stopped_then_resumed(config, workdir):
+def _stop_at(train, config, workdir):
+  """`train(config, workdir)` stopped after update STOP_AT, as by SIGTERM."""
   original = preemption.StopRequest.should_stop
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(preemption.StopRequest, "should_stop", lambda self, update: original(self, update) or update == STOP_AT)
-    with pytest.raises(checkpoint.Preempted):
-      trainer.train_and_evaluate(config, workdir)
-  return trainer.train_and_evaluate(config, workdir)
+    return train(config, workdir)
 
 
 def _trainer_actions(config, workdir, obs):
-  """The trainer's deterministic actions on `obs`, from the run's final state restored as a resume restores it."""
-  final = config.copy_and_resolve_references()
-  final.num_envs = matrix.NUM_ENVS
-  final.scaling.schedule = ""
-  final.mesh.data = 1
-  progs = programs.build(final, compile_update=False)
-  lag = config_lib.resolve(final, num_devices=1).max_policy_lag  # the overlap pipeline's in-flight params
-  ckpts = checkpoint.RunCheckpoints(workdir, final)
-  try:
-    target = progs.abstract_state
-    snapshot, _ = ckpts.restore_or_init(lambda: pytest.fail("no checkpoint"),
-                                        dataflow.Snapshot(state=target, stale_params=(target.params,) * lag))
-  finally:
-    ckpts.close()
-  state = snapshot.state
-  stats = state.runner.obs_norm
+  """The trainer's deterministic actions on `obs` (its agent and observation statistics) with the params the run's
+  final checkpoint holds, read by the checkpoint reader rather than from the exported files."""
+  from launch.checkpoint import saved_run  # pylint: disable=import-outside-toplevel
   from pipeline import obs_norm as obs_norm_lib  # pylint: disable=import-outside-toplevel
-  seen = obs if stats is None else obs_norm_lib.normalize(stats, obs)
-  head, _ = jax.jit(progs.agent.apply)(state.params, seen)
-  return progs.agent.dist.mode(head)
+  run = saved_run.load(workdir)
+  agent = programs.build_agent(config, config_lib.resolve(config, num_devices=8, planning=True))
+  saved = run.policy.spec.obs_norm
+  if saved is not None:
+    stats = obs_norm_lib.RunningMeanStd(mean=jax.numpy.float32(saved.mean), var=jax.numpy.float32(saved.var),
+                                        count=jax.numpy.float32(1))
+    obs = obs_norm_lib.normalize(stats, obs)
+  head, _ = jax.jit(agent.apply)(run.policy.params, obs)
+  return agent.dist.mode(head)
 
 
-@pytest.mark.parametrize("cell", CELLS, ids=[_name(c) for c in CELLS])
-def test_cell(cell, tmp_path):
+def run_cell(cell, tmp_path):
+  """One cell through the lifecycle (test_cell here, and tests/test_matrix_more.py for the other half of the cells:
+  pytest-xdist gives each module to one worker, so the two halves run side by side)."""
   config = matrix.config_for(cell)
   assert matrix.refusal(cell) == []
   workdir = str(tmp_path / "run")
@@ -97,20 +90,28 @@ def test_cell(cell, tmp_path):
     _train_two_processes(config, workdir)
   else:
     last = trainer.train_and_evaluate(config, workdir)
+    # Stopped at the growth: the run as a kill right after its boundary checkpoint leaves it (the later steps gone),
+    # resumed; it grows, shrinks and ends with the uninterrupted run's rows.
     resumed = str(tmp_path / "resumed")
-    assert _stopped_then_resumed(config, resumed)["update"] == last["update"]
+    shutil.copytree(workdir, resumed)
+    for step in os.listdir(f"{resumed}/checkpoints"):
+      if step.isdigit() and int(step) > matrix.UPDATES[0]:
+        shutil.rmtree(f"{resumed}/checkpoints/{step}")
+    assert trainer.train_and_evaluate(config, resumed)["update"] == last["update"]
     assert _rows(resumed) == _rows(workdir)
   rows = _rows(workdir)
   assert [r["update"] for r in rows] == list(range(1, sum(matrix.UPDATES) + 1))
   assert rows[-1]["env_steps"] == config.total_env_steps
   assert all(np.isfinite(r["policy_loss"]) for r in rows)
 
-  # restore_from: a new run (no schedule, one update) from its params.
+  # restore_from: a new run from its params (the cell's own programs: stopped after its first update).
   fresh = matrix.config_for(cell)
-  fresh.scaling.schedule, fresh.total_env_steps = "", matrix.NUM_ENVS * matrix.NUM_STEPS
   fresh.restore_from = workdir
   if cell["processes"] == "1":
-    assert trainer.train_and_evaluate(fresh, str(tmp_path / "restored"))["update"] == 1
+    restored = str(tmp_path / "restored")
+    with pytest.raises(checkpoint.Preempted):
+      _stop_at(trainer.train_and_evaluate, fresh, restored)
+    assert [r["update"] for r in _rows(restored)] == [1]
 
   # evaluate and export: the saved policy, apart from training, acts as the trainer's policy.
   out = str(tmp_path / "policy")
@@ -122,6 +123,14 @@ def test_cell(cell, tmp_path):
   obs = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(1), 64))[1]
   got = jax.jit(policy.act, static_argnums=2)(obs, jax.random.PRNGKey(2), True)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(_trainer_actions(config, workdir, obs)))
+
+
+HALF = CELLS[::2]  # this module's; the rest: tests/test_matrix_more.py
+
+
+@pytest.mark.parametrize("cell", HALF, ids=[_name(c) for c in HALF])
+def test_cell(cell, tmp_path):
+  run_cell(cell, tmp_path)
 
 
 @pytest.mark.parametrize("pair", list(REFUSED), ids=[f"{a}={v},{b}={w}" for (a, v), (b, w) in REFUSED])

@@ -1,0 +1,11 @@
+"""The other half of the interaction matrix's cells (tests/test_matrix.py runs the first half and says how)."""
+import pytest
+
+from tests.test_matrix import CELLS, _name, run_cell
+
+HALF = CELLS[1::2]
+
+
+@pytest.mark.parametrize("cell", HALF, ids=[_name(c) for c in HALF])
+def test_cell(cell, tmp_path):
+  run_cell(cell, tmp_path)
