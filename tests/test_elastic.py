@@ -193,13 +193,17 @@ def test_schedule_on_eight_devices_matches_one(scheduled, tmp_path):
       np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=atol, err_msg=key)
 
 
+# The scheduled run as `launch.train` flags (the subprocess tests signal it).
+SCHEDULED_ARGS = ("--config.scaling.rule=recipe", f"--config.scaling.schedule={SCHEDULE}",
+                  f"--config.total_env_steps={TOTAL}", "--config.log_every=2", "--config.eval_every=2",
+                  "--config.checkpoint_every=100")
+
+
 def test_sigterm_at_the_size_change_leaves_a_resumable_run(jax_cache, scheduled, tmp_path):  # noqa: F811
   """SIGTERM after the boundary update (the 8-env segment's last): saved there; the rerun grows the run and
   finishes it as the uninterrupted schedule did."""
   workdir = str(tmp_path / "run")
-  args = ("--config.scaling.rule=recipe", f"--config.scaling.schedule={SCHEDULE}",
-          f"--config.total_env_steps={TOTAL}", "--config.log_every=2", "--config.eval_every=2",
-          "--config.checkpoint_every=100")
+  args = SCHEDULED_ARGS
   proc = _start(jax_cache, workdir, *args, pause=4)
   _wait_for(proc, f"{workdir}/test_paused_at_4")
   err = _interrupt(proc, signal.SIGTERM)
@@ -218,9 +222,7 @@ def test_sigterm_during_the_hand_over_save_stops_there(jax_cache, scheduled, tmp
   """SIGTERM while the boundary's checkpoint (the hand-over to 32 envs) is being saved: the run stops with that
   checkpoint (exit 3) instead of training on with the signal lost; the rerun finishes as the uninterrupted one."""
   workdir = str(tmp_path / "run")
-  args = ("--config.scaling.rule=recipe", f"--config.scaling.schedule={SCHEDULE}",
-          f"--config.total_env_steps={TOTAL}", "--config.log_every=2", "--config.eval_every=2",
-          "--config.checkpoint_every=100")
+  args = SCHEDULED_ARGS
   proc = _start(jax_cache, workdir, *args, hold=4)
   _wait_for(proc, f"{workdir}/test_holding_save_4")
   err = _interrupt(proc, signal.SIGTERM)
