@@ -324,6 +324,24 @@ def test_restore_from_starts_a_new_run_from_params_only(baseline, tmp_path):
     checkpoint.read_params(str(tmp_path / "missing"), target.params)
 
 
+def _buffers(tree):
+  return [shard.data.unsafe_buffer_pointer() for x in jax.tree.leaves(tree) for shard in x.addressable_shards]
+
+
+def test_restore_from_gives_every_state_leaf_its_own_buffer(baseline, tmp_path):
+  """The update donates the whole state: PPO-EWMA's average starts at the restored params as a copy of them (the
+  same buffers twice made the first update fail with "Attempt to donate the same buffer twice")."""
+  config = _debug_config(**{"restore_from": baseline, "ewma.enabled": True})
+  init, target = _state_target(config, 8)
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path / "new"), config)
+  state = ckpts.restore_or_init(init, target)[0].state
+  ckpts.close()
+  for got, want in zip(jax.tree.leaves(state.proximal.params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(got, want)
+  buffers = _buffers(state)
+  assert len(buffers) == len(set(buffers))
+
+
 STATS = obs_norm_lib.RunningMeanStd(mean=jnp.arange(4.0), var=jnp.arange(1.0, 5.0), count=jnp.float32(1234))
 
 

@@ -1,9 +1,9 @@
 """The interaction matrix (tests/matrix.py): every cell of the all-pairs covering set through a run's lifecycle, and
 every refused pair refused by the config rules in one line per broken rule naming its key.
 
-Lifecycle of a cell: the run, scheduled to grow and then shrink its env count, trains to the end; the same run
-stopped at the growth (its checkpoints after the boundary removed, as a kill there leaves it) resumes and ends with
-the same rows (==); `restore_from` starts a new run from its params;
+Lifecycle of a cell: the run, scheduled to grow or shrink its env count, trains to the end; the same run stopped
+at the size change (its checkpoints after the boundary removed, as a kill there leaves it) resumes and ends with the
+same rows (==); `restore_from` starts a new run from its params;
 `launch.evaluate`'s episodes play its saved policy; `launch.export` → `load_policy` acts as the trainer's policy.
 Cells with two processes train through launch/local.py (their stop and resume: tests/test_multihost.py).
 """
@@ -80,9 +80,37 @@ def _trainer_actions(config, workdir, obs):
   return agent.dist.mode(head)
 
 
+class _SharedPrograms:
+  """The trainer's `programs.build`, with the programs of a config, segment and mesh built once per cell: the resumed
+  run's segment and the restore_from run take the first run's (compiled programs hold no run state; the
+  entity cells' update compiles for ~12 s each at -O0). Keyed by everything that shapes a program: the config
+  (restore_from only seeds the params), the resolved values (the segment's anneal among them) and the mesh."""
+
+  def __init__(self):
+    self.build, self.programs, self.built = programs.build, {}, 0
+
+  def __call__(self, config, mesh=None, *, resolved=None, **kwargs):
+    keys = {k: v for k, v in config_lib.flat_keys(config).items() if k != "restore_from"}
+    devices = None if mesh is None else tuple(d.id for d in mesh.devices.flat)
+    key = (repr(sorted(keys.items())), repr(resolved), devices, repr(sorted(kwargs.items())))
+    if key not in self.programs:
+      self.programs[key] = self.build(config, mesh, resolved=resolved, **kwargs)
+      self.built += 1
+    return self.programs[key]
+
+
 def run_cell(cell, tmp_path):
   """One cell through the lifecycle (test_cell here, and tests/test_matrix_more.py for the other half of the cells:
   pytest-xdist gives each module to one worker, so the two halves run side by side)."""
+  shared = _SharedPrograms()
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(programs, "build", shared)
+    _run_cell(cell, tmp_path)
+  if cell["processes"] == "1":  # one per segment: the others were shared
+    assert shared.built == len(matrix.UPDATES), shared.built
+
+
+def _run_cell(cell, tmp_path):
   config = matrix.config_for(cell)
   assert matrix.refusal(cell) == []
   workdir = str(tmp_path / "run")
@@ -90,8 +118,8 @@ def run_cell(cell, tmp_path):
     _train_two_processes(config, workdir)
   else:
     last = trainer.train_and_evaluate(config, workdir)
-    # Stopped at the growth: the run as a kill right after its boundary checkpoint leaves it (the later steps gone),
-    # resumed; it grows, shrinks and ends with the uninterrupted run's rows.
+    # Stopped at the size change: the run as a kill right after its boundary checkpoint leaves it (the later steps
+    # gone), resumed; it changes size and ends with the uninterrupted run's rows.
     resumed = str(tmp_path / "resumed")
     shutil.copytree(workdir, resumed)
     for step in os.listdir(f"{resumed}/checkpoints"):

@@ -158,6 +158,10 @@ def check_source(config: ml_collections.ConfigDict, saved: dict[str, Any], prefi
         f"config.{k}={now.get(k)!r} (there {then.get(k)!r})" for k in keys))
 
 
+def _copy(x: jax.Array) -> jax.Array:
+  return jax.device_put(x, x.sharding, donate=False, may_alias=False)
+
+
 def start_from(config: ml_collections.ConfigDict, init: Callable[[], Snapshot], target: Snapshot) -> Snapshot:
   """A new run (`init()`, called once the source is checked) with the params of the run at config.restore_from
   (PPO-EWMA's average and the in-flight versions start at them too) and, when both normalise observations, its
@@ -180,7 +184,8 @@ def start_from(config: ml_collections.ConfigDict, init: Callable[[], Snapshot], 
     manager.close()
   snapshot = init()
   proximal = snapshot.state.proximal
-  proximal = None if proximal is None else proximal.replace(params=params)  # a fresh average: weight 1
+  # A fresh average (weight 1) of its own buffers: the update donates the whole state.
+  proximal = None if proximal is None else proximal.replace(params=jax.tree.map(_copy, params))
   runner = snapshot.state.runner if stats is None else snapshot.state.runner.replace(obs_norm=stats)
   logging.info("new run from the params%s of %s", "" if stats is None else " and observation statistics", path)
   return Snapshot(state=snapshot.state.replace(params=params, proximal=proximal, runner=runner),
