@@ -1,21 +1,26 @@
-"""Learning is unchanged by the speed-ups: the default CartPole run over several seeds, this tree vs a reference.
+"""Learning is unchanged: the return over several seeds on several tasks, this tree vs a reference revision.
 
-  python -m benchmarks.learning_check                       # 6 seeds, against commit 41844b0 (pre-optimisation)
-  python -m benchmarks.learning_check --ref=main --seeds=4
-  python -m benchmarks.learning_check --ref=. --seeds=5 --ref_override=obs_store=bfloat16 --same_rows
+  python -m benchmarks.learning_check                                 # every task, 5 seeds, against commit fae4f2a
+  python -m benchmarks.learning_check --tasks=brax --seeds=10 --ref=main
+  python -m benchmarks.learning_check --tasks=cartpole --ref=. --seeds=5 --ref_override=obs_store=bfloat16 --same_rows
       # two configs of this tree: "ref" = this tree with the override (here the bfloat16 observation store)
 
-Each seed trains `python -m launch.train` (the default config, --config.seed=S) once in this checkout and once in
-a detached git worktree of `--ref`. It prints both groups' final deterministic eval return and mean training return
-over the run (area under the curve), with Welch's t-test on each; the check fails (exit 1) if either differs at
-p < 0.01 or the mean curves differ by more than `--max_curve_gap` (in units of the seeds' standard deviation).
-Random streams differ between the trees (the permutation is drawn differently), so runs are compared as samples.
-`--ref=.` runs this checkout in both arms, `--ref_override` changes the reference arm's config only; with
+Tasks (TASKS): `cartpole` (the default config), `breakout` (gymnax Breakout-MinAtar, 1M env steps) and `brax`
+(launch/configs/brax.py, inverted_pendulum; needs the brax extra). Each seed trains `python -m launch.train` (the
+task's config, --config.seed=S) once in this checkout and once in a detached git worktree of `--ref`. Per task it
+prints both groups' final deterministic eval return, best eval return and mean training return over the run (area
+under the curve: the sampled policy over many distinct episodes, where MinAtar's deterministic evaluation plays one
+or two distinct episodes), with Welch's t-test on each; a task fails if any differs at p < 0.01 or the mean curves
+differ by more than `--max_curve_gap` (in units of the seeds' standard deviation), and the check exits 1 if one task
+fails. Random streams differ between the trees (the permutation is drawn differently), so runs are compared as
+samples. `--ref=.` runs this checkout in both arms, `--ref_override` changes the reference arm's config only; with
 `--same_rows` it also says, per seed, whether both arms wrote the same metrics rows (timings aside): a change that
 must not alter the run (e.g. bfloat16 observations on MinAtar, whose 0/1 observations it holds exactly) shows it.
+`--out=F.json` writes every run's final, best and mean training return.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,12 +33,23 @@ from scipy import stats
 from launch.report.metrics_file import read_jsonl
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("ref", "41844b0", "Git revision of the reference (pre-optimisation) code.")
-flags.DEFINE_integer("seeds", 6, "Seeds per tree.")
+flags.DEFINE_string("ref", "fae4f2a", "Git revision of the reference code.")
+flags.DEFINE_list("tasks", ["cartpole", "breakout", "brax"], "Tasks to check (TASKS).")
+flags.DEFINE_integer("seeds", 5, "Seeds per tree and task.")
+flags.DEFINE_string("out", "", "Write the runs' returns to this JSON file.")
 flags.DEFINE_float("max_curve_gap", 2.5, "Largest allowed gap of the mean curves, in seed standard deviations.")
 flags.DEFINE_multi_string("override", [], "Extra --config.KEY=VALUE for both trees.")
 flags.DEFINE_multi_string("ref_override", [], "Extra --config.KEY=VALUE for the reference arm only (after --override).")
 flags.DEFINE_bool("same_rows", False, "Also compare each seed's metrics rows between the arms with == (timings aside).")
+
+# task -> (config file, --config overrides): each learns in a few minutes on 2 CPU cores.
+TASKS = {
+    "cartpole": ("launch/configs/default.py", []),
+    "breakout": ("launch/configs/default.py", ["env_name=gymnax:Breakout-MinAtar", "num_envs=64", "num_steps=32",
+                                               "num_minibatches=8", "total_env_steps=1048576", "log_every=16",
+                                               "eval_every=128", "scaling.base_num_envs=64"]),
+    "brax": ("launch/configs/brax.py", []),
+}
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,9 +63,9 @@ def _reference_tree(rev: str) -> str:
   return path
 
 
-def _train(tree: str, seed: int, workdir: str, overrides: list[str]) -> list[dict]:
+def _train(tree: str, seed: int, workdir: str, config: str, overrides: list[str]) -> list[dict]:
   env = dict(os.environ, PYTHONPATH=tree)  # the tree's own packages, not this checkout's editable install
-  cmd = [sys.executable, "-m", "launch.train", f"--workdir={workdir}", f"--config.seed={seed}",
+  cmd = [sys.executable, "-m", "launch.train", f"--workdir={workdir}", f"--config={config}", f"--config.seed={seed}",
          *[f"--config.{o}" for o in overrides]]
   proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
   if proc.returncode:
@@ -69,36 +85,58 @@ def _same_rows(a: list[dict], b: list[dict]) -> bool:
   return strip(a) == strip(b)
 
 
-def main(argv):
-  del argv
-  trees = {"this": REPO, "ref": _reference_tree(FLAGS.ref)}
-  overrides = {"this": FLAGS.override, "ref": FLAGS.override + FLAGS.ref_override}
-  final, curves = {k: [] for k in trees}, {k: [] for k in trees}
-  with tempfile.TemporaryDirectory() as tmp:
-    for seed in range(FLAGS.seeds):
-      runs = {}
-      for name, tree in trees.items():
-        rows = runs[name] = _train(tree, seed, os.path.join(tmp, f"{name}-{seed}"), overrides[name])
-        final[name].append(rows[-1]["eval_return"])
-        curves[name].append(_curve(rows))
-        print(f"seed {seed} {name:>4}: final eval {rows[-1]['eval_return']:6.1f}  "
-              f"mean training return {curves[name][-1].mean():6.1f}  sps {rows[-1]['sps']:8.0f}", flush=True)
-      if FLAGS.same_rows:
-        print(f"seed {seed}: metrics rows {'==' if _same_rows(runs['this'], runs['ref']) else 'DIFFER'} "
-              f"({len(runs['this'])} vs {len(runs['ref'])} rows)", flush=True)
+def _compare(task: str, final: dict, best: dict, curves: dict) -> bool:
   ok = True
-  for label, values in (("final eval return", final),
+  for label, values in (("final eval return", final), ("best eval return", best),
                         ("mean training return", {k: [c.mean() for c in v] for k, v in curves.items()})):
     a, b = np.array(values["this"]), np.array(values["ref"])
     p = stats.ttest_ind(a, b, equal_var=False).pvalue if (a.std() + b.std()) > 0 else 1.0
     ok &= bool(p >= 0.01 or np.isnan(p))
-    print(f"{label}: this {a.mean():.1f} ± {a.std(ddof=1):.1f}, ref {b.mean():.1f} ± {b.std(ddof=1):.1f}  "
-          f"(Welch p = {p:.3f})")
-  this, ref = np.array(curves["this"]), np.array(curves["ref"])
-  spread = np.sqrt((this.var(0, ddof=1) + ref.var(0, ddof=1)) / 2) + 1.0  # + 1 step: all-500 lines have std 0
+    print(f"{task} {label}: this {a.mean():.1f} ± {a.std(ddof=1):.1f}, ref {b.mean():.1f} ± {b.std(ddof=1):.1f}  "
+          f"(mean ± seed std; Welch p = {p:.3f})")
+  length = min(len(c) for v in curves.values() for c in v)  # the trees may log a different last partial line
+  this, ref = (np.array([c[:length] for c in curves[k]]) for k in ("this", "ref"))
+  spread = np.sqrt((this.var(0, ddof=1) + ref.var(0, ddof=1)) / 2) + 1.0  # + 1: all-500 lines have std 0
   gap = np.abs(this.mean(0) - ref.mean(0)) / spread
   ok &= bool(gap.max() <= FLAGS.max_curve_gap)
-  print(f"mean curves: largest gap {gap.max():.2f} seed std (at log line {int(gap.argmax()) + 1} of {len(gap)})")
+  print(f"{task} mean curves: largest gap {gap.max():.2f} seed std (at log line {int(gap.argmax()) + 1} of {length})")
+  print(f"{task}: {'learning unchanged' if ok else 'LEARNING CHANGED'}", flush=True)
+  return ok
+
+
+def main(argv):
+  del argv
+  unknown = [t for t in FLAGS.tasks if t not in TASKS]
+  if unknown:
+    print(f"--tasks: unknown {', '.join(unknown)} (known: {', '.join(TASKS)})", file=sys.stderr)
+    sys.exit(2)
+  trees = {"this": REPO, "ref": _reference_tree(FLAGS.ref)}
+  ok, record = True, {"ref": FLAGS.ref, "seeds": FLAGS.seeds, "runs": []}
+  with tempfile.TemporaryDirectory() as tmp:
+    for task in FLAGS.tasks:
+      config, task_overrides = TASKS[task]
+      overrides = {"this": task_overrides + FLAGS.override,
+                   "ref": task_overrides + FLAGS.override + FLAGS.ref_override}
+      final, best, curves = ({k: [] for k in trees} for _ in range(3))
+      for seed in range(FLAGS.seeds):
+        runs = {}
+        for name, tree in trees.items():
+          rows = runs[name] = _train(tree, seed, os.path.join(tmp, f"{task}-{name}-{seed}"), config, overrides[name])
+          evals = [r["eval_return"] for r in rows if r.get("eval_return") is not None]
+          final[name].append(evals[-1])
+          best[name].append(max(evals))
+          curves[name].append(_curve(rows))
+          record["runs"].append({"task": task, "tree": name, "seed": seed, "final_eval": evals[-1],
+                                 "best_eval": max(evals), "mean_training_return": float(curves[name][-1].mean())})
+          print(f"{task} seed {seed} {name:>4}: final eval {evals[-1]:7.1f}  best eval {max(evals):7.1f}  "
+                f"mean training return {curves[name][-1].mean():7.1f}  sps {rows[-1]['sps']:8.0f}", flush=True)
+        if FLAGS.same_rows:
+          print(f"{task} seed {seed}: metrics rows {'==' if _same_rows(runs['this'], runs['ref']) else 'DIFFER'} "
+                f"({len(runs['this'])} vs {len(runs['ref'])} rows)", flush=True)
+      ok &= _compare(task, final, best, curves)
+      if FLAGS.out:
+        with open(FLAGS.out, "w", encoding="utf-8") as f:
+          json.dump(record, f, indent=1)
   print("learning unchanged" if ok else "LEARNING CHANGED")
   sys.exit(0 if ok else 1)
 

@@ -153,7 +153,17 @@ def _run_cell(cell, tmp_path):
   np.testing.assert_array_equal(np.asarray(got), np.asarray(_trainer_actions(config, workdir, obs)))
 
 
-HALF = CELLS[::2]  # this module's; the rest: tests/test_matrix_more.py
+def _halves(cells):
+  """The cells in two halves of about equal cost (matrix.cost), costliest first: one per pytest-xdist worker."""
+  halves, costs = ([], []), [0.0, 0.0]
+  for cell in sorted(cells, key=matrix.cost, reverse=True):
+    lighter = costs.index(min(costs))
+    halves[lighter].append(cell)
+    costs[lighter] += matrix.cost(cell)
+  return halves
+
+
+HALF = _halves(CELLS)[0]  # this module's; the rest: tests/test_matrix_more.py
 
 
 @pytest.mark.parametrize("cell", HALF, ids=[_name(c) for c in HALF])

@@ -1,9 +1,9 @@
 """The other half of the interaction matrix's cells (tests/test_matrix.py runs the first half and says how)."""
 import pytest
 
-from tests.test_matrix import CELLS, _name, run_cell
+from tests.test_matrix import CELLS, _halves, _name, run_cell
 
-HALF = CELLS[1::2]
+HALF = _halves(CELLS)[1]
 
 
 @pytest.mark.parametrize("cell", HALF, ids=[_name(c) for c in HALF])
