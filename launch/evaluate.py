@@ -23,6 +23,7 @@ from typing import Any
 from absl import app, flags
 
 from launch.config import resolve as config_lib
+from launch.files import fs_errors
 from launch.report import console
 
 FLAGS = flags.FLAGS
@@ -123,7 +124,7 @@ def main(argv):
     run = saved_run.load(FLAGS.workdir)
     env_name = FLAGS.env_name or run.config.env_name
     env = envs.make(env_name)
-  except (config_lib.ConfigError, envs.UnknownEnvError, ImportError) as e:
+  except (config_lib.ConfigError, fs_errors.WorkdirError, envs.UnknownEnvError, ImportError) as e:
     _fail(str(e))
   spec = run.policy.spec
   from learner import policy as policy_lib  # pylint: disable=import-outside-toplevel

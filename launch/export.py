@@ -17,6 +17,7 @@ import sys
 from absl import app, flags
 
 from launch.config import resolve as config_lib
+from launch.files import fs_errors
 from launch.report import console
 
 FLAGS = flags.FLAGS
@@ -47,7 +48,7 @@ def main(argv):
     sys.exit(2)
   try:
     step_dir = export(FLAGS.workdir, FLAGS.out)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, fs_errors.WorkdirError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   from learner import policy as policy_lib  # pylint: disable=import-outside-toplevel
