@@ -4,11 +4,12 @@ the env's own success measure where it has one, and optionally one episode as a 
   python -m launch.evaluate --workdir=DIR [--episodes=N] [--env_name=NAME] [--video=PATH.gif|PATH.mp4]
                             [--nodeterministic] [--seed=S]
 
-Only the params (and, with obs_norm, the observation statistics) are read from the checkpoint; the network comes
-from the run's saved config (launch/checkpoint/saved_run.py). Episodes run in parallel, each to its first end or the env's time
+Only the params (and, with obs_norm, the observation statistics) are used from the checkpoint, once the whole step
+passed its checks (launch/checkpoint/reader.py); the network comes from the run's saved config
+(launch/checkpoint/saved_run.py). Episodes run in parallel, each to its first end or the env's time
 limit. The default policy is deterministic (the distribution's mode), as the trainer's evaluation;
-`--nodeterministic` samples. Exit codes: 0 done; 2 bad flags, no checkpoint, or an env without a renderer for
---video (the returns are printed first).
+`--nodeterministic` samples. Exit codes: 0 done; 2 bad flags, no readable checkpoint, storage that keeps failing, or an
+env without a renderer for --video (the returns are printed first).
 """
 from __future__ import annotations
 

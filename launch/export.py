@@ -7,7 +7,8 @@
 POLICY_DIR/params.safetensors holds the network params as flat "a/b/c" tensors (readable by any safetensors
 reader; no pickle); POLICY_DIR/policy.json what rebuilds the policy: network kind, hidden sizes, activation, shared
 trunk, distribution, action space, observation shape and the observation statistics when the run normalised
-observations (format in learner/policy.py). Exit codes: 0 done; 2 bad flags or no checkpoint.
+observations (format in learner/policy.py). Exit codes: 0 done; 2 bad flags, no readable checkpoint, or storage that
+keeps failing (docs/checkpoints.md#readers-of-a-run).
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from launch import checkpoint, export
 from launch.checkpoint import format as format_lib, params as params_lib, read_errors, reader, saved_run
 from launch.checkpoint.store import RunCheckpoints
 from launch.config import resolve as config_lib
+from launch.files import fs_errors
 from launch.report import plots
 from launch.run import elastic
 from learner import policy as policy_lib
@@ -46,6 +47,12 @@ def saved(tmp_path_factory):
     ckpts.maybe_save(dataflow.Snapshot(state=state), step, [], [], 0.0, force=True)
   ckpts.close()
   return config, init, target, workdir
+
+
+@pytest.fixture(autouse=True)
+def no_linger(monkeypatch):
+  """No pause after a failed read for TensorStore's late callbacks (they print; nothing here reads stderr)."""
+  monkeypatch.setattr(fs_errors, "_LINGER_S", 0.0)
 
 
 @pytest.fixture
@@ -300,7 +307,16 @@ def test_the_clis_exit_2_in_one_line_on_corrupt_or_failing_storage(run, tmp_path
   assert _steps(workdir) == [1, 2] and _moved(workdir) == []
 
 
-@pytest.mark.parametrize("when", ["before its host record", "before its arrays"])
+def _save_as(workdir, step, new):
+  """A copy of `step` saved as update `new` (its record names `new`; the arrays are `step`'s)."""
+  shutil.copytree(f"{workdir}/checkpoints/{step}", f"{workdir}/checkpoints/{new}")
+  host = _host(workdir, new)
+  host["update"] = new
+  with open(_host_file(workdir, new), "w", encoding="utf-8") as f:
+    json.dump(format_lib.seal({k: v for k, v in host.items() if k != format_lib.CHECKSUM}), f)
+
+
+@pytest.mark.parametrize("when", ["before its host record", "before its arrays", "half deleted, a newer step saved"])
 def test_readers_of_a_running_run_take_a_step_that_stays(saved, expected, run, monkeypatch, when, caplog):
   """The run rotates its newest step away between the reader's listing and its reads (as a run saving every update
   does): the reader lists again and reads the newest step there, and its messages name what the user gave."""
@@ -312,14 +328,21 @@ def test_readers_of_a_running_run_take_a_step_that_stays(saved, expected, run, m
   def restore(self, directory, *args, **kwargs):
     if not rotated:
       rotated.append(directory)
-      shutil.rmtree(f"{workdir}/checkpoints/2")  # the run's rotation (keep_checkpoints)
+      if when.startswith("half deleted"):  # the run saved step 3 and is still deleting step 2
+        _save_as(workdir, 2, 3)
+        shutil.rmtree(f"{workdir}/checkpoints/2/arrays")
+      else:
+        shutil.rmtree(f"{workdir}/checkpoints/2")  # the run's rotation (keep_checkpoints)
     return original(self, directory, *args, **kwargs)
   monkeypatch.setattr(handler, "restore", restore)
   run_ = saved_run.load(workdir)
-  assert rotated and run_.update == 1 and all(
-      np.array_equal(a, b) for a, b in zip(_leaves(run_.policy.params), expected[1]))
+  used = 2 if when.startswith("half deleted") else 1  # step 3 holds step 2's params
+  assert rotated and run_.update == (3 if used == 2 else 1) and all(
+      np.array_equal(a, b) for a, b in zip(_leaves(run_.policy.params), expected[used]))
   assert not [r for r in caplog.records if "is unreadable" in r.getMessage()]
-  assert _steps(workdir) == [1] and _moved(workdir) == []
+  assert _moved(workdir) == []
+  shutil.rmtree(f"{workdir}/checkpoints/3", ignore_errors=True)
+  shutil.rmtree(f"{workdir}/checkpoints/2", ignore_errors=True)
   # Everything gone while read: the message is the command's, not config.restore_from's.
   shutil.rmtree(f"{workdir}/checkpoints/1")
   with pytest.raises(reader.NoCheckpoint, match="^" + re.escape(f"--workdir={workdir}: holds no checkpoint")):

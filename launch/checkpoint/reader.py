@@ -113,7 +113,7 @@ def read_arrays(step_dir: epath.Path, host: dict[str, Any], where: str) -> dict[
   return got
 
 
-def _read(directory: epath.Path, step: int, with_arrays: bool) -> Step:
+def _read(directory: epath.Path, step: int, with_arrays: bool, what: str) -> Step:
   step_dir = directory / str(step)
   where = str(step_dir)
   host = read_host(step_dir, where)
@@ -122,8 +122,8 @@ def _read(directory: epath.Path, step: int, with_arrays: bool) -> Step:
   if not with_arrays:
     return Step(directory, step, host, None)
   if host.get("format") != format_lib.FORMAT:  # not corrupt: refused, the older steps are of the same version
-    raise config_lib.ConfigError(f"{where} was written by another version of this code (another checkpoint format); "
-                                 "read it with that version")
+    raise config_lib.ConfigError(f"{what}: {where} was written by another version of this code (another checkpoint "
+                                 "format); read it with that version")
   return Step(directory, step, host, read_arrays(step_dir, host, where))
 
 
@@ -143,10 +143,10 @@ def newest(path: str, what: str, arrays: bool = True, quiet: bool = False) -> St
   while True:
     try:
       listed = [pinned] if pinned is not None else steps(directory)
-    except read_errors.CorruptStep:  # a step removed while the directory was listed
+    except read_errors.CorruptStep as e:  # a step removed while the directory was listed
       races += 1
       if races > RACES:
-        raise
+        raise NoCheckpoint(f"{what}: cannot list {directory}: {_why(e, str(directory))}") from e
       continue
     todo = [s for s in listed if s not in skipped]
     if not todo:
@@ -155,10 +155,10 @@ def newest(path: str, what: str, arrays: bool = True, quiet: bool = False) -> St
     where = str(directory / str(step))
     try:
       with fs_errors.stderr_kept_if_failed():  # TensorStore's tracebacks of a failed read: reported in one line
-        found = _read(directory, step, arrays)
+        found = _read(directory, step, arrays, what)
     except read_errors.CorruptStep as e:
-      if pinned is None and not (directory / str(step)).exists() and races < RACES:
-        races += 1  # rotated away by the run that wrote it while it was read: list again
+      if pinned is None and races < RACES and _rotated(directory, step, listed):
+        races += 1  # the run that writes it removed it while it was read (or is removing it): list again
         logging.info("%s: %s was removed while being read (the run is still saving); reading the newest again",
                      what, where)
         continue
@@ -174,6 +174,16 @@ def newest(path: str, what: str, arrays: bool = True, quiet: bool = False) -> St
                        "config.checkpoint_every)")
   raise NoReadableStep(f"{what}: no readable checkpoint in {directory} (" +
                        "; ".join(f"step {s}: {why}" for s, why in skipped.items()) + "); nothing was moved")
+
+
+def _rotated(directory: epath.Path, step: int, listed: list[int]) -> bool:
+  """Whether `step` is gone, or newer steps were saved since `listed` (rotation removes the oldest steps: one being
+  removed may still be listed, half deleted, so newer ones are read first)."""
+  try:
+    now = steps(directory)
+  except read_errors.CorruptStep:  # another step removed meanwhile
+    return True
+  return step not in now or max(now, default=-1) > max(listed)
 
 
 def _why(error: BaseException, where: str, limit: int = 300) -> str:
