@@ -4,11 +4,12 @@ the env's own success measure where it has one, and optionally one episode as a 
   python -m launch.evaluate --workdir=DIR [--episodes=N] [--env_name=NAME] [--video=PATH.gif|PATH.mp4]
                             [--nodeterministic] [--seed=S]
 
-Only the params (and, with obs_norm, the observation statistics) are read from the checkpoint; the network comes
-from the run's saved config (launch/checkpoint/saved_run.py). Episodes run in parallel, each to its first end or the env's time
+Only the params (and, with obs_norm, the observation statistics) are used from the checkpoint, once the whole step
+passed its checks (launch/checkpoint/reader.py); the network comes from the run's saved config
+(launch/checkpoint/saved_run.py). Episodes run in parallel, each to its first end or the env's time
 limit. The default policy is deterministic (the distribution's mode), as the trainer's evaluation;
-`--nodeterministic` samples. Exit codes: 0 done; 2 bad flags, no checkpoint, or an env without a renderer for
---video (the returns are printed first).
+`--nodeterministic` samples. Exit codes: 0 done; 2 bad flags, no readable checkpoint, storage that keeps failing, or an
+env without a renderer for --video (the returns are printed first).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Any
 from absl import app, flags
 
 from launch.config import resolve as config_lib
+from launch.files import fs_errors
 from launch.report import console
 
 FLAGS = flags.FLAGS
@@ -123,7 +125,7 @@ def main(argv):
     run = saved_run.load(FLAGS.workdir)
     env_name = FLAGS.env_name or run.config.env_name
     env = envs.make(env_name)
-  except (config_lib.ConfigError, envs.UnknownEnvError, ImportError) as e:
+  except (config_lib.ConfigError, fs_errors.WorkdirError, envs.UnknownEnvError, ImportError) as e:
     _fail(str(e))
   spec = run.policy.spec
   from learner import policy as policy_lib  # pylint: disable=import-outside-toplevel

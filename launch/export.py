@@ -7,7 +7,8 @@
 POLICY_DIR/params.safetensors holds the network params as flat "a/b/c" tensors (readable by any safetensors
 reader; no pickle); POLICY_DIR/policy.json what rebuilds the policy: network kind, hidden sizes, activation, shared
 trunk, distribution, action space, observation shape and the observation statistics when the run normalised
-observations (format in learner/policy.py). Exit codes: 0 done; 2 bad flags or no checkpoint.
+observations (format in learner/policy.py). Exit codes: 0 done; 2 bad flags, no readable checkpoint, or storage that
+keeps failing (docs/checkpoints.md#readers-of-a-run).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import sys
 from absl import app, flags
 
 from launch.config import resolve as config_lib
+from launch.files import fs_errors
 from launch.report import console
 
 FLAGS = flags.FLAGS
@@ -47,7 +49,7 @@ def main(argv):
     sys.exit(2)
   try:
     step_dir = export(FLAGS.workdir, FLAGS.out)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, fs_errors.WorkdirError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   from learner import policy as policy_lib  # pylint: disable=import-outside-toplevel

@@ -23,8 +23,13 @@ def steps(local: list[int]) -> list[int]:
   return [int(s) for s in multihost_utils.broadcast_one_to_all(mine)] if count else []
 
 
+def values(value: int) -> np.ndarray:
+  """Every process's `value` (a collective: all call it)."""
+  if jax.process_count() == 1:
+    return np.array([value])
+  return np.asarray(multihost_utils.process_allgather(np.int32(value))).reshape(-1)
+
+
 def statuses(status: int) -> np.ndarray:
   """Every process's outcome for the step being tried (a collective: all call it once per step)."""
-  if jax.process_count() == 1:
-    return np.array([status])
-  return np.asarray(multihost_utils.process_allgather(np.int32(status))).reshape(-1)
+  return values(status)

@@ -1,5 +1,6 @@
-"""A run's trained policy read from its newest checkpoint: the saved config, the network params and (with obs_norm)
-the observation statistics. Nothing else is read: no optimizer state, no env states, no envs stepped.
+"""A run's trained policy read from its newest valid checkpoint (launch/checkpoint/reader.py: the whole step is
+checked, then only the saved config, the network params and, with obs_norm, the observation statistics are used; no
+envs are stepped).
 
 Used by launch.evaluate and launch.export; both get a learner.policy.Policy.
 """
@@ -11,12 +12,9 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-from etils import epath
 
 import envs
-from launch.config import resolve as config_lib
-from launch.checkpoint import format as format_lib, params as ckpt_params
+from launch.checkpoint import params as ckpt_params, reader
 from learner import policy as policy_lib
 from pipeline import obs_norm as obs_norm_lib
 
@@ -29,50 +27,14 @@ class SavedRun:
   policy: policy_lib.Policy
 
 
-def read_params(step_dir: str, target: Any) -> Any:
-  """The only place this module reads params: the checkpoint's `params` part by name, onto `target`'s shardings."""
-  return ckpt_params.read_params(step_dir, target)
+def saved_config(workdir: str, what: str | None = None) -> dict[str, Any]:
+  """The config saved with the newest valid checkpoint of a run, as a nested dict (its host record only, checked
+  against its checksum: no arrays)."""
+  return reader.newest(workdir, what or f"--workdir={workdir}", arrays=False).host["config"]
 
 
-def _manager(directory: epath.Path) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-
-
-def newest_step(workdir: str) -> tuple[epath.Path, int]:
-  """(checkpoints directory, newest step) of a run's workdir, its checkpoints/ or one step directory."""
-  directory, step = ckpt_params.locate(workdir)
-  if not directory.is_dir():
-    raise config_lib.ConfigError(f"--workdir={workdir}: no such directory")
-  if step is None:
-    manager = _manager(directory)
-    step = manager.latest_step()
-    manager.close()
-    if step is None:
-      raise config_lib.ConfigError(f"--workdir={workdir}: holds no checkpoint (train first, or wait for the first "
-                                   "save: config.checkpoint_every)")
-  return directory, step
-
-
-def _read_host(directory: epath.Path, step: int) -> dict[str, Any]:
-  manager = _manager(directory)
-  try:
-    return manager.restore(step, args=ocp.args.Composite(host=ocp.args.JsonRestore()))["host"]
-  finally:
-    manager.close()
-
-
-def saved_config(workdir: str) -> dict[str, Any]:
-  """The config saved with the newest checkpoint of a run, as a nested dict (its host record only: no arrays)."""
-  directory, step = newest_step(workdir)
-  return _read_host(directory, step)["config"]
-
-
-def _read_obs_norm(directory: epath.Path, step: int, host: dict[str, Any]) -> policy_lib.ObsNorm:
-  manager = _manager(directory)
-  try:
-    words = ckpt_params.read_obs_stats(manager, step, host, str(directory / str(step)))
-  finally:
-    manager.close()
+def _obs_norm(source: reader.Step) -> policy_lib.ObsNorm:
+  words = ckpt_params.obs_stats(source, source.path)
   return policy_lib.ObsNorm(mean=tuple(map(float, words["mean"])), var=tuple(map(float, words["var"])),
                             clip=float(obs_norm_lib.CLIP), eps=float(obs_norm_lib.EPS))
 
@@ -92,17 +54,17 @@ def spec_for(config: ml_collections.ConfigDict, obs_norm: policy_lib.ObsNorm | N
                                obs_store=config.get("obs_store", "float32"))
 
 
-def load(workdir: str) -> SavedRun:
-  """The newest checkpoint's policy of the run in `workdir` (or of one step directory)."""
-  directory, step = newest_step(workdir)
-  host = _read_host(directory, step)
-  format_lib.check_format(host, str(directory / str(step)))
-  config = ml_collections.ConfigDict(host["config"])
-  obs_norm = _read_obs_norm(directory, step, host) if config.get("obs_norm", False) else None
+def load(workdir: str, what: str | None = None) -> SavedRun:
+  """The policy of the newest valid checkpoint of the run in `workdir` (or of one step directory), read and checked
+  by launch/checkpoint/reader.py. `what` names it in messages (default: --workdir=WORKDIR, as the CLIs take it)."""
+  what = what or f"--workdir={workdir}"
+  source = reader.newest(workdir, what)
+  config = ml_collections.ConfigDict(source.host["config"])
+  obs_norm = _obs_norm(source) if config.get("obs_norm", False) else None
   spec = spec_for(config, obs_norm)
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), spec.param_shapes())
-  params = jax.device_get(read_params(str(directory / str(step)), target))
-  return SavedRun(step_dir=str(directory / str(step)), update=step, config=config,
+  params = jax.device_get(ckpt_params.params_of(source, target, what))
+  return SavedRun(step_dir=source.path, update=source.step, config=config,
                   policy=policy_lib.Policy(spec=spec, params=params, act=policy_lib.make_act(spec, params)))

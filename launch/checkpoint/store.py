@@ -1,7 +1,8 @@
 """The run's checkpoints under WORKDIR/checkpoints (an orbax CheckpointManager): async saves through a writer thread,
-resume from the newest step every process can read onto whatever mesh is current, corrupt steps moved aside, or a
-new run from another run's params. What a step holds: launch/checkpoint/format.py; which read failures make a step
-corrupt, which are retried and which are bugs: launch/checkpoint/read_errors.py.
+resume from the newest step every process can read onto whatever mesh is current, corrupt steps moved aside (the
+only reader that moves anything: these are the run's own), or a new run from another run's params. What a step
+holds: launch/checkpoint/format.py; the checks every reader makes: launch/checkpoint/reader.py; which read failures
+make a step corrupt, which are retried and which are bugs: launch/checkpoint/read_errors.py.
 
 Saves may fall on any update; metrics rows are written before the save of the same update.
 """
@@ -26,7 +27,7 @@ from jax.experimental import multihost_utils
 from launch.checkpoint import packed_arrays
 from launch.config import resolve as config_lib
 from launch.files import fs_errors as errors, workdir as workdir_lib
-from launch.checkpoint import agree, compat, format as format_lib, manager, params as params_lib, read_errors, resize
+from launch.checkpoint import agree, compat, format as format_lib, manager, params as params_lib, read_errors, reader, resize
 from launch.checkpoint.writer import Writer
 from pipeline.dataflow import Snapshot
 from pipeline.iteration import UpdateMetrics
@@ -159,8 +160,7 @@ class RunCheckpoints:
   def _read_step(self, step: int, target: Snapshot):
     """The step's host record (checked: format, config, layout) and its arrays as this process reads them."""
     where, directory = self.step_path(step), epath.Path(self.step_path(step))
-    host = read_errors.read(lambda: self._host.restore(directory / "host", args=ocp.args.JsonRestore()), where)
-    format_lib.check_seal(host, where)
+    host = reader.read_host(directory, where)
     format_lib.check_format(host, where)
     compat.check_compatible(self._config, host["config"], where)
     items = format_lib.parts(target)
@@ -185,10 +185,8 @@ class RunCheckpoints:
                 packed_runner: bool, resized: bool) -> tuple[Snapshot, Resume]:
     """The restored state and host state, once checked against the saved fingerprints and update."""
     packed = {k: v for k, v in arrays.items() if k != format_lib.RUNNER or packed_runner}
-    got = jax.tree.map(int, jax.device_get(format_lib.check_fingerprints(packed)))
-    if got != {k: v for k, v in host["fingerprint"].items() if k != format_lib.RUNNER or packed_runner}:
-      raise read_errors.CorruptStep("the restored arrays do not match the fingerprint saved with them (corrupted "
-                                    "bytes)")
+    reader.check_fingerprints(jax.tree.map(int, jax.device_get(format_lib.check_fingerprints(packed))), host,
+                              self.step_path(step))
     unpacker = lambda name: resize.unpacker if resized and name == format_lib.RUNNER else packed_arrays.unpacker
     unpacked = {name: unpacker(name)(tree)(arrays[name]) if name in packed else arrays[name]
                 for name, tree in items.items()}

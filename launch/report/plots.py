@@ -73,7 +73,8 @@ def _identity(workdir: str) -> str | None:
   """What makes a run another run: its saved config without the seed and the keys free to change on resume (they do
   not change the trajectory). None when it cannot be read (no checkpoint): the run is then a group of its own."""
   from launch.checkpoint import saved_run  # pylint: disable=import-outside-toplevel  (jax, orbax: only here)
-  from launch.config import schema as config_schema  # pylint: disable=import-outside-toplevel
+  from launch.config import resolve as config_lib, schema as config_schema  # pylint: disable=import-outside-toplevel
+  from launch.files import fs_errors  # pylint: disable=import-outside-toplevel
 
   def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
@@ -83,7 +84,7 @@ def _identity(workdir: str) -> str | None:
 
   try:
     config = flat(saved_run.saved_config(workdir))
-  except Exception:  # pylint: disable=broad-except  (no readable checkpoint: compare nothing)
+  except (config_lib.ConfigError, fs_errors.WorkdirError):  # no readable checkpoint (said in one line): compare nothing
     return None
   ignored = set(config_schema.SCHEMA.free_keys()) | {"seed"}
   return json.dumps({k: v for k, v in sorted(config.items()) if k not in ignored}, default=str)

@@ -13,13 +13,13 @@ a change of num_envs is refused, saying which flag asks for it.
 """
 from __future__ import annotations
 
-import json
 import math
+import os
 from typing import Any
 
 import ml_collections
-from etils import epath
 
+from launch.checkpoint import reader
 from launch.config import resolve as config_lib
 from launch.config.schedule import Segment, config_at, num_envs_at, parse_schedule
 from launch.files import workdir as workdir_lib
@@ -34,18 +34,13 @@ def end_update(config: ml_collections.ConfigDict, segment: Segment, resolved: co
 
 
 def newest_host(workdir: str) -> dict[str, Any] | None:
-  """The host record of the newest checkpoint step whose record reads (None without checkpoints)."""
-  directory = epath.Path(workdir_lib.absolute(workdir)) / "checkpoints"
-  if not directory.exists():
+  """The host record of the newest checkpoint step whose record passes its checks (launch/checkpoint/reader.py);
+  None without one. Read-only: the restore that follows reports and moves aside what this skipped."""
+  try:
+    return reader.newest(os.path.join(workdir_lib.absolute(workdir), "checkpoints"), f"--workdir={workdir}",
+                         arrays=False, quiet=True).host
+  except (reader.NoCheckpoint, reader.NoReadableStep):
     return None
-  steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
-  for step in steps:
-    files = [p for p in (directory / str(step) / "host").glob("*") if not p.name.endswith(".txt")]
-    try:
-      return json.loads(files[0].read_text())
-    except (IndexError, OSError, ValueError):
-      continue
-  return None
 
 
 def saved_segment(host: dict[str, Any]) -> Segment:
