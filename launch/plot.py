@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
       if "=" not in a and args and args[0].lstrip("-").isdigit():
         args.pop(0)  # absl's form: -v 1
     elif a.startswith("-"):
-      cli.fail(f"unknown flag {a}\n{USAGE}")
+      cli.fail(f"unknown flag {a}; {USAGE}")
     else:
       dirs.append(a)
   if not dirs:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from absl import flags, logging
 from etils import epath
 
-from launch.files import workdir as workdir_lib
+from launch.files import stderr_filter, workdir as workdir_lib
 
 # The causes a user can fix: space, permissions, a path that is not a directory, a read-only or failing disk, too few
 # file handles (the process's `ulimit -n`, or the system's table).
@@ -170,14 +170,17 @@ def _half_made_loop(unraisable) -> bool:
 
 
 def install_console_filters() -> None:
-  """For launch.train: orbax's repeated tracebacks of file-system failures and of a failed restore stay off."""
+  """For launch.train: orbax's repeated tracebacks of file-system failures and of a failed restore stay off, and so
+  do TensorStore's native ones after a failed read or write (launch/files/stderr_filter.py)."""
   logging.get_absl_logger().addFilter(_drop_orbax_filesystem_errors)
   sys.unraisablehook = _quiet_unraisable
+  if not _verbose():
+    stderr_filter.install()
 
 
 # What TensorStore prints (from C++, to fd 2) for each callback of a failed restore's other reads that completes after
 # orbax closed the restore's event loop; it may land during the next read.
-LOOP_CLOSED = re.compile(rb"Traceback \(most recent call last\):\n(?:  .*\n)*?RuntimeError: Event loop is closed\n")
+LOOP_CLOSED = stderr_filter.LOOP_CLOSED
 _LINGER_S = 0.3  # after a failed read, for its other reads' callbacks to land here rather than later
 
 

@@ -4,6 +4,7 @@ discard its history (`check_history`), move it aside (`--fresh`), and leave it a
 (`Tidy`)."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -50,11 +51,13 @@ def check_client(path: str | os.PathLike) -> None:
   if scheme not in _FSSPEC_CLIENTS or importlib.util.find_spec("tensorflow") is not None:
     return
   module, extra = _FSSPEC_CLIENTS[scheme]
-  if importlib.util.find_spec(module) is None:
+  try:
+    importlib.import_module(module)
+  except ImportError:
     needs, install = ((f"the {extra} extra ({module})", f'pip install -e ".[{extra}]"') if extra else
                       (module, f"pip install {module}"))
     raise MissingClientError(f"{os.fspath(path)}: a {scheme}:// path needs {needs}, which is not installed; "
-                             f"install it with: {install}")
+                             f"install it with: {install}") from None
 
 
 def move_tree(src: epath.Path, dst: epath.Path) -> None:
