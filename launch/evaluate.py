@@ -14,7 +14,6 @@ env without a renderer for --video (the returns are printed first).
 from __future__ import annotations
 
 import os
-import sys
 
 # Brax renders through MuJoCo, whose default OpenGL platform (GLFW) needs a display; EGL renders without one.
 if not os.environ.get("DISPLAY"):
@@ -24,8 +23,8 @@ from typing import Any
 from absl import app, flags
 
 from launch.config import resolve as config_lib
-from launch.files import fs_errors
-from launch.report import console
+from launch.files import fs_errors, workdir as workdir_lib
+from launch.report import cli, console
 
 FLAGS = flags.FLAGS
 
@@ -91,9 +90,7 @@ def record_episode(env: Any, act: Any, key: Any, deterministic: bool) -> tuple[l
   return seq, float(rewards[:end + 1].sum())
 
 
-def _fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+_fail = cli.fail
 
 
 def _define_flags() -> None:
@@ -116,13 +113,20 @@ def main(argv):
     _fail("--episodes must be a positive integer")
   if FLAGS.video and not FLAGS.video.lower().endswith((".gif", ".mp4")):
     _fail(f"--video={FLAGS.video}: must end in .gif or .mp4")
+  workdir, video = workdir_lib.expand(FLAGS.workdir), FLAGS.video and workdir_lib.expand(FLAGS.video)
+  try:
+    workdir_lib.check_client(workdir)
+  except workdir_lib.MissingClientError as e:
+    _fail(str(e))
+  cli.check_xla_flags()
+  cli.start_backend()
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import envs  # pylint: disable=import-outside-toplevel
   from envs import render  # pylint: disable=import-outside-toplevel
   from launch.checkpoint import saved_run  # pylint: disable=import-outside-toplevel
   try:
-    run = saved_run.load(FLAGS.workdir)
+    run = saved_run.load(workdir)
     env_name = FLAGS.env_name or run.config.env_name
     env = envs.make(env_name)
   except (config_lib.ConfigError, fs_errors.WorkdirError, envs.UnknownEnvError, ImportError) as e:
@@ -145,26 +149,26 @@ def main(argv):
         f"length {out['lengths'].mean():.1f}")
   if out["success"] is not None:
     print(f"success {out['success'].mean():.3f} ({int(out['success'].sum())}/{FLAGS.episodes})")
-  if FLAGS.video:
+  if video:
     states, video_return = record_episode(env, run.policy.act, video_key, FLAGS.deterministic)
     try:
       images = render.frames(env, states)
     except render.NoRenderer as e:
       _fail(f"--video: {e}; no video written")
     try:
-      render.save_video(FLAGS.video, images, fps=render.FPS)
+      render.save_video(video, images, fps=render.FPS)
     except RuntimeError as e:
       _fail(str(e))
     h, w = np.asarray(images[0]).shape[:2]
     stored = ""
-    if FLAGS.video.lower().endswith(".gif"):  # a GIF stores a run of identical images as one longer frame
+    if video.lower().endswith(".gif"):  # a GIF stores a run of identical images as one longer frame
       from PIL import Image  # pylint: disable=import-outside-toplevel
-      with Image.open(FLAGS.video) as gif:
+      with Image.open(video) as gif:
         stored = f" in {gif.n_frames} GIF frames"
-    print(f"video: {FLAGS.video} ({len(images)} images{stored}, {w}x{h}; one episode of {len(images) - 1} steps, "
+    print(f"video: {video} ({len(images)} images{stored}, {w}x{h}; one episode of {len(images) - 1} steps, "
           f"return {video_return:.1f})")
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser)

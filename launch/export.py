@@ -13,13 +13,12 @@ keeps failing (docs/checkpoints.md#readers-of-a-run).
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 
 from launch.config import resolve as config_lib
-from launch.files import fs_errors
-from launch.report import console
+from launch.files import fs_errors, workdir as workdir_lib
+from launch.report import cli, console
 
 FLAGS = flags.FLAGS
 
@@ -41,22 +40,27 @@ def _define_flags() -> None:
 
 def main(argv):
   if len(argv) > 1:
-    print(f"error: unexpected arguments: {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f"unexpected arguments: {argv[1:]}")
   console.configure_logging()
   if not FLAGS.workdir or not FLAGS.out:
-    print("error: --workdir and --out are required", file=sys.stderr)
-    sys.exit(2)
+    cli.fail("--workdir and --out are required")
+  workdir, out = workdir_lib.expand(FLAGS.workdir), workdir_lib.expand(FLAGS.out)
   try:
-    step_dir = export(FLAGS.workdir, FLAGS.out)
+    workdir_lib.check_client(workdir)
+    workdir_lib.check_client(out)
+  except workdir_lib.MissingClientError as e:
+    cli.fail(str(e))
+  cli.check_xla_flags()
+  cli.start_backend()
+  try:
+    step_dir = export(workdir, out)
   except (config_lib.ConfigError, fs_errors.WorkdirError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e))
   from learner import policy as policy_lib  # pylint: disable=import-outside-toplevel
-  print(f"exported {step_dir} -> {os.path.join(FLAGS.out, policy_lib.PARAMS_FILE)}, "
-        f"{os.path.join(FLAGS.out, policy_lib.SPEC_FILE)}")
+  print(f"exported {step_dir} -> {os.path.join(out, policy_lib.PARAMS_FILE)}, "
+        f"{os.path.join(out, policy_lib.SPEC_FILE)}")
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser)

@@ -30,7 +30,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from launch.config import describe as config_cli, resolve as config_lib, schema as config_schema
-from launch.report import console
+from launch.report import cli, console
 
 EXIT_CONFIG_ERROR = 2
 EXIT_PREEMPTED = 3
@@ -94,7 +94,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if "Traceback (most recent call last)" in text:  # config_flags: the config file raised (e.g. an unknown variant)
       last = [line for line in text.split("Traceback (most recent call last)", 1)[1].splitlines() if line.strip()]
       _fail(f"could not load {text.split(': Error whilst', 1)[0].removeprefix('flag ')}: {last[-1].strip()}")
-    _fail(f"{e}\nPass --helpshort to see the flags.")
+    _fail(f"{e}; pass --helpshort to see the flags")
   except Exception as e:  # pylint: disable=broad-except  (config_flags: the config file raised, e.g. a bad variant)
     _fail(f"could not load --config: {_root(e)}")
 
@@ -118,11 +118,13 @@ def main(argv):
   if FLAGS.describe_config:
     print(config_schema.SCHEMA.listing(config_lib.flat_keys(config)))
     return
+  cli.check_xla_flags()
   from sharding import distributed  # pylint: disable=import-outside-toplevel
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   except ValueError as e:
     _fail(str(e))
+  cli.start_backend()
   import jax  # pylint: disable=import-outside-toplevel
   from launch.files import fs_errors as errors  # pylint: disable=import-outside-toplevel
   from launch.run import preemption
@@ -147,22 +149,24 @@ def main(argv):
     from launch import checkpoint  # pylint: disable=import-outside-toplevel
     from launch.files import workdir
     from launch.run import trainer
+    workdir_path = workdir.expand(FLAGS.workdir)  # `--workdir=~/x`: the shell leaves the `~` to us
     try:
-      row = trainer.train_and_evaluate(config, FLAGS.workdir, fresh=FLAGS.fresh)
+      workdir.check_client(workdir_path)
+      row = trainer.train_and_evaluate(config, workdir_path, fresh=FLAGS.fresh)
     except (checkpoint.Preempted, preemption.StoppedBeforeStart) as e:
       print(str(e), file=sys.stderr)
       sys.exit(EXIT_PREEMPTED)
     except checkpoint.NonFiniteError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(EXIT_NONFINITE)
-    except (errors.WorkdirError, workdir.HistoryError) as e:
+    except (errors.WorkdirError, workdir.HistoryError, workdir.MissingClientError) as e:
       _fail(str(e))
     except KeyboardInterrupt:  # a second Ctrl-C with several processes (one process: launch/run/preemption.py)
       print(f"\nerror: interrupted by a second SIGINT, without saving the current update; "
-            f"{errors.what_is_safe(FLAGS.workdir)}", file=sys.stderr)
+            f"{errors.what_is_safe(workdir_path)}", file=sys.stderr)
       sys.exit(EXIT_INTERRUPTED)
     except Exception as e:  # pylint: disable=broad-except  (a disk or workdir failure anywhere: one line; else raise)
-      message = errors.workdir_message(e, FLAGS.workdir)
+      message = errors.workdir_message(e, workdir_path)
       if message is None:
         raise
       logging.debug("the workdir failure in full:", exc_info=True)

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import os
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -16,12 +17,15 @@ from collections.abc import Iterator
 from absl import flags, logging
 from etils import epath
 
-from launch.files import workdir as workdir_lib
+from launch.files import stderr_filter, workdir as workdir_lib
 
-# The causes a user can fix: space, permissions, a path that is not a directory, a read-only or failing disk.
+# The causes a user can fix: space, permissions, a path that is not a directory, a read-only or failing disk, too few
+# file handles (the process's `ulimit -n`, or the system's table).
+FILE_HANDLE_ERRNOS = (errno.EMFILE, errno.ENFILE)
 FILESYSTEM_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
-                     errno.EEXIST, errno.EIO, errno.EFBIG, errno.ENAMETOOLONG, errno.ENOENT)
-_STRERRORS = {os.strerror(e): e for e in FILESYSTEM_ERRNOS if e != errno.ENOENT}  # ENOENT alone is too common a text
+                     errno.EEXIST, errno.EIO, errno.EFBIG, errno.ENAMETOOLONG, errno.ENOENT) + FILE_HANDLE_ERRNOS
+_STRERRORS = {os.strerror(e): e for e in FILESYSTEM_ERRNOS if e != errno.ENOENT}
+_FILE_HANDLE_STRERRORS = {os.strerror(e) for e in FILE_HANDLE_ERRNOS}  # ENOENT alone is too common a text
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")  # TensorStore's
 _ERRNO = re.compile(r"\[Errno (\d+)\]")
 _QUOTED_PATH = re.compile(r"""["']((?:/|[a-z][a-z0-9+.-]*://)[^"']+)["']""")
@@ -47,13 +51,15 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 def filesystem_cause(error: BaseException, workdir: str | None = None) -> tuple[str | None, str] | None:
   """(path or None, strerror) of the first file-system failure in `error`'s chain, else None.
 
-  With `workdir`, a failure that names a path outside it is not the workdir's (e.g. a full /tmp), and a missing file
-  (ENOENT) counts only when it is under it (else it is some other mistake)."""
+  With `workdir`, a failure that names a path outside it is not the workdir's (e.g. a full /tmp), unless the path is
+  one of its ancestors (created on the way to it); a missing file (ENOENT) counts only when it is under it (else it is
+  some other mistake)."""
   def ours(path: str | None) -> bool:
     if workdir is None or path is None:
       return True
-    inside = lambda p: p if workdir_lib.is_remote(p) else os.path.abspath(p)
-    return inside(path).startswith(inside(os.fspath(workdir)))
+    inside = lambda p: os.fspath(p) if workdir_lib.is_remote(p) else os.path.abspath(workdir_lib.expand(p))
+    path, root = inside(path), inside(workdir)
+    return path.startswith(root) or root.startswith(path.rstrip("/") + "/")
 
   for e in _chain(error):
     if isinstance(e, OSError) and e.errno in FILESYSTEM_ERRNOS:
@@ -103,6 +109,10 @@ def workdir_message(error: BaseException, workdir: str) -> str | None:
   if cause is None:
     return None
   path, reason = cause
+  if reason in _FILE_HANDLE_STRERRORS:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return (f"out of file handles: {reason}: {path or workdir} (this process may open {soft} files at once: "
+            f"`ulimit -n`); raise the limit (e.g. `ulimit -n 65536`) and rerun; {what_is_safe(workdir)}")
   return f"cannot write to the workdir: {reason}: {path or workdir}; {what_is_safe(workdir)}"
 
 
@@ -147,20 +157,30 @@ def _quiet_unraisable(unraisable) -> None:
   while tb is not None:
     files.append(tb.tb_frame.f_code.co_filename)
     tb = tb.tb_next
-  if not _verbose() and any(f"{os.sep}orbax{os.sep}" in f for f in files):
+  if not _verbose() and (any(f"{os.sep}orbax{os.sep}" in f for f in files) or _half_made_loop(unraisable)):
     return
   sys.__unraisablehook__(unraisable)
 
 
+def _half_made_loop(unraisable) -> bool:
+  """An asyncio event loop whose construction failed (its socket pair: out of file handles, reported by the run)
+  raises again when collected."""
+  return (getattr(unraisable.object, "__qualname__", "") == "BaseEventLoop.__del__"
+          and isinstance(unraisable.exc_value, AttributeError))
+
+
 def install_console_filters() -> None:
-  """For launch.train: orbax's repeated tracebacks of file-system failures and of a failed restore stay off."""
+  """For launch.train: orbax's repeated tracebacks of file-system failures and of a failed restore stay off, and so
+  do TensorStore's native ones after a failed read or write (launch/files/stderr_filter.py)."""
   logging.get_absl_logger().addFilter(_drop_orbax_filesystem_errors)
   sys.unraisablehook = _quiet_unraisable
+  if not _verbose():
+    stderr_filter.install()
 
 
 # What TensorStore prints (from C++, to fd 2) for each callback of a failed restore's other reads that completes after
 # orbax closed the restore's event loop; it may land during the next read.
-LOOP_CLOSED = re.compile(rb"Traceback \(most recent call last\):\n(?:  .*\n)*?RuntimeError: Event loop is closed\n")
+LOOP_CLOSED = stderr_filter.LOOP_CLOSED
 _LINGER_S = 0.3  # after a failed read, for its other reads' callbacks to land here rather than later
 
 

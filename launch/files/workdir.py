@@ -4,6 +4,8 @@ discard its history (`check_history`), move it aside (`--fresh`), and leave it a
 (`Tidy`)."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import re
@@ -20,9 +22,42 @@ def is_remote(path: str | os.PathLike) -> bool:
   return bool(_URI.match(os.fspath(path)))
 
 
+def expand(path: str | os.PathLike) -> str:
+  """A local path with `~` (or `~user`) expanded, as a shell would have (it does not in `--workdir=~/x`); a URI
+  unchanged."""
+  return os.fspath(path) if is_remote(path) else os.path.expanduser(os.fspath(path))
+
+
 def absolute(path: str | os.PathLike) -> str:
-  """A local path made absolute; a URI unchanged (os.path.abspath would turn gs://b/x into CWD/gs:/b/x)."""
-  return os.fspath(path) if is_remote(path) else os.path.abspath(path)
+  """A local path, `~` expanded, made absolute; a URI unchanged (os.path.abspath would turn gs://b/x into
+  CWD/gs:/b/x)."""
+  return os.fspath(path) if is_remote(path) else os.path.abspath(expand(path))
+
+
+class MissingClientError(ImportError):
+  """A URI whose file system client is not installed (a pip extra; launch.train exits with code 2)."""
+
+
+# etils.epath reaches these stores through fsspec (unless TensorFlow is installed: then through tf.io.gfile).
+_FSSPEC_CLIENTS = {"gs": ("gcsfs", "gcs"), "s3": ("s3fs", None), "az": ("adlfs", None)}
+
+
+def check_client(path: str | os.PathLike) -> None:
+  """Raises MissingClientError, naming the extra to install, when `path` is a URI whose client is missing (without it
+  the first file operation fails deep inside fsspec)."""
+  if not is_remote(path):
+    return
+  scheme = os.fspath(path).split("://", 1)[0].lower()
+  if scheme not in _FSSPEC_CLIENTS or importlib.util.find_spec("tensorflow") is not None:
+    return
+  module, extra = _FSSPEC_CLIENTS[scheme]
+  try:
+    importlib.import_module(module)
+  except ImportError:
+    needs, install = ((f"the {extra} extra ({module})", f'pip install -e ".[{extra}]"') if extra else
+                      (module, f"pip install {module}"))
+    raise MissingClientError(f"{os.fspath(path)}: a {scheme}:// path needs {needs}, which is not installed; "
+                             f"install it with: {install}") from None
 
 
 def move_tree(src: epath.Path, dst: epath.Path) -> None:

@@ -25,14 +25,16 @@ def _ours_or_error(record: std_logging.LogRecord) -> bool:
   return record.levelno >= std_logging.ERROR or record.pathname.startswith(_OURS)
 
 
-def configure_logging() -> bool:
-  """After absl parsed the flags: quiet unless `--verbosity`/`-v` was given. Returns whether it is quiet."""
-  quiet = not flags.FLAGS["verbosity"].present
+def configure_logging(verbose: bool | None = None) -> bool:
+  """After absl parsed the flags: quiet unless `--verbosity`/`-v` was given (or `verbose`, for a command line that
+  parses its own arguments). Returns whether it is quiet."""
+  quiet = not (flags.FLAGS["verbosity"].present if verbose is None else verbose)
   std_logging.captureWarnings(True)  # Python warnings become log records, filtered like the rest
   if quiet:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA's C++ INFO and WARNING lines
     logging.set_verbosity(logging.WARNING)
     logging.get_absl_handler().addFilter(_ours_or_error)
+    logging.get_absl_logger().addFilter(_ours_or_error)  # also when absl's handler is not installed (no absl.app)
     warnings.simplefilter("ignore")  # warnings printed before the handler filter sees them (e.g. at import)
   return quiet
 

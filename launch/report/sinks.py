@@ -29,10 +29,13 @@ class MetricsSinks:
   (report/plots.py; both sent to the extras)."""
 
   def __init__(self, workdir: str, total_env_steps: int, initial_env_steps: int = 0, enabled: bool = True,
-               resume_update: int = 0, extra: tuple[Any, ...] = ()):
-    """Rows after `resume_update` (from a run that went further than its last checkpoint) are dropped first."""
+               resume_update: int = 0, extra: tuple[Any, ...] = (), covered_update: int = 0):
+    """Rows after `resume_update` (from a run that went further than its last checkpoint) are dropped first. Rows
+    missing up to `covered_update` (the last the resumed checkpoint covers) and malformed lines are in `notes`, and in
+    the first row written, as `metrics_lost`."""
     self.enabled = enabled
     self.last_row = None  # the last row kept, if any
+    self.notes: list[str] = []
     self.plot_path = self.diagnostics_path = None  # set by close(plot=True)
     self._extra = extra
     if not enabled:
@@ -40,7 +43,9 @@ class MetricsSinks:
     self._workdir = workdir
     directory = epath.Path(workdir)
     directory.mkdir(parents=True, exist_ok=True)
-    self._jsonl = JsonlFile(directory / "metrics.jsonl", resume_update)
+    self._jsonl = JsonlFile(directory / "metrics.jsonl", resume_update, covered_update=covered_update)
+    self.notes = list(self._jsonl.notes)
+    self._unrecorded = list(self.notes)  # into the next row
     self.jsonl_path = str(self._jsonl.path)
     self.last_row = json.loads(self._jsonl.lines[-1]) if self._jsonl.lines else None
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
@@ -55,6 +60,8 @@ class MetricsSinks:
   def write(self, row: dict[str, Any]) -> None:
     if not self.enabled:
       return
+    if self._unrecorded:
+      row["metrics_lost"], self._unrecorded = " | ".join(self._unrecorded), []
     self._jsonl.append(row)
     step = row["env_steps"]
     for key, value in row.items():

@@ -159,7 +159,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
 
   # Train loop (the host sinks). Metrics rows after the restored update are dropped, then appended to.
   out = sinks.MetricsSinks(workdir, resolved.env_steps, resolved.env_steps_at(start), enabled=lead,
-                           resume_update=start, extra=(wandb,) if wandb else ())
+                           resume_update=start, extra=(wandb,) if wandb else (),
+                           covered_update=start - len(resume.pending))  # the last row written before the save
+  for note in out.notes:  # rows the file lacks, lines it dropped: said once here, and in the next row
+    console.say(f"warning: {note}")
   watch = plateau.Watch(config, workdir, config.total_env_steps, metrics_file.read_jsonl(out.jsonl_path)) if lead else None
   pending: list[iteration_lib.UpdateMetrics] = list(resume.pending)
   lags: list[int] = list(resume.lags)
@@ -167,6 +170,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
   last_time, last_steps, first_update_time = time.time(), resolved.env_steps_at(start), None
   row: dict[str, Any] = out.last_row or {}
   stopped = completed = handed_over = False
+  newest = resume.update  # the newest checkpoint: a finished run resumed with a smaller total saves none
   level_rates: dict[str, float] = {}
   try:
     for result in results:
@@ -220,6 +224,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
       handed_over = update == end and not is_last and not stopped  # to the schedule's next num_envs
       saved = ckpts.maybe_save(result.snapshot, update, pending, lags, time.time() - run_start,
                                force=stopped or is_last or handed_over, lock=learner_lock)
+      newest = update if saved else newest
       if saved and lead and config.log_checkpoints:
         console.say(console.checkpoint_line(update, ckpts.step_path(update)))
       if stopped or handed_over:
@@ -242,7 +247,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
     return row, True
   if lead:
     for line in console.summary_lines(metrics_file.read_jsonl(out.jsonl_path), start, resolved.env_steps_at(start), {
-        "checkpoint": ckpts.step_path(resolved.num_updates), "metrics": out.jsonl_path,
+        "checkpoint": ckpts.step_path(newest), "metrics": out.jsonl_path,
         "plots": f"{out.plot_path} {out.diagnostics_path}", "tensorboard": f"{workdir}/tensorboard"}):
       console.say(line)
     for line in console.solve_rate_table(level_rates):
