@@ -12,6 +12,7 @@ starts in ~20 ms.
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import re
 import select
@@ -57,12 +58,41 @@ def run(source: int, sink: int) -> None:
       os.write(sink, held)
       held = b""
       continue
-    chunk = os.read(source, 1 << 16)
+    try:
+      chunk = os.read(source, 1 << 16)
+    except OSError as e:  # a pseudo-terminal whose every writer is gone
+      if e.errno != errno.EIO:
+        raise
+      chunk = b""
     now, held = _split(held + chunk, eof=not chunk)
     if now:
       os.write(sink, now)
     if not chunk:
       return
+
+
+def _channel() -> tuple[int, int]:
+  """(read end, write end): a pipe; a pseudo-terminal in raw mode, with the terminal's size, where fd 2 is a terminal
+  (the run still writes to a terminal: progress bars keep their width and their in-place updates)."""
+  if not os.isatty(2):
+    return os.pipe()
+  import fcntl  # pylint: disable=import-outside-toplevel
+  import termios  # pylint: disable=import-outside-toplevel
+  import tty  # pylint: disable=import-outside-toplevel
+  master, slave = os.openpty()
+  tty.setraw(slave)  # bytes pass as written: no newline translation, no echo
+  try:
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, fcntl.ioctl(2, termios.TIOCGWINSZ, b"\0" * 8))
+  except OSError:
+    pass
+  return master, slave
+
+
+def _same_file(a: int, b: int) -> bool:
+  try:
+    return os.path.sameopenfile(a, b)
+  except OSError:
+    return False
 
 
 def install() -> None:
@@ -71,7 +101,7 @@ def install() -> None:
   if getattr(install, "child", None) is not None:
     return
   sys.stderr.flush()
-  read_end, write_end = os.pipe()
+  read_end, write_end = _channel()
   try:
     child = subprocess.Popen([sys.executable, "-S", os.path.abspath(__file__)], stdin=read_end, stdout=2,
                              stderr=subprocess.DEVNULL, close_fds=True)
@@ -80,14 +110,20 @@ def install() -> None:
     os.close(write_end)
     return
   os.close(read_end)
-  original = os.dup(2)
-  os.dup2(write_end, 2)
+  # stdout and stderr into one file (`2>&1`, a log): both through the pipe, or the filter's hop would reorder them.
+  fds = (1, 2) if _same_file(1, 2) else (2,)
+  sys.stdout.flush()
+  originals = {fd: os.dup(fd) for fd in fds}
+  for fd in fds:
+    os.dup2(write_end, fd)
   os.close(write_end)
   install.child = child
 
   def restore() -> None:
+    sys.stdout.flush()
     sys.stderr.flush()
-    os.dup2(original, 2)  # the pipe's last writer in this process is closed: the child reads to its end and exits
+    for fd, original in originals.items():  # the pipe's writers in this process closed: the child reads to the end
+      os.dup2(original, fd)
     try:
       child.wait(timeout=5)
     except subprocess.TimeoutExpired:  # something else holds the pipe (a child process of ours): leave it running
