@@ -112,7 +112,8 @@ def correctness_section(sizes) -> dict:
   device_s = time.perf_counter() - t0
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "reference.json")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", **{code_path.ENV_VAR: "1"})
+    xla = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(xla), **{code_path.ENV_VAR: "1"})  # 1 device
     proc = subprocess.run([sys.executable, "-m", "benchmarks.accelerator_check", f"--reference_out={path}",
                            f"--correctness_envs={n}", f"--correctness_updates={k}"],
                           env=env, capture_output=True, text=True, timeout=600, check=False,

@@ -10,9 +10,9 @@ import tempfile
 # 1,825 s). Tests compare programs compiled alike (subprocesses inherit XLA_FLAGS), and the default CartPole run of
 # tests/test_train.py compiles as users' runs do. Float rounding can differ from -O2 code, so comparisons of tiny
 # quantities (KLs of ~1e-5) carry an absolute tolerance at float32's resolution.
-_TEST_XLA_FLAGS = os.environ.get("TEST_XLA_FLAGS", "--xla_backend_optimization_level=0")
+TEST_XLA_FLAGS = os.environ.get("TEST_XLA_FLAGS", "--xla_backend_optimization_level=0")
 os.environ["XLA_FLAGS"] = " ".join(
-    f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8", _TEST_XLA_FLAGS) if f)
+    f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8", TEST_XLA_FLAGS) if f)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache per test session (made by the pytest process before it starts its xdist workers,
 # which inherit it): a program that several tests build (the debug config's update and evaluation above all)

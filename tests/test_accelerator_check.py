@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 
+from tests import conftest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_cpu_smoke_writes_the_json_and_the_table(tmp_path):
   out = tmp_path / "out"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="",
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=conftest.TEST_XLA_FLAGS,  # 1 device; compiled as the suite's
              JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
   env.pop("PPO_PORTABLE", None)
