@@ -223,7 +223,8 @@ def test_a_finished_run_resumed_with_a_smaller_total_names_its_real_checkpoint(j
 
 def test_too_few_file_handles_during_a_save_is_one_line_and_keeps_the_checkpoints(jax_cache, finished, tmp_path):
   wd = _copy(finished, tmp_path)
-  proc = subprocess.Popen([PY, "-m", "launch.train", f"--workdir={wd}", *ARGS, f"--config.total_env_steps={400 * BATCH}",
+  proc = subprocess.Popen([PY, "-m", "launch.train", f"--workdir={wd}", *ARGS,
+                           f"--config.total_env_steps={400 * BATCH}",
                            "--config.checkpoint_every=1", "--config.keep_checkpoints=1000"], cwd=REPO,
                           env=_env(jax_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + 240
@@ -242,23 +243,26 @@ def test_too_few_file_handles_during_a_save_is_one_line_and_keeps_the_checkpoint
 
 
 def test_the_stderr_filter_drops_only_the_closed_loops_tracebacks_and_outlives_a_crash(tmp_path):
-  """TensorStore's native "Event loop is closed" tracebacks (written to fd 2 after a failed save, at any moment) are
-  dropped, even when split across writes and after a progress bar's unfinished line; any other traceback and text
-  pass unchanged, and what was written just before an abort still arrives."""
+  """TensorStore's native "Event loop is closed" tracebacks (written to fd 2 after a failed save, at any moment) and
+  Gloo's connection lines are dropped, even when split across writes and after a progress bar's unfinished line; any
+  other traceback and text pass unchanged, and what was written just before an abort still arrives."""
   closed = (b'Traceback (most recent call last):\n  File "base_events.py", line 806, in call_soon_threadsafe\n'
             b'    self._check_closed()\nRuntimeError: Event loop is closed\n')
   other = b'Traceback (most recent call last):\n  File "y.py", line 2, in h\nValueError: a real one\n'
+  gloo = b"[Gloo] Rank 1 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1\n"
   script = tmp_path / "writer.py"
   script.write_text(
       "import os, sys, time\n"
       "from launch.files import stderr_filter\n"
       "stderr_filter.install()\n"
       f"os.write(2, b'train:   3%|bar| 1.5k/51k'); os.write(2, {closed[:25]!r}); time.sleep(0.2)\n"
-      f"os.write(2, {closed[25:]!r}); os.write(2, {other!r}); os.write(2, b'F1207 fatal: last words\\n')\n"
+      f"os.write(2, {closed[25:]!r}); os.write(2, {gloo!r}); os.write(2, {other!r})\n"
+      "os.write(2, b'[Gloo] any other line\\nF1207 fatal: last words\\n')\n"
       "os.abort()\n")
   proc = subprocess.run([PY, str(script)], cwd=REPO, env=_env_plain(), capture_output=True, timeout=60)
   assert proc.returncode == -6  # SIGABRT
-  assert proc.stderr == b"train:   3%|bar| 1.5k/51k" + other + b"F1207 fatal: last words\n", proc.stderr
+  assert proc.stderr == (b"train:   3%|bar| 1.5k/51k" + other + b"[Gloo] any other line\nF1207 fatal: last words\n"), (
+      proc.stderr)
 
 
 def test_the_stderr_filter_keeps_stdout_and_stderr_in_order_in_one_file(tmp_path):

@@ -1,7 +1,8 @@
-"""The console's fd 2 through a small child process that drops one kind of native noise: TensorStore prints, from C++
-straight to fd 2, a Python traceback for each callback of a failed read or write that lands after orbax closed its
-event loop ("RuntimeError: Event loop is closed"). That happens after a fault (a full disk, too few file handles) that
-the run reports in one line, at any moment, from any thread, so it cannot be caught where it is raised.
+"""The console's fd 2 through a small child process that drops two kinds of native noise, both written from C++ straight
+to fd 2, out of Python's reach: TensorStore's Python traceback for each callback of a failed read or write that lands
+after orbax closed its event loop ("RuntimeError: Event loop is closed"; after a fault, a full disk or too few file
+handles, that the run reports in one line, at any moment, from any thread), and Gloo's "[Gloo] Rank 0 is connected to
+1 peer ranks" line of each process of a multi-process run.
 
 `install()` (launch.train, unless -v) points fd 2 at a pipe read by this file run as a script, which copies everything
 else to the real stderr as it arrives. The child ignores SIGINT and SIGTERM (they are the run's to handle, and its
@@ -23,28 +24,36 @@ import sys
 MARKER = b"Traceback (most recent call last):\n"
 # One traceback whose last line says the event loop is closed (frames are indented; the exception line is not).
 LOOP_CLOSED = re.compile(rb"Traceback \(most recent call last\):\n(?:  .*\n)*?RuntimeError: Event loop is closed\n")
-_FRAME_OR_END = re.compile(rb"Traceback \(most recent call last\):\n(?:  .*\n)*[^ \n][^\n]*\n")
-HOLD_S = 2.0  # an unfinished traceback is held at most this long, then written as it is
+_TRACEBACK = re.compile(rb"Traceback \(most recent call last\):\n(?:  .*\n)*[^ \n][^\n]*\n")
+# Gloo's line for each process of a multi-process run as its CPU collectives connect (the run's start line says it).
+GLOO = b"[Gloo] "
+GLOO_CONNECTED = re.compile(rb"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\. Expected number of connected peer "
+                            rb"ranks is : \d+\n")
+_LINE = re.compile(rb"[^\n]*\n")
+# marker -> (what a whole candidate is, which wholes are dropped)
+_DROPPED = {MARKER: (_TRACEBACK, LOOP_CLOSED), GLOO: (_LINE, GLOO_CONNECTED)}
+HOLD_S = 2.0  # an unfinished candidate is held at most this long, then written as it is
 
 
 def _split(buffer: bytes, eof: bool) -> tuple[bytes, bytes]:
-  """(what can be written now, what must be held): text before a traceback goes out at once; a complete traceback is
-  dropped if it is the closed loop's, written otherwise; an incomplete one (or a possible start of the marker) is
-  held."""
+  """(what can be written now, what must be held): text before a candidate (a traceback, a Gloo line) goes out at
+  once; a complete candidate is dropped if it is one of the kinds above, written otherwise; an incomplete one (or a
+  possible start of a marker at the end) is held."""
   out = b""
   while buffer:
-    start = buffer.find(MARKER)
-    if start < 0:
-      keep = next((k for k in range(min(len(MARKER) - 1, len(buffer)), 0, -1) if MARKER.startswith(buffer[-k:])), 0)
-      if eof:
-        keep = 0
+    found = [(i, m) for m in _DROPPED if (i := buffer.find(m)) >= 0]
+    if not found:
+      keep = 0 if eof else max((k for m in _DROPPED for k in range(min(len(m) - 1, len(buffer)), 0, -1)
+                                if m.startswith(buffer[-k:])), default=0)
       return out + buffer[:len(buffer) - keep], buffer[len(buffer) - keep:]
+    start, marker = min(found)
     out, buffer = out + buffer[:start], buffer[start:]
-    whole = _FRAME_OR_END.match(buffer)
+    whole_of, dropped = _DROPPED[marker]
+    whole = whole_of.match(buffer)
     if whole is None:
       return (out + buffer, b"") if eof else (out, buffer)
     block, buffer = buffer[:whole.end()], buffer[whole.end():]
-    if not LOOP_CLOSED.fullmatch(block):
+    if not dropped.fullmatch(block):
       out += block
   return out, b""
 
