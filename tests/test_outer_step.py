@@ -1,5 +1,5 @@
-"""Outer-step control (learner/outer_step.py) on hand-made KL sequences and in a short run, and the plateau advice
-(launch/run/plateau.py) on hand-made rows."""
+"""Outer-step control (learner/outer_step.py) on hand-made KL sequences and in a short run, and the command that the
+plateau advice prints (launch/run/plateau.py; its rule: tests/test_plateau.py)."""
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -84,38 +84,6 @@ def test_resume_with_outer_step_control_is_exact(controlled, workdir, monkeypatc
   monkeypatch.setattr(preemption.StopRequest, "should_stop", original)
   trainer.train_and_evaluate(_outer_config(), workdir)
   assert _metrics(workdir) == _metrics(controlled)
-
-
-def _rows(evals, step=100):
-  return [{"update": i + 1, "env_steps": (i + 1) * step, "eval_return": e, "kl_mean": 0.01, "samples_per_kl": 1e5}
-          for i, e in enumerate(evals)]
-
-
-def test_plateau_is_said_once_after_the_share_of_the_budget():
-  config = debug.get_config()
-  config.plateau.share = 0.25  # of 2,000 env steps: 500
-  watch = plateau.Watch(config, "/tmp/run", 2000)
-  said = [watch.observe(r) for r in _rows([1, 5, 5, 4, 5, 5, 5, 9, 3, 3, 3, 3, 3, 3])]
-  hits = [i for i, a in enumerate(said) if a]
-  assert hits == [6]  # best 5 at env step 200; env step 700 is 500 later (and 5 evaluations); said once only
-  few = plateau.Watch(config, "/tmp/run", 2000)  # 500 env steps later, but only 2 evaluations since the best
-  assert not any(few.observe(r) for r in _rows([5, 4, 4], step=300))
-  advice = said[6]
-  assert advice["best_eval_return"] == 5 and advice["best_env_steps"] == 200
-  assert advice["kl_mean"] == 0.01 and advice["samples_per_kl"] == 1e5
-  assert advice["suggested_num_envs"] == 32
-  line = plateau.line(advice, {"env_steps": 700}, watch.command())
-  for part in ("--workdir=/tmp/run", "--config.num_envs=32", "--config.scaling.rule=recipe",
-               "--config.scaling.base_num_envs=8"):
-    assert part in line, part
-  # A resumed run that already said it does not say it again.
-  rows = _rows([1, 5, 5, 4, 5, 5, 5])
-  rows[-1]["plateau"] = advice
-  again = plateau.Watch(config, "/tmp/run", 2000, rows)
-  assert not any(again.observe(r) for r in _rows([5] * 20, step=1000))
-  config.plateau.share = 0.0
-  off = plateau.Watch(config, "/tmp/run", 2000)
-  assert not any(off.observe(r) for r in _rows([1] * 30))
 
 
 @pytest.mark.parametrize("rule", [

@@ -101,3 +101,4 @@ def test_default_cartpole_reaches_475_from_the_command_line(tmp_path):
   assert rows[-1]["eval_return"] >= 475
   assert rows[-1]["wall_time"] < 120  # generous here (CI shares the cores); the README run measures 60 s
   assert default.get_config().total_env_steps // (32 * 128) == rows[-1]["update"]
+  assert not any("plateau" in r for r in rows) and "plateau:" not in proc.stderr + proc.stdout  # solved: no advice

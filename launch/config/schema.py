@@ -145,7 +145,8 @@ SCHEMA = Schema(
         Rule(lambda v: is_number(v) and v > 1, "must be a number > 1"), WARN),
     Key("outer_step.max_scale", 10.0, float, "the controlled lr stays in [lr / max_scale, lr * max_scale]",
         Rule(lambda v: is_number(v) and v >= 1, "must be a number >= 1"), WARN),
-    Key("plateau.share", 0.25, float, "say once when eval return has not improved over this share of the run (0: off)",
+    Key("plateau.share", 0.25, float,
+        "the plateau rule's window, a share of the run: advise more envs once on a noise-limited plateau (0: off)",
         unit_interval(), FREE),
     # Diagnostics and PPO-EWMA.
     Key("diagnostics.enabled", True, bool, "per-update KL, ‖Δθ‖, gradient noise scale, explained variance (small cost)",
