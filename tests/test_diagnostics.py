@@ -521,3 +521,24 @@ def test_sgd_advances_ewma_after_every_optimizer_step():
   weights = decay**(K - np.arange(K + 1))
   np.testing.assert_allclose(proximal.params, w0 + weights @ np.arange(K + 1) / weights.sum(), rtol=1e-5)
   np.testing.assert_allclose(proximal.total_weight, weights.sum(), rtol=1e-5)
+
+
+def test_a_resized_run_is_marked_in_every_panel(runs, tmp_path):
+  """Rows record num_envs; a change between rows is a dashed line "N a→b" at the first row at the new size, in the
+  diagnostics figure's panels and the learning curves."""
+  on = runs["workdirs"]["on"]
+  assert all(r["num_envs"] == runs["on"][0]["num_envs"] for r in runs["on"])  # the trainer's rows carry it
+  grown = str(tmp_path / "grown")
+  shutil.copytree(on, grown)
+  half = len(runs["on"]) // 2
+  rows = [{**r, "num_envs": 8 if i < half else 32} for i, r in enumerate(runs["on"])]
+  with open(f"{grown}/metrics.jsonl", "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  at = rows[half]["env_steps"]
+  assert plot.resizes(rows) == [(at, 8, 32)] and plot.resizes(runs["on"]) == []
+  fig = plot.diagnostics_figure([grown])
+  for ax in fig.axes:
+    marks = [line for line in ax.lines if line.get_linestyle() == "--" and list(line.get_xdata()) == [at, at]]
+    assert len(marks) == 1 and any(t.get_text() == "N 8→32" for t in ax.texts), ax.get_title()
+  out = plot.plot_runs([grown], str(tmp_path / "curves.png"))
+  assert os.path.getsize(out) > 1000

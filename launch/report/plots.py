@@ -4,7 +4,8 @@ The trainer writes DIR/learning_curve.png and DIR/diagnostics.png at the end of 
 is the command line that compares runs.
 In the diagnostics figure, runs whose saved configs differ only in `seed` (and in keys that do not change the
 trajectory: logging, placement) are drawn as one: the seeds' mean, and their range as a band. Null values (no
-episode finished, no noise scale measurable) are skipped.
+episode finished, no noise scale measurable) are skipped. A run grown (or shrunk) to another num_envs is marked in
+every panel by a dashed vertical line at the first row logged at the new size, labelled "N a→b".
 """
 from __future__ import annotations
 
@@ -49,6 +50,28 @@ def _name(workdir: str) -> str:
   return os.path.basename(os.path.normpath(workdir))
 
 
+def resizes(rows: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
+  """(env steps of the first row at the new size, num_envs before, after) for each change of `num_envs` between
+  consecutive rows that record it."""
+  out, last = [], None
+  for r in rows:
+    n = r.get("num_envs")
+    if n is None:
+      continue
+    if last is not None and n != last:
+      out.append((r["env_steps"], last, n))
+    last = n
+  return out
+
+
+def _mark_resizes(axes, marks: list[tuple[int, int, int]], color: str = "0.4") -> None:
+  for ax in np.ravel(axes):
+    for steps, before, after in marks:
+      ax.axvline(steps, color=color, linestyle="--", linewidth=0.8, alpha=0.7)
+      ax.annotate(f"N {before}→{after}", (steps, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                  va="top", ha="right", fontsize="x-small", color=color)
+
+
 def plot_runs(workdirs: list[str], out_path: str) -> str:
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for workdir in workdirs:
@@ -58,6 +81,7 @@ def plot_runs(workdirs: list[str], out_path: str) -> str:
       pts = [(r["env_steps"], r[key]) for r in rows if r.get(key) is not None]
       if pts:
         ax.plot(*zip(*pts), marker="." if key == "eval_return" else None, label=label)
+    _mark_resizes(axes, resizes(rows), axes[0].lines[-1].get_color() if len(workdirs) > 1 and axes[0].lines else "0.4")
   for ax, title in zip(axes, ("training episode return", "deterministic evaluation return")):
     ax.set_xlabel("env steps")
     ax.set_ylabel("return")
@@ -136,6 +160,8 @@ def diagnostics_figure(workdirs: list[str]):
           with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             ax.fill_between(x, np.nanmin(y, axis=1), np.nanmax(y, axis=1), color=color, alpha=0.2, linewidth=0)
+      marks = sorted({m for w in group for m in resizes(rows[w])})
+      _mark_resizes([ax], marks, color if len(groups) > 1 else "0.4")
     ax.set_title(title)
     ax.set_xlabel("env steps")
     ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))  # 200k, 1M: not 200000 running into 400000

@@ -188,7 +188,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
       if update % config.log_every == 0 or is_last:
         host_metrics = jax.device_get(pending)
         ckpts.check_finite(host_metrics, update - len(pending) + 1)
-        row = {"update": update, "env_steps": resolved.env_steps_at(update), **summarize(host_metrics)}
+        row = {"update": update, "env_steps": resolved.env_steps_at(update), "num_envs": config.num_envs,
+               **summarize(host_metrics)}
         row["policy_lag_max"], row["policy_lag_mean"] = max(lags), sum(lags) / len(lags)
         pending, lags = [], []
         eval_seconds = 0.0
