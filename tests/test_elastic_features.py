@@ -1,8 +1,9 @@
-"""Runs grown and shrunk with the features a resize must carry (launch/run/elastic.py, pipeline/rollout.py
-`resize_runner`): pytree observations with the entity network and a reset pool (`cue_entities`), and SFL's level
-buffer (`levels`). A scheduled run finishes its budget, a run resumed from its checkpoint at the growth boundary ==
-the uninterrupted run, and a resize keeps the first envs and every shared part of the runner (RunnerState.SHARED)
-bit for bit."""
+"""Runs grown and shrunk with SFL's level buffer (`levels`), which a resize must carry (launch/run/elastic.py,
+pipeline/rollout.py `resize_runner`): a scheduled run finishes its budget, a run resumed from its checkpoint at the
+growth boundary == the uninterrupted run, and a resize keeps the first envs and every shared part of the runner
+(RunnerState.SHARED) bit for bit. Pytree observations with the entity network and a reset pool (`cue_entities`) go
+through the same lifecycle in the interaction matrix's entity cells (tests/matrix.py, docs/matrix.md), whose SFL cells
+shrink: SFL's growth is trained here, entity runs are not trained twice."""
 import dataclasses
 import os
 import shutil
@@ -22,10 +23,6 @@ from tests.test_elastic import _leaves_equal, _restore, _rows
 
 # Each feature: (overrides of the debug config, env steps per update at 8 envs). 4 updates at 8 envs, then 2 at 16.
 FEATURES = {
-    "entities": ({"env_name": "cue_entities", "network.kind": "entity", "network.hidden_sizes": (16,),
-                  "network.entity_width": 16, "network.entity_layers": 1, "network.entity_heads": 4,
-                  "network.entity_qkv": 8, "reset_pool.size": 8, "reset_pool.refresh": 2,
-                  "diagnostics.enabled": False}, 8 * 16),  # a resize does not touch them; a fifth of the compile
     "sfl": ({"env_name": "levels", "num_steps": 4, "anneal_lr": False, "reset_pool.size": 16,
              "reset_pool.refresh": 4, "level_sampler.kind": "sfl", "level_sampler.batch_size": 16,
              "level_sampler.num_batches": 2, "level_sampler.rollout_steps": 32, "level_sampler.buffer_size": 4,
