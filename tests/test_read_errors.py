@@ -96,9 +96,9 @@ def test_a_bug_while_restoring_propagates_and_moves_nothing(run, monkeypatch):
   assert _steps(workdir) == [1, 2] and _moved(workdir) == []
 
 
-def _failing_arrays_reads(monkeypatch, failures: int):
-  """The arrays item's first `failures` reads fail as a storage answering badly would (EIO)."""
-  original = ocp.StandardCheckpointHandler.restore
+def _failing_reads(monkeypatch, handler, failures: int):
+  """`handler`'s first `failures` reads fail as a storage answering badly would (EIO)."""
+  original = handler.restore
   calls = []
 
   def restore(self, directory, *args, **kwargs):
@@ -106,9 +106,14 @@ def _failing_arrays_reads(monkeypatch, failures: int):
     if len(calls) <= failures:
       raise OSError(errno.EIO, "Input/output error", str(directory))
     return original(self, directory, *args, **kwargs)
-  monkeypatch.setattr(ocp.StandardCheckpointHandler, "restore", restore)
+  monkeypatch.setattr(handler, "restore", restore)
   monkeypatch.setattr(read_errors, "BACKOFF_S", 0.0)
   return calls
+
+
+def _failing_arrays_reads(monkeypatch, failures: int):
+  """The arrays item's first `failures` reads fail."""
+  return _failing_reads(monkeypatch, ocp.StandardCheckpointHandler, failures)
 
 
 def test_a_transient_storage_error_is_retried(run, monkeypatch):
@@ -347,20 +352,6 @@ def test_readers_of_a_running_run_take_a_step_that_stays(saved, expected, run, m
   shutil.rmtree(f"{workdir}/checkpoints/1")
   with pytest.raises(reader.NoCheckpoint, match="^" + re.escape(f"--workdir={workdir}: holds no checkpoint")):
     saved_run.load(workdir)
-
-
-def _failing_reads(monkeypatch, handler, failures: int):
-  original = handler.restore
-  calls = []
-
-  def restore(self, directory, *args, **kwargs):
-    calls.append(directory)
-    if len(calls) <= failures:
-      raise OSError(errno.EIO, "Input/output error", str(directory))
-    return original(self, directory, *args, **kwargs)
-  monkeypatch.setattr(handler, "restore", restore)
-  monkeypatch.setattr(read_errors, "BACKOFF_S", 0.0)
-  return calls
 
 
 @pytest.mark.parametrize("handler", [ocp.JsonCheckpointHandler, ocp.PyTreeCheckpointHandler])
