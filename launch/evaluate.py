@@ -114,12 +114,7 @@ def main(argv):
   if FLAGS.video and not FLAGS.video.lower().endswith((".gif", ".mp4")):
     _fail(f"--video={FLAGS.video}: must end in .gif or .mp4")
   workdir, video = workdir_lib.expand(FLAGS.workdir), FLAGS.video and workdir_lib.expand(FLAGS.video)
-  try:
-    workdir_lib.check_client(workdir)
-  except workdir_lib.MissingClientError as e:
-    _fail(str(e))
-  cli.check_xla_flags()
-  cli.start_backend()
+  cli.start(workdir)
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import envs  # pylint: disable=import-outside-toplevel

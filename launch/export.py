@@ -45,13 +45,7 @@ def main(argv):
   if not FLAGS.workdir or not FLAGS.out:
     cli.fail("--workdir and --out are required")
   workdir, out = workdir_lib.expand(FLAGS.workdir), workdir_lib.expand(FLAGS.out)
-  try:
-    workdir_lib.check_client(workdir)
-    workdir_lib.check_client(out)
-  except workdir_lib.MissingClientError as e:
-    cli.fail(str(e))
-  cli.check_xla_flags()
-  cli.start_backend()
+  cli.start(workdir, out)
   try:
     step_dir = export(workdir, out)
   except (config_lib.ConfigError, fs_errors.WorkdirError) as e:

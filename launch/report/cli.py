@@ -8,6 +8,8 @@ import sys
 
 from absl import flags
 
+from launch.files import workdir as workdir_lib
+
 EXIT_USAGE = 2  # invalid flags, config or environment (the table: docs/checkpoints.md#exit-codes)
 _GLOG_PREFIX = re.compile(r"^[FEWI]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] ")  # XLA's C++ log line prefix
 
@@ -71,3 +73,15 @@ def start_backend() -> None:
     fail(f"JAX_PLATFORMS={platforms}: {reason}; set JAX_PLATFORMS to a backend this machine has (e.g. cpu), or "
          "unset it to use the best one available")
 
+
+
+def start(*paths: str) -> None:
+  """A reader CLI's start-up checks, each one line and exit 2: every URI in `paths` has its client installed,
+  XLA accepts XLA_FLAGS, the JAX_PLATFORMS backend exists."""
+  for path in paths:
+    try:
+      workdir_lib.check_client(path)
+    except workdir_lib.MissingClientError as e:
+      fail(str(e))
+  check_xla_flags()
+  start_backend()
