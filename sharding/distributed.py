@@ -101,6 +101,16 @@ def barrier(name: str) -> None:
     client.wait_at_barrier(f"ppo_{name}", BARRIER_TIMEOUT_S * 1000)
 
 
+def all_processes_agree(flag: bool) -> bool:
+  """Whether `flag` holds on every process (one device collective; with one process, `flag` itself). Each process
+  must call it at the same point of its program."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(bool(flag)))))
+
+
 def _platform_is_cpu() -> bool:
   platforms = os.environ.get("JAX_PLATFORMS", "") or os.environ.get("JAX_PLATFORM_NAME", "")
   if platforms:

@@ -4,13 +4,16 @@ import os
 import shutil
 import tempfile
 
-# The suite compiles at LLVM -O0 (TEST_XLA_FLAGS, default below; TEST_XLA_FLAGS= compiles as runs do): XLA runs the
-# same HLO passes, so the programs compute the same thing with unoptimised machine code. The suite is compile-bound:
-# on a 2-core AMD EPYC (2026-12-06) it took 13:06 of pytest at -O0 instead of 16:32 (CPU time 1,416 s instead of
-# 1,825 s). Tests compare programs compiled alike (subprocesses inherit XLA_FLAGS), and the default CartPole run of
-# tests/test_train.py compiles as users' runs do. Float rounding can differ from -O2 code, so comparisons of tiny
-# quantities (KLs of ~1e-5) carry an absolute tolerance at float32's resolution.
-TEST_XLA_FLAGS = os.environ.get("TEST_XLA_FLAGS", "--xla_backend_optimization_level=0")
+# The suite compiles at LLVM -O0 with XLA:CPU's older loop emitters for fusions and its LLVM module in one piece
+# (TEST_XLA_FLAGS, default below; TEST_XLA_FLAGS= compiles as runs do): XLA runs the same HLO passes, so the programs
+# compute the same thing with unoptimised machine code. The suite is compile-bound. On a 2-core AMD EPYC: -O0 took the
+# suite from 16:32 to 13:06 of pytest (2026-12-06); the other two flags took an entity-network matrix cell from 101 to
+# 48 CPU seconds and a flat one from 43 to 26 (the MLIR fusion emitters cost most of the compile time at -O0;
+# 2026-12-07, tests/matrix.py cells run alone). Tests compare programs compiled alike (subprocesses inherit
+# XLA_FLAGS), and the default CartPole run of tests/test_train.py compiles as users' runs do. Float rounding can differ
+# from runs' code, so comparisons of tiny quantities (KLs of ~1e-5) carry an absolute tolerance at float32's resolution.
+TEST_XLA_FLAGS = os.environ.get("TEST_XLA_FLAGS", "--xla_backend_optimization_level=0 "
+                                "--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1")
 os.environ["XLA_FLAGS"] = " ".join(
     f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8", TEST_XLA_FLAGS) if f)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -29,7 +29,8 @@ AXES: dict[str, dict[str, dict[str, Any]]] = {
     "ewma": {"off": {"ewma.enabled": False}, "on": {"ewma.enabled": True}},
     "outer_step": {"none": {"outer_step.mode": "none"}, "adaptive_kl": {"outer_step.mode": "adaptive_kl"}},
     "diagnostics": {"on": {"diagnostics.enabled": True}, "off": {"diagnostics.enabled": False}},
-    "resize": {"grow": {}, "shrink": {}},  # the schedule: SIZES[0] → SIZES[1] envs, or back (config_for)
+    # The schedule: SIZES[0] → SIZES[1] envs, or back; or autoscale's growth (its verdict placed by the test hook).
+    "resize": {"grow": {}, "shrink": {}, "autoscale": {}},
 }
 
 SIZES = (16, 32)  # the env counts of a cell's two segments (divisible by 8 devices): grown, or in reverse shrunk
@@ -37,12 +38,17 @@ NUM_STEPS = 8
 UPDATES = (2, 2)  # the updates of each segment
 
 
+def change_at(cell: dict[str, str]) -> int:
+  """The env step where the cell's run changes size (after update UPDATES[0])."""
+  return UPDATES[0] * (SIZES[0] if cell["resize"] != "shrink" else SIZES[1]) * NUM_STEPS
+
+
 def config_for(cell: dict[str, str]) -> ml_collections.ConfigDict:
   """The cell's tiny config (launch/configs/debug.py, sized so that its updates take milliseconds)."""
   from launch.configs import debug  # pylint: disable=import-outside-toplevel  (docs generation needs no jax)
   config = debug.get_config()
   config.env_name = "levels" if cell["resets"] == "sfl" else "cue"
-  first, then = SIZES if cell["resize"] == "grow" else SIZES[::-1]
+  first, then = SIZES if cell["resize"] != "shrink" else SIZES[::-1]
   config.num_envs, config.num_steps = first, NUM_STEPS
   config.num_minibatches, config.update_epochs = 2, 2
   config.network.hidden_sizes = (16,)
@@ -53,7 +59,11 @@ def config_for(cell: dict[str, str]) -> ml_collections.ConfigDict:
   config.level_sampler.rollout_steps = 4
   config.scaling.rule, config.scaling.base_num_envs = "recipe", SIZES[0]
   change_at = UPDATES[0] * first * NUM_STEPS
-  config.scaling.schedule = f"0:{first},{change_at}:{then}"
+  if cell["resize"] == "autoscale":  # grows at update UPDATES[0]: tests/test_matrix.py sets autoscale's test hook
+    config.autoscale.enabled, config.autoscale.max_num_envs, config.autoscale.factor = True, then, then // first
+    config.autoscale.window = 0.01
+  else:
+    config.scaling.schedule = f"0:{first},{change_at}:{then}"
   config.total_env_steps = change_at + UPDATES[1] * then * NUM_STEPS
   config.log_every = config.eval_every = 1
   config.checkpoint_every = 100  # saves at the boundaries (the hand-overs) and the end only
@@ -82,35 +92,47 @@ def _all_cells() -> Iterator[dict[str, str]]:
 
 
 def covering_set() -> tuple[list[dict[str, str]], dict[tuple, list[str]]]:
-  """(the cells: valid combinations covering every pair of values that some valid combination has, chosen greedily
-  (most new pairs per unit of `cost`; then any cell whose pairs the others cover goes) and deterministically; the refused pairs: each pair no valid combination has → the errors of its refusal cell,
-  the combination with that pair that breaks the fewest rules)."""
+  """(the cells: the valid combinations of least total `cost` that cover every pair of values some valid combination
+  has; the refused pairs: each pair no valid combination has → the errors of its refusal cell, the combination with
+  that pair that breaks the fewest rules).
+
+  The cells solve a weighted set cover exactly, as a 0/1 integer program (scipy.optimize.milp, HiGHS, which jax's own
+  scipy dependency brings): minimise the summed cost of the chosen combinations such that every pair is in one. Each
+  cost is raised by a distinct share below 1e-6 (by the combination's place in `_all_cells`' order), so that the
+  optimum is unique and the page does not depend on the solver's tie-breaking."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from scipy import optimize, sparse  # pylint: disable=import-outside-toplevel
   every = list(_all_cells())
   valid = [c for c in every if not reasons(c)]
-  pairs_of = {tuple(c.values()): set(_pairs(c)) for c in valid}
-  possible = set().union(*pairs_of.values())
-  uncovered = set(possible)
-  cells = []
-  while uncovered:  # the weighted greedy set cover: the most new pairs per unit of cost
-    best = max(valid, key=lambda c: len(pairs_of[tuple(c.values())] & uncovered) / cost(c))
-    cells.append(best)
-    uncovered -= pairs_of[tuple(best.values())]
-  for cell in sorted(cells, key=cost, reverse=True):  # then the cells whose pairs the others cover go, costliest first
-    others = [c for c in cells if c is not cell]
-    if set().union(*(pairs_of[tuple(c.values())] for c in others)) >= pairs_of[tuple(cell.values())]:
-      cells = others
+  bit: dict[tuple, int] = {}
+  rows, cols = [], []
+  for j, cell in enumerate(valid):
+    for pair in _pairs(cell):
+      rows.append(bit.setdefault(pair, len(bit)))
+      cols.append(j)
+  has = sparse.csr_array((np.ones(len(rows)), (rows, cols)), shape=(len(bit), len(valid)))
+  costs = np.array([cost(c) for c in valid]) * (1 + 1e-6 * np.arange(len(valid)) / len(valid))
+  solved = optimize.milp(costs, constraints=optimize.LinearConstraint(has, lb=1), integrality=np.ones(len(valid)),
+                         bounds=optimize.Bounds(0, 1), options={"mip_rel_gap": 0})
+  if not solved.success:
+    raise RuntimeError(f"the covering set's integer program: {solved.message}")
+  chosen = np.flatnonzero(solved.x > 0.5)
+  cells = [valid[j] for j in sorted(chosen, key=lambda j: (-costs[j], j))]
   refused = {}
-  for pair in sorted(set().union(*(set(_pairs(c)) for c in every)) - possible):
+  for pair in sorted(set().union(*(set(_pairs(c)) for c in every)) - set(bit)):
     cell = min((c for c in every if all(c[a] == v for a, v in pair)), key=lambda c: len(reasons(c)))
     refused[pair] = refusal(cell)
   return cells, refused
 
 
 def cost(cell: dict[str, str]) -> float:
-  """A cell's test time relative to a flat one-process cell's (measured with two pytest-xdist workers on 2 cores,
-  2026-12-07: flat cells 18-44 s, two-process flat 55-68 s, entity-network cells 105-146 s, two-process entity 180 s;
-  the entity update compiles ~5x longer than the MLP's)."""
-  return (4.0 if cell["network"] == "entity" else 1.0) * (1.5 if cell["processes"] == "2" else 1.0)
+  """A cell's test time relative to a flat one-device, one-process cell's. Measured alone on 2 cores (2026-12-07):
+  flat 15 s, entity network 57 s on one device and 72 s on eight (its update compiles ~5x longer than the MLP's);
+  two processes compile everything twice (flat 8-device two-process cells ~55 s in CI beside ~35 s one-process ones),
+  and eight virtual devices slow most when the CPU is shared (in CI an entity cell took 261 s on eight devices, 125 s
+  on one)."""
+  return ((4.0 if cell["network"] == "entity" else 1.0) * (1.5 if cell["processes"] == "2" else 1.0)
+          * (1.4 if cell["devices"] == "8" else 1.0))
 
 
 def reasons(cell: dict[str, str]) -> list[str]:
@@ -143,10 +165,11 @@ def render() -> str:
            "Generated by `python -m tests.matrix > docs/matrix.md` from `tests/matrix.py`; `tests/test_matrix.py` runs "
            "every cell and fails when this page is stale.", "",
            "The trainer's feature axes, crossed pairwise: every pair of values that can run together does in at least "
-           "one cell below (an all-pairs covering set, chosen greedily by pairs per unit of test time), and every pair that cannot is refused before "
-           "anything compiles, by a config rule whose one-line message names the keys.", "",
+           "one cell below (the all-pairs covering set of least total test time, solved exactly as an integer "
+           "program), and every pair that cannot is refused before anything compiles, by a config rule whose one-line message names the keys.", "",
            "Each cell is a tiny run of the `cue`, `cue_entities` or `levels` env (pure JAX), scheduled to grow from "
-           f"{SIZES[0]} to {SIZES[1]} envs or to shrink from {SIZES[1]} to {SIZES[0]} (axis `resize`), and goes "
+           f"{SIZES[0]} to {SIZES[1]} envs or to shrink from {SIZES[1]} to {SIZES[0]}, or grown by autoscale (its "
+           "verdict placed by a test hook; axis `resize`), and goes "
            "through the lifecycle: train; stop at the size change and resume (the rows equal the uninterrupted "
            "run's); `restore_from` into a new run; "
            "evaluate the saved policy; export it and load it apart from training (its actions equal the trainer's).",

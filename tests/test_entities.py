@@ -129,10 +129,11 @@ def test_entity_observations_train_the_same_on_1_and_8_devices(built):
     state, metrics = _updates(progs, progs.init(jax.random.PRNGKey(0)), 4)
     out[d] = jax.device_get((state.params, metrics, progs.evaluate_state(state, jax.random.PRNGKey(1))))
   (params1, metrics1, eval1), (params8, metrics8, eval8) = out[1], out[8]
-  # approx_kl (≈ 4e-5 here) and policy_loss are means of differences of terms near 1, so their float error is
-  # absolute, at float32's resolution there (≈ 1e-7 per term), not relative to their small values.
+  # approx_kl (≈ 4e-5 here) and policy_loss (≈ 4e-3) are means of differences of terms near 1, so their float error
+  # is absolute, not relative to their small values: float32's resolution there (≈ 1e-7 per term), and for the
+  # policy loss after 4 updates also the params' differences below (at the scale of lr), ≈ 4e-6 measured.
   for key, atol in (("param_norm", 0.0), ("value_loss", 0.0), ("entropy", 0.0), ("approx_kl", 2e-7),
-                    ("policy_loss", 1e-6)):
+                    ("policy_loss", 1e-5)):
     np.testing.assert_allclose(getattr(metrics1, key), getattr(metrics8, key), rtol=1e-4, atol=atol, err_msg=key)
   # Params: Adam's first steps are ~lr per element whatever the gradient's size, so elements whose gradient is
   # near 0 differ by float reassociation at the scale of lr (2.5e-3), not of their value.

@@ -1,7 +1,7 @@
 """The interaction matrix (tests/matrix.py): every cell of the all-pairs covering set through a run's lifecycle, and
 every refused pair refused by the config rules in one line per broken rule naming its key.
 
-Lifecycle of a cell: the run, scheduled to grow or shrink its env count, trains to the end; the same run stopped
+Lifecycle of a cell: the run, scheduled to grow or shrink its env count (or grown by autoscale), trains to the end; the
 at the size change (its checkpoints after the boundary removed, as a kill there leaves it) resumes and ends with the
 same rows (==); `restore_from` starts a new run from its params;
 `launch.evaluate`'s episodes play its saved policy; `launch.export` → `load_policy` acts as the trainer's policy.
@@ -20,7 +20,7 @@ import envs
 from launch import checkpoint, export, local
 from launch.config import resolve as config_lib
 from launch.report import metrics_file
-from launch.run import preemption, trainer
+from launch.run import autoscale, preemption, trainer
 from learner import policy as policy_lib
 from launch.evaluate import run_episodes
 from launch.run import programs
@@ -105,6 +105,8 @@ def run_cell(cell, tmp_path):
   shared = _SharedPrograms()
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(programs, "build", shared)
+    if cell["resize"] == "autoscale":  # noise-limited at the size change (processes started here inherit it)
+      mp.setenv(autoscale.TEST_GROW_AT_ENV, str(matrix.change_at(cell)))
     _run_cell(cell, tmp_path)
   if cell["processes"] == "1":  # one per segment: the others were shared
     assert shared.built == len(matrix.UPDATES), shared.built
@@ -129,6 +131,10 @@ def _run_cell(cell, tmp_path):
     assert _rows(resumed) == _rows(workdir)
   rows = _rows(workdir)
   assert [r["update"] for r in rows] == list(range(1, sum(matrix.UPDATES) + 1))
+  first, then = matrix.SIZES if cell["resize"] != "shrink" else matrix.SIZES[::-1]
+  assert [r["num_envs"] for r in rows] == [first] * matrix.UPDATES[0] + [then] * matrix.UPDATES[1]
+  assert [r["update"] for r in rows if "autoscale" in r] == ([matrix.UPDATES[0]] if cell["resize"] == "autoscale"
+                                                             else [])
   assert rows[-1]["env_steps"] == config.total_env_steps
   assert all(np.isfinite(r["policy_loss"]) for r in rows)
 

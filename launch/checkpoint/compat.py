@@ -60,6 +60,7 @@ def check_compatible(config: ml_collections.ConfigDict, saved: dict[str, Any], w
         f"cannot resume from {where}:\n  " + "\n  ".join(errors) +
         "\n  use a new --workdir (with --config.restore_from=<this run's workdir> to start from its params)")
   scheduled = bool(now.get("scaling.schedule")) and now.get("scaling.schedule") == then.get("scaling.schedule")
+  scheduled = scheduled or bool(now.get("autoscale.enabled") and then.get("autoscale.enabled"))  # its own growth
   changed = [f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(then))
              if k not in FREE_KEYS and now.get(k) != then.get(k) and not (k == "num_envs" and scheduled)]
   if changed:

@@ -60,6 +60,7 @@ class Resume:
   pending: tuple[UpdateMetrics, ...] = ()  # host metrics of the updates since the last metrics row
   lags: tuple[int, ...] = ()  # and their policy lags
   wall_time: float = 0.0  # run time before this process (summed over earlier processes)
+  autoscale: dict[str, Any] | None = None  # the autoscale controller's state (launch/run/autoscale.py)
 
 
 def _signature(tree: Any) -> tuple[Any, ...]:
@@ -200,7 +201,8 @@ class RunCheckpoints:
       logging.warning("%s: the unfinished log interval's metrics lack %s; not carried on", self.step_path(step),
                       "/".join(CHECKED_METRICS))
       pending, lags = (), ()
-    return snapshot, Resume(update=step, pending=pending, lags=lags, wall_time=float(host["wall_time"]))
+    return snapshot, Resume(update=step, pending=pending, lags=lags, wall_time=float(host["wall_time"]),
+                            autoscale=host.get("autoscale"))
 
   def _resized(self, snapshot: Snapshot) -> Snapshot:
     """The envs at this run's num_envs; nothing else changes."""
@@ -223,7 +225,8 @@ class RunCheckpoints:
   # Save.
 
   def maybe_save(self, snapshot: Snapshot, update: int, pending: list[UpdateMetrics], lags: list[int],
-                 wall_time: float, force: bool = False, lock: Any = contextlib.nullcontext()) -> bool:
+                 wall_time: float, force: bool = False, lock: Any = contextlib.nullcontext(),
+                 autoscale: dict[str, Any] | None = None) -> bool:
     """Starts an async save every `checkpoint_every` updates (or when forced); never saves a non-finite state.
 
     Packs the arrays into new ones on the devices (one dispatch under `lock`, which serialises our device work with
@@ -256,6 +259,7 @@ class RunCheckpoints:
           "format": format_lib.FORMAT, "update": update, "config": self._config_json, "wall_time": wall_time,
           "pending_metrics": format_lib.metrics_to_json(host_pending), "pending_lags": lags, **described,
           **({"segment": self._segment.to_json()} if self._segment is not None else {}),
+          **({"autoscale": autoscale} if autoscale is not None else {}),
           "fingerprint": dict.fromkeys(described["layout"]) | jax.tree.map(int, jax.device_get(fingerprints))})
       if self._test_hold_at is not None:
         self._in_flight.append(update)

@@ -128,6 +128,14 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
   outer = flat["outer_step.mode"] != "none"
   if valid("outer_step.mode") and outer and (not flat["diagnostics.enabled"] or mode != "fused"):
     err("outer_step.mode", "needs diagnostics.enabled=True (it reads the measured KL) and pipeline.mode='fused'")
+  if flat["autoscale.enabled"] and valid("autoscale.enabled", "autoscale.max_num_envs", "num_envs"):
+    if flat["scaling.rule"] == "none":
+      err("autoscale.enabled", "needs a scaling rule to change num_envs (minibatching and learning rate follow it): "
+          "add " + " ".join(recipe_flags(config)))
+    if flat["scaling.schedule"]:
+      err("autoscale.enabled", "and scaling.schedule both choose num_envs: set one of them")
+    if flat["autoscale.max_num_envs"] < flat["num_envs"]:  # equal: a run autoscale has grown to its largest
+      err("autoscale.max_num_envs", f"must be at least num_envs={flat['num_envs']} (autoscale grows the run up to it)")
   if flat["level_sampler.kind"] == "sfl":
     config_rules.check_sfl(flat, valid, err, mode, _shards(flat, num_devices)[2] if valid("mesh.data") else 1)
   if valid("wandb.project") and flat["wandb.project"] and not config_rules.wandb_installed():

@@ -60,6 +60,16 @@ def num_envs_at(config: ml_collections.ConfigDict, env_steps: int) -> int:
   return envs
 
 
+def autoscale_sizes(config: ml_collections.ConfigDict) -> list[int]:
+  """The num_envs autoscale may grow a run to, in order (none when it is off)."""
+  sizes, n = [], config.num_envs
+  if config.autoscale.enabled:
+    while n < config.autoscale.max_num_envs:
+      n = min(n * config.autoscale.factor, config.autoscale.max_num_envs)
+      sizes.append(n)
+  return sizes
+
+
 def config_at(config: ml_collections.ConfigDict, num_envs: int) -> ml_collections.ConfigDict:
   """The config this segment runs: `config` itself, or a copy at another num_envs (the caller's is not changed)."""
   if num_envs == config.num_envs:

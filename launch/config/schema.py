@@ -145,6 +145,15 @@ SCHEMA = Schema(
         Rule(lambda v: is_number(v) and v > 1, "must be a number > 1"), WARN),
     Key("outer_step.max_scale", 10.0, float, "the controlled lr stays in [lr / max_scale, lr * max_scale]",
         Rule(lambda v: is_number(v) and v >= 1, "must be a number >= 1"), WARN),
+    # Autoscale (docs/autoscale.md): num_envs grown by the run itself on a noise-limited plateau.
+    Key("autoscale.enabled", False, bool, "grow num_envs by autoscale.factor on a noise-limited plateau (needs a "
+        "scaling rule), up to autoscale.max_num_envs", BOOL, WARN),
+    Key("autoscale.max_num_envs", 0, int, "the largest num_envs autoscale grows to (0: autoscale off)",
+        non_negative_int(), WARN),
+    Key("autoscale.factor", 4, int, "num_envs is multiplied by this at each growth (capped at max_num_envs)",
+        Rule(lambda v: is_int(v) and v >= 2, "must be an integer >= 2"), WARN),
+    Key("autoscale.window", 0.1, float, "the rule's window, a share of the run: judged once the current num_envs "
+        "has run this long, over the last window against the one before", unit_interval(open_=True), WARN),
     Key("plateau.share", 0.25, float,
         "the plateau rule's window, a share of the run: advise more envs once on a noise-limited plateau (0: off)",
         unit_interval(), FREE),

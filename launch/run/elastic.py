@@ -21,7 +21,7 @@ import ml_collections
 
 from launch.checkpoint import reader
 from launch.config import resolve as config_lib
-from launch.config.schedule import Segment, config_at, num_envs_at, parse_schedule
+from launch.config.schedule import Segment, autoscale_sizes, config_at, num_envs_at, parse_schedule
 from launch.files import workdir as workdir_lib
 
 
@@ -67,6 +67,8 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collection
   segment = saved_segment(host)
   env_steps = _env_steps(host["config"], segment, host["update"])
   envs = num_envs_at(config, env_steps) if config.scaling.schedule else config.num_envs
+  if config.autoscale.enabled and host.get("autoscale"):  # the size the run's controller chose (autoscale.py)
+    envs = int(host["autoscale"]["num_envs"])
   if envs == segment.num_envs:
     return config_at(config, envs), segment
   if config.scaling.rule == "none":
@@ -78,15 +80,18 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collection
 
 
 def check_schedule(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
-  """Before a scheduled run starts: it needs a scaling rule, and every num_envs it lists must be a valid run."""
+  """Before a scheduled or autoscaled run starts: it needs a scaling rule, and every num_envs it lists or may grow to
+  must be a valid run."""
   schedule = parse_schedule(config.scaling.schedule) if config.scaling.schedule else []
   if schedule and config.scaling.rule == "none":
     raise config_lib.ConfigError("invalid config:\n  config.scaling.schedule needs a scaling rule to change num_envs "
                                  "(minibatching and learning rate follow it): add " +
                                  " ".join(config_lib.recipe_flags(config)) + " (the minibatch size and learning rate "
                                  f"at config.num_envs={config.num_envs}, held by the recipe at every num_envs)")
-  for _, envs in schedule:
-    try:
-      config_lib.resolve(config_at(config, envs), num_devices, planning=True, num_processes=num_processes)
-    except config_lib.ConfigError as e:
-      raise config_lib.ConfigError(f"config.scaling.schedule: at num_envs={envs}: {e}") from None
+  for key, sizes in (("scaling.schedule", [n for _, n in schedule]), ("autoscale.max_num_envs",
+                                                                         autoscale_sizes(config))):
+    for envs in sizes:
+      try:
+        config_lib.resolve(config_at(config, envs), num_devices, planning=True, num_processes=num_processes)
+      except config_lib.ConfigError as e:
+        raise config_lib.ConfigError(f"config.{key}: at num_envs={envs}: {e}") from None

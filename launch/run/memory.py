@@ -61,19 +61,19 @@ class MemoryReport:
 
   def short(self) -> str:
     """For the start line: "memory 1.23 GiB of 20.00 GiB"."""
-    return f"memory {_gib(self.needed)}" + (f" of {_gib(self.limit)}" if self.limit is not None else "")
+    return f"memory {gib(self.needed)}" + (f" of {gib(self.limit)}" if self.limit is not None else "")
 
   def summary(self) -> str:
-    parts = ", ".join(f"{name} {_gib(p.needed)} (arguments {_gib(p.argument)}, outputs {_gib(p.output)} of which "
-                      f"{_gib(p.alias)} donated, temporaries {_gib(p.temp)}, code {_gib(p.code)})"
+    parts = ", ".join(f"{name} {gib(p.needed)} (arguments {gib(p.argument)}, outputs {gib(p.output)} of which "
+                      f"{gib(p.alias)} donated, temporaries {gib(p.temp)}, code {gib(p.code)})"
                       for name, p in self.programs.items())
-    pool = (f" x {self.devices_per_pool} devices sharing host memory = {_gib(self.needed)}"
+    pool = (f" x {self.devices_per_pool} devices sharing host memory = {gib(self.needed)}"
             if self.devices_per_pool > 1 else "")
-    limit = f"{_gib(self.limit)} ({self.limit_source})" if self.limit is not None else "unknown"
-    return f"compiled programs per device: {parts}; needed {_gib(self.per_device)} per device{pool}; limit {limit}"
+    limit = f"{gib(self.limit)} ({self.limit_source})" if self.limit is not None else "unknown"
+    return f"compiled programs per device: {parts}; needed {gib(self.per_device)} per device{pool}; limit {limit}"
 
 
-def _gib(n: int) -> str:
+def gib(n: int) -> str:
   return f"{n / GIB:.2f} GiB" if n >= GIB // 10 else f"{n / 2**20:.1f} MiB"
 
 
@@ -194,8 +194,8 @@ def check_fits(progs, config: ml_collections.ConfigDict) -> MemoryReport:
   if report.fits:
     return report
   raise config_lib.ConfigError(
-      f"this run does not fit in device memory: {report.summary()}.\n  It needs {_gib(report.needed)} but "
-      f"{_gib(report.limit)} is available ({report.limit_source}). To fit, lower config.num_envs (now "
+      f"this run does not fit in device memory: {report.summary()}.\n  It needs {gib(report.needed)} but "
+      f"{gib(report.limit)} is available ({report.limit_source}). To fit, lower config.num_envs (now "
       f"{config.num_envs}) or config.num_steps (now {config.num_steps}): the rollout, advantages and packed batch "
       f"grow with num_envs x num_steps; lower config.sgd_chunk_size (now {config.sgd_chunk_size}): it sizes the "
       f"gradient's activations; or spread the envs over more devices (config.mesh.data, more processes).")

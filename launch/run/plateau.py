@@ -92,7 +92,7 @@ def _slope_t(points: list[tuple[float, float]]) -> float | None:
   return slope / math.sqrt(residual / sxx)
 
 
-def _finite(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
   return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
@@ -112,8 +112,8 @@ def assess(rows: list[dict[str, Any]], samples_per_update: int, window_env_steps
   if window_env_steps <= 0 or not rows:
     return None
   now = rows[-1]["env_steps"]
-  evals = [(r["env_steps"], v) for r in rows if (v := _finite(r.get("eval_return"))) is not None]
-  returns = [(r["env_steps"], v) for r in rows if (v := _finite(r.get("episode_return"))) is not None]
+  evals = [(r["env_steps"], v) for r in rows if (v := finite(r.get("eval_return"))) is not None]
+  returns = [(r["env_steps"], v) for r in rows if (v := finite(r.get("episode_return"))) is not None]
   eval_now, eval_before = _window_means(evals, now, window_env_steps)
   if len(eval_now) < min_evals or not eval_before:
     return None
@@ -128,11 +128,11 @@ def assess(rows: list[dict[str, Any]], samples_per_update: int, window_env_steps
     rising = (rising or gain > RISE_FRACTION * (max(v for _, v in returns) - returns[0][1])
               or (t is not None and t >= T_RISING))
   in_window = [r for r in rows if r["env_steps"] > now - window_env_steps]
-  kls = [v for r in in_window if (v := _finite(r.get("kl_mean"))) is not None]
-  peak = max((v for r in rows if (v := _finite(r.get("kl_mean"))) is not None), default=None)
+  kls = [v for r in in_window if (v := finite(r.get("kl_mean"))) is not None]
+  peak = max((v for r in rows if (v := finite(r.get("kl_mean"))) is not None), default=None)
   kl = statistics.fmean(kls) if kls else None
   fraction = kl / peak if kl is not None and peak else None
-  noise = [v for r in in_window if (v := _finite(r.get("grad_noise_scale_policy"))) is not None and v > 0]
+  noise = [v for r in in_window if (v := finite(r.get("grad_noise_scale_policy"))) is not None and v > 0]
   noise_scale = statistics.median(noise) if noise else None
   if rising:
     verdict = "rising"
@@ -145,8 +145,16 @@ def assess(rows: list[dict[str, Any]], samples_per_update: int, window_env_steps
     verdict = "batch_above_noise"
   else:
     verdict = "noise_limited"
-  return Assessment(verdict, best, best_at, kl, fraction, _finite(rows[-1].get("samples_per_kl")), samples_per_update,
+  return Assessment(verdict, best, best_at, kl, fraction, finite(rows[-1].get("samples_per_kl")), samples_per_update,
                     noise_scale, t, eval_gain, gain)
+
+
+def figures(a: Assessment) -> dict[str, Any]:
+  """The figures behind a verdict, as a metrics row's entry."""
+  return {"best_eval_return": a.best_eval_return, "best_env_steps": a.best_env_steps, "kl_mean": a.kl_mean,
+          "kl_fraction": a.kl_fraction, "samples_per_kl": a.samples_per_kl, "samples_per_update": a.samples_per_update,
+          "grad_noise_scale": a.grad_noise_scale, "return_slope_t": a.return_slope_t, "eval_gain": a.eval_gain,
+          "return_gain": a.return_gain}
 
 
 def command(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -180,27 +188,23 @@ class Watch:
     self._rows.append({k: row.get(k) for k in ("env_steps", "eval_return", "episode_return", "kl_mean",
                                                 "samples_per_kl", "grad_noise_scale_policy")})
 
-  def observe(self, row: dict[str, Any]) -> dict[str, Any] | None:
+  def observe(self, row: dict[str, Any], advise: bool = True) -> dict[str, Any] | None:
+    """Keeps the row; the advice, when this row is the first noise-limited one and `advise` (while autoscale can
+    still grow the run, it grows it instead: launch/run/autoscale.py)."""
     self._keep(row)
-    if self._said or not self._window or _finite(row.get("eval_return")) is None:
+    if self._said or not advise or not self._window or finite(row.get("eval_return")) is None:
       return None
     self.last = assess(self._rows, self._batch, self._window)
     if self.last is None or not self.last.advise:
       return None
     self._said = True
-    a = self.last
-    return {"best_eval_return": a.best_eval_return, "best_env_steps": a.best_env_steps, "kl_mean": a.kl_mean,
-            "kl_fraction": a.kl_fraction, "samples_per_kl": a.samples_per_kl,
-            "samples_per_update": a.samples_per_update,
-            "grad_noise_scale": a.grad_noise_scale, "return_slope_t": a.return_slope_t, "eval_gain": a.eval_gain,
-            "return_gain": a.return_gain, "window_env_steps": int(self._window),
-            "suggested_num_envs": 4 * self._config.num_envs}
+    return {**figures(self.last), "window_env_steps": int(self._window), "suggested_num_envs": 4 * self._config.num_envs}
 
   def command(self) -> str:
     return command(self._config, self._workdir)
 
 
-def _g(value: float | None) -> str:
+def g(value: float | None) -> str:
   return "n/a" if value is None else f"{value:.3g}"
 
 
@@ -209,13 +213,13 @@ def line(advice: dict[str, Any], row: dict[str, Any], continue_with: str) -> str
   share = "" if fraction is None else f" ({fraction:.0%} of the run's largest)"
   window = advice.get("window_env_steps", 0)
   return (f"plateau: over the last {window:,} env steps (to {row['env_steps']:,}) the evaluation's mean moved "
-          f"{advice.get('eval_gain', 0):+.3g} and the training return's {_signed(advice.get('return_gain'))} against "
+          f"{advice.get('eval_gain', 0):+.3g} and the training return's {signed(advice.get('return_gain'))} against "
           f"the {window:,} before (best evaluation {advice['best_eval_return']:.1f} at env step "
-          f"{advice['best_env_steps']:,}); noise-limited: KL per update {_g(advice['kl_mean'])}{share}, "
+          f"{advice['best_env_steps']:,}); noise-limited: KL per update {g(advice['kl_mean'])}{share}, "
           f"{advice.get('samples_per_update', 0):,} samples per update vs the policy gradient's noise scale "
-          f"{_g(advice.get('grad_noise_scale'))}. More samples per update (4x the envs, recipe) continue it: "
+          f"{g(advice.get('grad_noise_scale'))}. More samples per update (4x the envs, recipe) continue it: "
           f"{continue_with}")
 
 
-def _signed(value: float | None) -> str:
+def signed(value: float | None) -> str:
   return "n/a" if value is None else f"{value:+.3g}"

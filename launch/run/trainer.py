@@ -17,7 +17,7 @@ from absl import logging
 from launch import checkpoint
 from launch.config import resolve as config_lib
 from launch.report import console, metrics_file, sinks, wandb_sink
-from launch.run import elastic, memory, plateau, preemption, programs
+from launch.run import autoscale, elastic, memory, plateau, preemption, programs
 from launch.files import lock as workdir_lock
 from launch.files import workdir as workdir_lib
 from learner import code_path, diagnostics as diagnostics_lib
@@ -78,9 +78,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, fresh: b
   try:
     elastic.check_schedule(config, jax.device_count(), jax.process_count())
     stop = preemption.StopRequest(workdir)
+    prebuilt = None  # the next segment's programs, when autoscale compiled them to check that they fit
     while True:  # one segment per num_envs (launch/run/elastic.py): a scheduled change saves, rebuilds, restores
       segment_config, segment = elastic.plan(config, workdir)
-      row, handed_over = _train(segment_config, workdir, segment, stop)
+      row, handed_over, prebuilt = _train(segment_config, workdir, segment, stop, prebuilt)
       if not handed_over:
         return row
   except BaseException:
@@ -97,8 +98,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, fresh: b
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Segment,
-           stop: preemption.StopRequest) -> tuple[dict[str, Any], bool]:
-  """Runs one segment (launch/run/elastic.py); returns the last row and whether it handed over to the next num_envs."""
+           stop: preemption.StopRequest, prebuilt: tuple[Any, Any] | None = None
+           ) -> tuple[dict[str, Any], bool, tuple[Any, Any] | None]:
+  """Runs one segment (launch/run/elastic.py); returns the last row, whether it handed over to the next num_envs,
+  and the next segment's (resolved values, programs) where autoscale built them. `prebuilt`: this segment's."""
   resolved = config_lib.resolve(config, num_devices=jax.device_count(), num_processes=jax.process_count(),
                                 segment=segment)
   lead = jax.process_index() == 0
@@ -107,7 +110,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
 
   # Mesh, shardings and programs: the init, the fused update or the pipeline's stages, evaluation; compiled ahead
   # of the clock (launch/run/programs.py). The runner lives with the actors, the rest with the learner.
-  progs = programs.build(config, resolved=resolved)
+  progs = prebuilt[1] if prebuilt is not None and prebuilt[0] == resolved else programs.build(config, resolved=resolved)
   # Before anything is allocated: a program that cannot fit stops here (exit 2) with what to change.
   fit = memory.check_fits(progs, config)
   distributed.barrier("compiled")  # processes meet before their first collective (restore, first update)
@@ -164,6 +167,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
   for note in out.notes:  # rows the file lacks, lines it dropped: said once here, and in the next row
     console.say(f"warning: {note}")
   watch = plateau.Watch(config, workdir, config.total_env_steps, metrics_file.read_jsonl(out.jsonl_path)) if lead else None
+  # Autoscale decides on every process alike, from replicated values, with its state from the checkpoint.
+  controller = autoscale.Controller.create(config, resume.autoscale) if config.autoscale.enabled else None
+  grown = None  # the next segment's (resolved values, programs) once autoscale decided to grow
   pending: list[iteration_lib.UpdateMetrics] = list(resume.pending)
   lags: list[int] = list(resume.lags)
   run_start = PROCESS_START - resume.wall_time  # wall_time counts the run time of earlier processes too
@@ -215,16 +221,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
         last_time, last_steps, first_row = now, row["env_steps"], False
         if result.snapshot.state.outer is not None:  # outer-step control's learning-rate scale for the next update
           row["lr_scale"] = float(jax.device_get(result.snapshot.state.outer.lr_scale))
-        advice = watch and watch.observe(row)
+        can_grow = controller is not None and controller.next_size() is not None
+        if can_grow and not is_last:
+          grown = _autoscale(controller, config, row, lead)
+        # While autoscale can grow the run, it does instead of advising (after its largest size, the advice says more).
+        advice = watch and watch.observe(row, advise=not can_grow)
         if advice:
           row["plateau"] = advice
           console.say(plateau.line(advice, row, watch.command()))
         out.write(row)
       # The snapshot is valid until the next result is requested: saves copy it to the host before that.
       stopped = stop.should_stop(update) and not is_last
-      handed_over = update == end and not is_last and not stopped  # to the schedule's next num_envs
+      # To the schedule's next num_envs, or autoscale's (also on a stop: the saved state holds its decision).
+      handed_over = (update == end or grown is not None) and not is_last and not stopped
       saved = ckpts.maybe_save(result.snapshot, update, pending, lags, time.time() - run_start,
-                               force=stopped or is_last or handed_over, lock=learner_lock)
+                               force=stopped or is_last or handed_over or grown is not None, lock=learner_lock,
+                               autoscale=controller.to_json() if controller is not None else None)
       newest = update if saved else newest
       if saved and lead and config.log_checkpoints:
         console.say(console.checkpoint_line(update, ckpts.step_path(update)))
@@ -245,7 +257,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
   if stopped:
     raise checkpoint.Preempted(update, ckpts.step_path(update))
   if handed_over:
-    return row, True
+    return row, True, grown
   if lead:
     for line in console.summary_lines(metrics_file.read_jsonl(out.jsonl_path), start, resolved.env_steps_at(start), {
         "checkpoint": ckpts.step_path(newest), "metrics": out.jsonl_path,
@@ -253,4 +265,34 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
       console.say(line)
     for line in console.solve_rate_table(level_rates):
       console.say(line)
-  return row, False
+  return row, False, None
+
+
+def _autoscale(controller: autoscale.Controller, config: ml_collections.ConfigDict, row: dict[str, Any],
+               lead: bool) -> tuple[Any, Any] | None:
+  """Autoscale's decision at `row` (launch/run/autoscale.py). On a noise-limited verdict the next size's programs
+  are compiled and checked against device memory on every process: fitting everywhere, the growth is recorded in the
+  row and said, and (resolved values, programs) returned for the next segment; else the size is said once and never
+  tried again. None when the run does not grow here."""
+  assessment = controller.observe(row)
+  if assessment is None:
+    return None
+  size = controller.next_size()
+  grown_config = elastic.config_at(config, size)
+  segment = elastic.Segment(update=row["update"], env_steps=row["env_steps"], num_envs=size)
+  resolved = config_lib.resolve(grown_config, num_devices=jax.device_count(), num_processes=jax.process_count(),
+                                segment=segment)
+  progs = programs.build(grown_config, resolved=resolved)
+  report = memory.analyse(progs)
+  fits = distributed.all_processes_agree(report.fits)
+  if not fits:
+    controller.refuse(size)
+    if lead:
+      console.say(autoscale.too_large_line(size, controller.num_envs, memory.gib(report.needed),
+                                           memory.gib(report.limit) if report.limit else "?"))
+    return None
+  record = controller.grow(row, assessment)
+  row["autoscale"] = record
+  if lead:
+    console.say(autoscale.line(record))
+  return resolved, progs

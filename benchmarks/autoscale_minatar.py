@@ -1,0 +1,179 @@
+"""Autoscale against fixed env counts and a hand schedule on MinAtar (docs/autoscale.md).
+
+Arms, every one the trainer itself (launch/run/trainer.py, one workdir per run) at an equal env-step budget, under the
+recipe from N = 8 (minibatch size and learning rate fixed, minibatches ∝ N; constant learning rate):
+  autoscale   starts at N = 8, `autoscale.max_num_envs=512` (factor 4, window 0.1: the defaults)
+  fixed_8, fixed_64, fixed_512
+  schedule    8 → 64 at a quarter of the budget → 512 at half (`scaling.schedule`)
+Measures per run: the training return (the sampled policy's episodes, hundreds per interval: many distinct episodes)
+over the last tenth of the budget and its mean over the whole budget (area under the curve / budget); the final
+deterministic evaluation; wall time; where and why autoscale grew. Seeds pair the arms (seed i starts every arm from
+the same params). Intervals: Student-t 95% of the mean over seeds, and of the paired difference to each arm.
+
+  nice -n 19 python -m benchmarks.autoscale_minatar --out=docs/autoscale --shard=0/2 &   # both halves side by side
+  nice -n 19 python -m benchmarks.autoscale_minatar --out=docs/autoscale --shard=1/2 &
+  python -m benchmarks.autoscale_minatar --out=docs/autoscale --report_only     # table + figure from the results
+  python -m benchmarks.autoscale_minatar --out=/tmp/autoscale_smoke --smoke      # minutes: the plumbing
+Runs already in OUT/results_*.json are not run again, so an interrupted benchmark continues where it stopped.
+"""
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+from absl import app, flags
+from scipy import stats
+
+from benchmarks.elastic_minatar import machine
+from launch.configs import default
+from launch.report import metrics_file
+from launch.run import trainer
+
+flags.DEFINE_string("out", "docs/autoscale", "Directory for the results, the report and the figure.")
+flags.DEFINE_list("games", ["Breakout-MinAtar", "SpaceInvaders-MinAtar"], "gymnax MinAtar games.")
+flags.DEFINE_list("arms", ["autoscale", "fixed_8", "fixed_64", "fixed_512", "schedule"], "Arms to run.")
+flags.DEFINE_integer("total_env_steps", 2**21, "Env-step budget per run (equal for every arm).")
+flags.DEFINE_integer("seeds", 10, "Seeds per arm.")
+flags.DEFINE_string("shard", "0/1", "i/k: run every k-th run from the i-th (processes side by side).")
+flags.DEFINE_bool("smoke", False, "Tiny budget, one seed: checks the plumbing, measures nothing.")
+flags.DEFINE_bool("report_only", False, "Only write the report and figure from OUT/results_*.json.")
+FLAGS = flags.FLAGS
+
+BASE_N, MAX_N, T, ROW_STEPS = 8, 512, 32, 32768  # ROW_STEPS: env steps per row of the fixed arms
+
+
+def make_config(game: str, arm: str, seed: int):
+  config = default.get_config()
+  config.update_from_flattened_dict({
+      "env_name": f"gymnax:{game}", "seed": seed, "num_envs": BASE_N, "num_steps": T,
+      "total_env_steps": FLAGS.total_env_steps, "learning_rate": 2.5e-3, "anneal_lr": False, "num_minibatches": 2,
+      "scaling.rule": "recipe", "scaling.base_num_envs": BASE_N, "mesh.data": 1, "eval_episodes": 32,
+      "plateau.share": 0.0})
+  if arm.startswith("fixed_"):
+    config.num_envs = int(arm.split("_")[1])
+    config.log_every = max(1, ROW_STEPS // (config.num_envs * T))
+  else:  # rows every 16 updates: 4,096 env steps at N = 8, 262,144 at N = 512
+    config.log_every = 16
+    if arm == "autoscale":
+      config.autoscale.enabled, config.autoscale.max_num_envs = True, MAX_N
+    else:
+      b = FLAGS.total_env_steps
+      config.scaling.schedule = f"0:{BASE_N},{b // 4}:64,{b // 2}:{MAX_N}"
+  config.eval_every = config.log_every
+  config.checkpoint_every = 10**6  # the start, the hand-overs and the end only
+  return config
+
+
+def summarize(rows: list[dict], budget: int) -> dict:
+  returns = [(r["env_steps"], r["episode_return"]) for r in rows if r.get("episode_return") is not None]
+  area, last = 0.0, 0
+  for steps, value in returns:  # a row's training return covers the env steps since the row before
+    area += value * (steps - last)
+    last = steps
+  tail = [v for s, v in returns if s > 0.9 * budget]
+  evals = [(r["env_steps"], r["eval_return"]) for r in rows if r.get("eval_return") is not None]
+  return {"final_return": float(np.mean(tail)) if tail else None, "mean_return": area / last if last else None,
+          "final_eval": evals[-1][1] if evals else None, "env_steps": rows[-1]["env_steps"],
+          "growths": [r["autoscale"] for r in rows if "autoscale" in r],
+          "num_envs": [[r["env_steps"], r["num_envs"]] for r in rows],
+          "return_curve": returns, "eval_curve": evals}
+
+
+def run_all() -> None:
+  index, count = (int(x) for x in FLAGS.shard.split("/"))
+  path = os.path.join(FLAGS.out, f"results_{index}.json")
+  results = {"runs": {}}
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      results = json.load(f)
+  results.update(date=datetime.date.today().isoformat(), machine=machine(),
+                 flags={"total_env_steps": FLAGS.total_env_steps, "seeds": FLAGS.seeds, "smoke": FLAGS.smoke})
+  todo = [(g, a, s) for s in range(FLAGS.seeds) for g in FLAGS.games for a in FLAGS.arms]  # seed-major
+  for game, arm, seed in todo[index::count]:
+    name = f"{game}/{arm}/{seed}"
+    if name in results["runs"]:
+      continue
+    workdir = os.path.join(FLAGS.out, "runs", name.replace("/", "_"))
+    shutil.rmtree(workdir, ignore_errors=True)
+    start, cpu = time.time(), time.process_time()
+    trainer.train_and_evaluate(make_config(game, arm, seed), workdir)
+    rows = metrics_file.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    results["runs"][name] = {**summarize(rows, FLAGS.total_env_steps), "seconds": time.time() - start,
+                             "cpu_seconds": time.process_time() - cpu}
+    shutil.rmtree(workdir, ignore_errors=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:  # after every run; a kill mid-write keeps the old file
+      json.dump(results, f)
+    os.replace(path + ".tmp", path)
+
+
+def load() -> dict:
+  runs, meta = {}, {}
+  for path in sorted(glob.glob(os.path.join(FLAGS.out, "results_*.json"))):
+    with open(path, encoding="utf-8") as f:
+      part = json.load(f)
+    runs.update(part["runs"])
+    meta = {k: v for k, v in part.items() if k != "runs"}
+  return {**meta, "runs": runs}
+
+
+def t_cell(values: list[float]) -> str:
+  values = [v for v in values if v is not None]
+  if len(values) < 2:
+    return "n/a" if not values else f"{values[0]:.2f} (1 seed)"
+  mean, half = np.mean(values), stats.t.ppf(0.975, len(values) - 1) * stats.sem(values)
+  return f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}] (n={len(values)})"
+
+
+def report(results: dict) -> str:
+  lines = [f"{results.get('date')}, {results.get('machine')}; {results['flags']['total_env_steps']:,} env steps per "
+           "run. Cells: mean over seeds [Student-t 95% interval of the mean] (seeds)." +
+           (" SMOKE RUN: measures nothing." if results["flags"].get("smoke") else ""), ""]
+  for game in FLAGS.games:
+    runs = {a: {int(k.split("/")[2]): v for k, v in results["runs"].items() if k.startswith(f"{game}/{a}/")}
+            for a in FLAGS.arms}
+    lines += [f"## {game}", "", "| arm | training return, last tenth | training return, whole budget | final evaluation "
+              "(deterministic) | minutes per run |", "| --- | --- | --- | --- | --- |"]
+    for arm, by_seed in runs.items():
+      r = list(by_seed.values())
+      lines.append(f"| {arm} | {t_cell([x['final_return'] for x in r])} | {t_cell([x['mean_return'] for x in r])} "
+                   f"| {t_cell([x['final_eval'] for x in r])} | "
+                   f"{np.mean([x['seconds'] for x in r]) / 60 if r else float('nan'):.1f} |")
+    lines += ["", "autoscale minus each arm, paired by seed (training return, last tenth; whole budget):", "",
+              "| arm | last tenth | whole budget |", "| --- | --- | --- |"]
+    for arm in FLAGS.arms:
+      if arm == "autoscale":
+        continue
+      seeds = sorted(set(runs["autoscale"]) & set(runs[arm]))
+      diff = lambda m: [runs["autoscale"][s][m] - runs[arm][s][m] for s in seeds  # pylint: disable=cell-var-from-loop
+                        if runs["autoscale"][s][m] is not None and runs[arm][s][m] is not None]
+      lines.append(f"| {arm} | {t_cell(diff('final_return'))} | {t_cell(diff('mean_return'))} |")
+    growths = [(s, g) for s, x in sorted(runs["autoscale"].items()) for g in x["growths"]]
+    lines += ["", "Autoscale's growths (seed: env step, from → to, KL per update, samples per update / noise "
+              "scale):", ""]
+    for seed, g in growths:
+      noise = g.get("grad_noise_scale")
+      lines.append(f"- seed {seed}: {g['env_steps']:,}, {g['from']} → {g['to']}, KL {g.get('kl_mean') or 0:.3g}, "
+                   f"{g['samples_per_update']:,} / {noise or float('nan'):.3g}")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def main(_):
+  if FLAGS.smoke:
+    FLAGS.total_env_steps, FLAGS.seeds = 2**14, 1
+  os.makedirs(FLAGS.out, exist_ok=True)
+  if not FLAGS.report_only:
+    run_all()
+  text = report(load())
+  with open(os.path.join(FLAGS.out, "results.md"), "w", encoding="utf-8") as f:
+    f.write("# Autoscale on MinAtar\n\n" + text)
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
