@@ -163,15 +163,51 @@ def report(results: dict) -> str:
   return "\n".join(lines)
 
 
+def plot(results: dict, path: str) -> None:
+  """Training return against env steps per game: each arm's mean over seeds on a common grid (a run's value at a
+  grid point: its last row at or before it), band = the Student-t 95% interval of the mean."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  budget = results["flags"]["total_env_steps"]
+  grid = np.linspace(budget / 32, budget, 32)
+  fig, axes = plt.subplots(1, len(FLAGS.games), figsize=(6.5 * len(FLAGS.games), 4.2), squeeze=False)
+  for ax, game in zip(axes[0], FLAGS.games):
+    for arm in FLAGS.arms:
+      curves = []
+      for k, run in results["runs"].items():
+        if k.startswith(f"{game}/{arm}/") and run["return_curve"]:
+          steps, values = np.array(run["return_curve"], dtype=float).T
+          curves.append([values[max(0, np.searchsorted(steps, g, side="right") - 1)] for g in grid])
+      if not curves:
+        continue
+      curves = np.array(curves)
+      mean = curves.mean(axis=0)
+      line, = ax.plot(grid, mean, label=f"{arm} ({len(curves)} seeds)")
+      if len(curves) > 1:
+        half = stats.t.ppf(0.975, len(curves) - 1) * stats.sem(curves, axis=0)
+        ax.fill_between(grid, mean - half, mean + half, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.set_title(game, fontsize=10)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("training return (sampled policy)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def main(_):
   if FLAGS.smoke:
     FLAGS.total_env_steps, FLAGS.seeds = 2**14, 1
   os.makedirs(FLAGS.out, exist_ok=True)
   if not FLAGS.report_only:
     run_all()
-  text = report(load())
+  results = load()
+  text = report(results)
+  plot(results, os.path.join(FLAGS.out, "autoscale_minatar.png"))
   with open(os.path.join(FLAGS.out, "results.md"), "w", encoding="utf-8") as f:
-    f.write("# Autoscale on MinAtar\n\n" + text)
+    f.write("# Autoscale on MinAtar\n\n" + text + "\n![training return vs env steps](autoscale_minatar.png)\n")
   print(text)
 
 

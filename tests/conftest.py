@@ -53,3 +53,12 @@ def pytest_collection_modifyitems(items):
     module = item.module.__name__.rsplit(".", 1)[-1]
     return _LONGEST_FIRST.index(module) if module in _LONGEST_FIRST else len(_LONGEST_FIRST)
   items.sort(key=rank)  # stable: tests keep their order within a module
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+  """Completed runs skip drawing their figures (~5 s of CPU per run on 2 cores): for tests of other things that
+  complete many runs. The figures have their own tests (tests/test_sinks.py, tests/test_diagnostics.py)."""
+  from launch.report import plots  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(plots, "plot_runs", lambda workdirs, out_path: out_path)
+  monkeypatch.setattr(plots, "plot_diagnostics", lambda workdirs, out_path: out_path)

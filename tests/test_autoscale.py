@@ -12,6 +12,7 @@ import pytest
 from launch import checkpoint, local
 from launch.config import resolve as config_lib
 from launch.configs import debug
+from launch.report import plots
 from launch.report.metrics_file import read_jsonl
 from launch.run import autoscale, memory, plateau, preemption, programs, trainer
 from launch.config.schedule import config_at
@@ -149,7 +150,10 @@ def _rows(workdir):
 @pytest.fixture(scope="module")
 def grown(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("grown") / "run")
-  trainer.train_and_evaluate(_levels_config(), workdir)
+  with pytest.MonkeyPatch.context() as mp:  # as the no_plots fixture (tests/conftest.py), for the module
+    mp.setattr(plots, "plot_runs", lambda workdirs, out_path: out_path)
+    mp.setattr(plots, "plot_diagnostics", lambda workdirs, out_path: out_path)
+    trainer.train_and_evaluate(_levels_config(), workdir)
   return workdir
 
 
@@ -180,6 +184,7 @@ def _assert_grows_alike(rows, reference):
     np.testing.assert_allclose([r[key] for r in rows], [r[key] for r in reference], rtol=1e-4, atol=atol, err_msg=key)
 
 
+@pytest.mark.usefixtures("no_plots")
 def test_one_and_eight_devices_grow_alike(grown, tmp_path):
   workdir = str(tmp_path / "run")
   trainer.train_and_evaluate(_levels_config(**{"mesh.data": 8}), workdir)
@@ -200,6 +205,7 @@ def test_two_processes_grow_at_the_same_update(grown, tmp_path):
   _assert_grows_alike(_rows(workdir), _rows(grown))
 
 
+@pytest.mark.usefixtures("no_plots")
 def test_stopped_and_resumed_before_at_and_after_the_growth_it_is_the_same_run(grown, tmp_path):
   at = _growth(_rows(grown))
   stops = {at - 1, at, at + 1}
@@ -216,6 +222,7 @@ def test_stopped_and_resumed_before_at_and_after_the_growth_it_is_the_same_run(g
   assert _rows(workdir) == _rows(grown)
 
 
+@pytest.mark.usefixtures("no_plots")
 def test_a_size_that_does_not_fit_is_said_once_and_skipped(grown, tmp_path, monkeypatch, capsys):
   config = _levels_config()
   resolved = config_lib.resolve(config, num_devices=8)

@@ -18,6 +18,8 @@ from launch.configs import debug
 from pipeline import dataflow
 from tests.test_checkpoint import TIMING, _interrupt, _start, _wait_for, jax_cache  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.usefixtures("no_plots")  # runs skip their figures: tested elsewhere
+
 BATCH = 8 * 16  # debug: 8 envs x 16 steps
 GROW_AT = 4 * BATCH  # env steps at which the schedule grows the run to 32 envs
 TOTAL = GROW_AT + 2 * 4 * BATCH  # 4 updates at 8 envs, then 2 at 32

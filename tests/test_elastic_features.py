@@ -21,6 +21,8 @@ from pipeline import rollout
 from sharding import mesh as mesh_lib
 from tests.test_elastic import _leaves_equal, _restore, _rows
 
+pytestmark = pytest.mark.usefixtures("no_plots")  # runs skip their figures: tested elsewhere
+
 # Each feature: (overrides of the debug config, env steps per update at 8 envs). 4 updates at 8 envs, then 2 at 16.
 FEATURES = {
     "sfl": ({"env_name": "levels", "num_steps": 4, "anneal_lr": False, "reset_pool.size": 16,

@@ -16,6 +16,8 @@ from launch.checkpoint import saved_run
 from launch.run import trainer
 from launch.configs import debug
 
+pytestmark = pytest.mark.usefixtures("no_plots")  # runs skip their figures: tested elsewhere
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -20,6 +20,8 @@ from learner import policy as policy_lib
 from pipeline import dataflow, iteration as iteration_lib, obs_norm as obs_norm_lib
 from sharding import Layout, make_mesh
 
+pytestmark = pytest.mark.usefixtures("no_plots")  # runs skip their figures: tested elsewhere
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -173,6 +173,7 @@ HALF = _halves(CELLS)[0]  # this module's; the rest: tests/test_matrix_more.py
 
 
 @pytest.mark.parametrize("cell", HALF, ids=[_name(c) for c in HALF])
+@pytest.mark.usefixtures("no_plots")  # figures are tested elsewhere
 def test_cell(cell, tmp_path):
   run_cell(cell, tmp_path)
 

@@ -7,5 +7,6 @@ HALF = _halves(CELLS)[1]
 
 
 @pytest.mark.parametrize("cell", HALF, ids=[_name(c) for c in HALF])
+@pytest.mark.usefixtures("no_plots")  # figures are tested elsewhere
 def test_cell(cell, tmp_path):
   run_cell(cell, tmp_path)

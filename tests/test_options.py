@@ -12,6 +12,8 @@ from launch.configs import debug
 from launch.report.metrics_file import read_jsonl
 from pipeline import dataflow
 
+pytestmark = pytest.mark.usefixtures("no_plots")  # runs skip their figures: tested elsewhere
+
 NUM_UPDATES = 3
 
 

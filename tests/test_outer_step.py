@@ -14,6 +14,8 @@ from learner import outer_step
 from tests.test_checkpoint import TIMING
 from tests.test_elastic import follow
 
+pytestmark = pytest.mark.usefixtures("no_plots")  # runs skip their figures: tested elsewhere
+
 
 def _run(settings, kls, samples=1e4):
   """The scale after each update, fed its mean KL over `samples` states."""

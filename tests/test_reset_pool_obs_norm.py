@@ -3,6 +3,7 @@ lives in the TrainState, and keeps results independent of the device count."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import struct
 
 from envs import base, reset_pool
@@ -10,6 +11,8 @@ from launch.run import trainer
 from launch.configs import debug
 from learner import distributions
 from pipeline import batch_rows, obs_norm, rollout
+
+pytestmark = pytest.mark.usefixtures("no_plots")  # runs skip their figures: tested elsewhere
 
 MAX_LEN = 8
 

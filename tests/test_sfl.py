@@ -15,6 +15,8 @@ from launch.run import trainer
 from launch.configs import debug
 from pipeline import batch_rows, rollout, sfl
 
+pytestmark = pytest.mark.usefixtures("no_plots")  # runs skip their figures: tested elsewhere
+
 TIMING = ("wall_time", "sps", "compile_time", "first_update_time")  # differ between runs by nature
 
 
