@@ -29,7 +29,6 @@ import numpy as np
 from absl import app, flags
 from scipy import stats
 
-from benchmarks.elastic_minatar import machine
 from launch.configs import default
 from launch.report import metrics_file
 from launch.run import trainer
@@ -45,6 +44,12 @@ flags.DEFINE_bool("report_only", False, "Only write the report and figure from O
 FLAGS = flags.FLAGS
 
 BASE_N, MAX_N, T, ROW_STEPS = 8, 512, 32, 32768  # ROW_STEPS: env steps per row of the fixed arms
+
+
+def machine() -> str:
+  with open("/proc/cpuinfo", encoding="utf-8") as f:
+    model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+  return f"{model}, {os.cpu_count()} cores"
 
 
 def make_config(game: str, arm: str, seed: int):
