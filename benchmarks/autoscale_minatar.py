@@ -7,7 +7,9 @@ recipe from N = 8 (minibatch size and learning rate fixed, minibatches ∝ N; co
   schedule    8 → 64 at a quarter of the budget → 512 at half (`scaling.schedule`)
 Measures per run: the training return (the sampled policy's episodes, hundreds per interval: many distinct episodes)
 over the last tenth of the budget and its mean over the whole budget (area under the curve / budget); the final
-deterministic evaluation; wall time; where and why autoscale grew. Seeds pair the arms (seed i starts every arm from
+policy sampled over 256 evaluation episodes (launch/evaluate.py's episodes; the number of distinct (return, length)
+pairs among them reported, a lower bound on the distinct episodes); the final deterministic evaluation (gymnax's
+MinAtar has no sticky actions: 1-2 distinct episodes); wall time; where and why autoscale grew. Seeds pair the arms (seed i starts every arm from
 the same params). Intervals: Student-t 95% of the mean over seeds, and of the paired difference to each arm.
 
   nice -n 19 python -m benchmarks.autoscale_minatar --out=docs/autoscale --shard=0/2 &   # both halves side by side
@@ -30,6 +32,7 @@ from absl import app, flags
 from scipy import stats
 
 from launch.configs import default
+from launch.evaluate import run_episodes
 from launch.report import metrics_file
 from launch.run import trainer
 
@@ -44,6 +47,7 @@ flags.DEFINE_bool("report_only", False, "Only write the report and figure from O
 FLAGS = flags.FLAGS
 
 BASE_N, MAX_N, T, ROW_STEPS = 8, 512, 32, 32768  # ROW_STEPS: env steps per row of the fixed arms
+SAMPLED_EPISODES = 256
 
 
 def machine() -> str:
@@ -72,6 +76,18 @@ def make_config(game: str, arm: str, seed: int):
   config.eval_every = config.log_every
   config.checkpoint_every = 10**6  # the start, the hand-overs and the end only
   return config
+
+
+def sampled_evaluation(workdir: str, seed: int) -> dict:
+  """The final checkpoint's policy, sampled, over SAMPLED_EPISODES episodes (the same start keys for every arm)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import envs  # pylint: disable=import-outside-toplevel
+  from launch.checkpoint import saved_run  # pylint: disable=import-outside-toplevel
+  run = saved_run.load(workdir)
+  out = run_episodes(envs.make(run.config.env_name), run.policy.act, SAMPLED_EPISODES, jax.random.PRNGKey(1000 + seed),
+                     deterministic=False)
+  distinct = len(set(zip(out["returns"].tolist(), out["lengths"].tolist())))
+  return {"sampled_eval": float(out["returns"].mean()), "sampled_distinct": distinct}
 
 
 def summarize(rows: list[dict], budget: int) -> dict:
@@ -109,7 +125,7 @@ def run_all() -> None:
     trainer.train_and_evaluate(make_config(game, arm, seed), workdir)
     rows = metrics_file.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     results["runs"][name] = {**summarize(rows, FLAGS.total_env_steps), "seconds": time.time() - start,
-                             "cpu_seconds": time.process_time() - cpu}
+                             "cpu_seconds": time.process_time() - cpu, **sampled_evaluation(workdir, seed)}
     shutil.rmtree(workdir, ignore_errors=True)
     with open(path + ".tmp", "w", encoding="utf-8") as f:  # after every run; a kill mid-write keeps the old file
       json.dump(results, f)
@@ -141,11 +157,13 @@ def report(results: dict) -> str:
   for game in FLAGS.games:
     runs = {a: {int(k.split("/")[2]): v for k, v in results["runs"].items() if k.startswith(f"{game}/{a}/")}
             for a in FLAGS.arms}
-    lines += [f"## {game}", "", "| arm | training return, last tenth | training return, whole budget | final evaluation "
-              "(deterministic) | minutes per run |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"## {game}", "", "| arm | training return, last tenth | training return, whole budget | final policy sampled, "
+              f"{SAMPLED_EPISODES} episodes (distinct, min over seeds) | final evaluation (deterministic) | minutes "
+              "per run |", "| --- | --- | --- | --- | --- | --- |"]
     for arm, by_seed in runs.items():
       r = list(by_seed.values())
       lines.append(f"| {arm} | {t_cell([x['final_return'] for x in r])} | {t_cell([x['mean_return'] for x in r])} "
+                   f"| {t_cell([x.get('sampled_eval') for x in r])} ({min((x.get('sampled_distinct', 0) for x in r), default=0)}) "
                    f"| {t_cell([x['final_eval'] for x in r])} | "
                    f"{np.mean([x['seconds'] for x in r]) / 60 if r else float('nan'):.1f} |")
     lines += ["", "autoscale minus each arm, paired by seed (training return, last tenth; whole budget):", "",
