@@ -22,6 +22,8 @@ Exit codes (each non-zero exit ends with one line saying what happened and what 
 The console shows one start line, the progress bar, one line per checkpoint with --config.log_checkpoints, and a
 summary; the libraries' INFO lines and warnings are shown with -v 0 (absl's --verbosity).
 """
+import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -77,6 +79,11 @@ flags.DEFINE_integer("process_id", None, "This process's index in a multi-proces
 flags.DEFINE_bool("dry_run", False, "Validate the config, print it fully resolved as one JSON object, and exit.")
 flags.DEFINE_bool("dry_run_memory", True, "With --dry_run: also compile the programs from abstract shapes (no state "
                   "is allocated) and print their memory per device (launch/run/memory.py).")
+flags.DEFINE_list("dry_run_platforms", [], "With --dry_run: also lower every program for these platforms (cuda, rocm, "
+                  "tpu) without their devices, and flag ops they run non-deterministically or cannot run "
+                  "(launch/run/portability.py); exit 1 when any program does not lower or is flagged.")
+flags.DEFINE_integer("dry_run_devices", 8, "With --dry_run_platforms: CPU devices standing for the mesh (sets "
+                     "--xla_force_host_platform_device_count unless XLA_FLAGS sets it).")
 flags.DEFINE_bool("describe_config", False, "Print every config key (this config's value, type, one-line doc, rule, "
                   "resume policy; see launch/config/schema.py) and exit.")
 flags.DEFINE_bool("fresh", False, "Start the run over: move this workdir's metrics, TensorBoard events and checkpoints "
@@ -118,6 +125,14 @@ def main(argv):
   if FLAGS.describe_config:
     print(config_schema.SCHEMA.listing(config_lib.flat_keys(config)))
     return
+  if FLAGS.dry_run_platforms:
+    if not FLAGS.dry_run:
+      _fail("--dry_run_platforms needs --dry_run")
+    if FLAGS.dry_run_devices < 1:
+      _fail(f"--dry_run_devices={FLAGS.dry_run_devices}: must be a positive integer")
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):  # before the backend starts
+      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                 f" --xla_force_host_platform_device_count={FLAGS.dry_run_devices}").strip()
   cli.check_xla_flags()
   from sharding import distributed  # pylint: disable=import-outside-toplevel
   try:
@@ -132,17 +147,33 @@ def main(argv):
   preemption.EXIT_AT_ONCE = True  # this process is ours: a second signal, or a stop during compilation, ends it now
   try:
     if FLAGS.dry_run:
-      described = config_cli.describe(config, jax.device_count(), jax.process_count())
-      from launch.run import memory  # pylint: disable=import-outside-toplevel
-      from learner import code_path  # pylint: disable=import-outside-toplevel
-      described["code_path"] = code_path.describe()  # "portable" with PPO_PORTABLE=1 or on an accelerator
-      described["memory_per_transition"] = memory.per_transition(config)  # shapes only: any num_envs, no compile
-      if FLAGS.dry_run_memory:
-        report = memory.plan(config)
-        described["memory"] = report.as_dict()
-        if not report.fits:
-          described.setdefault("warnings", []).append(f"does not fit in device memory: {report.summary()}")
+      # stdout carries the JSON alone: what libraries print while the programs are built goes to stderr
+      with contextlib.redirect_stdout(sys.stderr):
+        described = config_cli.describe(config, jax.device_count(), jax.process_count())
+        from launch.run import memory  # pylint: disable=import-outside-toplevel
+        from learner import code_path  # pylint: disable=import-outside-toplevel
+        described["code_path"] = code_path.describe()  # "portable" with PPO_PORTABLE=1 or on an accelerator
+        described["memory_per_transition"] = memory.per_transition(config)  # shapes only: any num_envs, no compile
+        if FLAGS.dry_run_memory:
+          report = memory.plan(config)
+          described["memory"] = report.as_dict()
+          if not report.fits:
+            described.setdefault("warnings", []).append(f"does not fit in device memory: {report.summary()}")
+        lowerings = []
+        if FLAGS.dry_run_platforms:
+          from launch.run import portability  # pylint: disable=import-outside-toplevel
+          platforms = portability.check_platforms(FLAGS.dry_run_platforms)
+          lowerings = portability.check(config, platforms)
+          described["lowering"] = {"devices": jax.device_count(),
+                                   "programs": [dataclasses.asdict(x) for x in lowerings]}
       print(json.dumps(described, indent=2))
+      for lowering in lowerings:
+        print(lowering.line(), file=sys.stderr)
+      bad = [x for x in lowerings if not x.ok]
+      if bad:
+        print(f"error: {len(bad)} of {len(lowerings)} program lowerings failed or were flagged "
+              f"({', '.join(sorted({f'{x.program} ({x.platform})' for x in bad}))})", file=sys.stderr)
+        sys.exit(1)
       return
     if not FLAGS.workdir:
       _fail("--workdir is required")

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from envs import base
+from learner import code_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +29,10 @@ class Categorical:
 
   def log_prob(self, logits, action):
     logp = jax.nn.log_softmax(logits)
-    return jnp.take_along_axis(logp, action[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    action = action.astype(jnp.int32)
+    if code_path.cpu_forms():  # the gradient is a scatter-add into the logits: XLA:GPU's atomics (code_path.py)
+      return jnp.take_along_axis(logp, action[..., None], axis=-1)[..., 0]
+    return jnp.where(jnp.arange(self.n) == action[..., None], logp, 0.0).sum(-1)  # the same value, exactly
 
   def entropy(self, logits):
     logp = jax.nn.log_softmax(logits)

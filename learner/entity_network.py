@@ -24,17 +24,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs.entities import EntityObs
-from learner import distributions, networks
+from learner import code_path, distributions, networks
 
 
 def _gather(x, index):
-  """x [B, S, W], index [B, J] -> [B, J, W]."""
-  return jnp.take_along_axis(x, index[..., None], axis=1)
+  """x [B, S, W], index [B, J] -> [B, J, W]. Accelerators: a one-hot matmul (the gather's gradient is a scatter-add
+  with colliding rows, which XLA:GPU orders by atomics; learner/code_path.py)."""
+  if code_path.cpu_forms():
+    return jnp.take_along_axis(x, index[..., None], axis=1)
+  return jnp.einsum("bjs,bsw->bjw", jax.nn.one_hot(index, x.shape[1], dtype=x.dtype), x)
 
 
 def _scatter_add(x, index, update):
-  """x [B, S, W] with update [B, J, W] added at rows index [B, J]."""
-  return jax.vmap(lambda a, i, u: a.at[i].add(u))(x, index, update)
+  """x [B, S, W] with update [B, J, W] added at rows index [B, J] (accelerators: a one-hot matmul, as `_gather`)."""
+  if code_path.cpu_forms():
+    return jax.vmap(lambda a, i, u: a.at[i].add(u))(x, index, update)
+  return x + jnp.einsum("bjs,bjw->bsw", jax.nn.one_hot(index, x.shape[1], dtype=update.dtype), update)
 
 
 def _where(mask, x):

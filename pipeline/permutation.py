@@ -72,7 +72,13 @@ def random_permutation(key: jax.Array, n: int) -> Int[Array, "n"]:
   if n == 1 << bits:
     return image
   keep = image < n
-  position = jnp.where(keep, jnp.cumsum(keep, dtype=jnp.int32) - 1, n)  # n: dropped
+  # Dropped images go to distinct positions past the end where int32 allows, so every index is unique: a
+  # deterministic scatter on every backend (XLA:GPU keeps an arbitrary one of colliding scatter-sets). Past 2^30
+  # they all go to n, dropped, and only dropped ones collide.
+  if n + (1 << bits) <= 2**31 - 1:
+    position = jnp.where(keep, jnp.cumsum(keep, dtype=jnp.int32) - 1, n + jnp.arange(1 << bits, dtype=jnp.int32))
+    return jnp.zeros(n, jnp.int32).at[position].set(image, mode="drop", unique_indices=True)
+  position = jnp.where(keep, jnp.cumsum(keep, dtype=jnp.int32) - 1, n)
   return jnp.zeros(n, jnp.int32).at[position].set(image, mode="drop")
 
 

@@ -19,6 +19,7 @@ import optax
 from flax import struct
 
 from learner import diagnostics, ewma as ewma_lib, losses
+from learner import code_path
 from pipeline import advantage_stats, batch_rows, permutation, sgd_chunks
 
 
@@ -41,9 +42,9 @@ def sgd_epochs(params, opt_state, rows: batch_rows.Rows, key: jax.Array, *, loss
   """`rows`: the [T, N] batch packed as rows of a losses.Minibatch (pipeline/batch_rows.py); `track_grad_noise`
   fills the result's `grad_noise`; `lr_scale` multiplies every optimizer step (outer-step control,
   learner/outer_step.py; None: the optimizer's own learning rate); `streamed_stats` takes the minibatches' advantage
-  statistics from one pass over the batch (pipeline/advantage_stats.py) where the batch size allows, else each
-  minibatch gathers them; `flat_gather` gathers rows by flat index (batch_rows.at: faster, but only where the env
-  axis is not split over devices).
+  statistics from one pass over the batch (pipeline/advantage_stats.py) where the batch size and backend allow,
+  else each minibatch gathers them; `flat_gather` gathers rows by flat index (batch_rows.at: faster, but only where
+  the env axis is not split over devices).
 
   Each minibatch's gradient is accumulated over chunks of `chunk_size` samples (default: the whole minibatch).
   """
@@ -77,9 +78,10 @@ def sgd_epochs(params, opt_state, rows: batch_rows.Rows, key: jax.Array, *, loss
 
   epoch_keys = jax.random.split(key, update_epochs)
   # Every minibatch's advantage mean and std, all epochs at once, from one pass over the batch in memory order
-  # (a power-of-two batch); otherwise each minibatch gathers its own (None).
+  # (a power-of-two batch, CPU forms: its per-minibatch sums are float scatter-adds, which XLA:GPU orders by atomics);
+  # otherwise each minibatch gathers its own (None), deterministic on every backend (learner/code_path.py).
   stats = (advantage_stats.streamed(rows, epoch_keys, num_minibatches)
-           if streamed_stats and advantage_stats.supported(batch_size) else None)
+           if streamed_stats and code_path.cpu_forms() and advantage_stats.supported(batch_size) else None)
   (params, opt_state, proximal), (aux, noise) = jax.lax.scan(epoch, (params, opt_state, proximal),
                                                              (epoch_keys, stats))
   stats = None

@@ -209,7 +209,9 @@ def test_cpu_update_compiles_without_ynnpack_fusions():
   assert "__ynn_fusion" in f.lower(params, x).compile().as_text()  # jaxlib's default; drop this line if it changes
   assert "__ynn_fusion" not in f.lower(params, x).compile(
       compiler_options=xla_options.compiler_options("cpu")).as_text()
-  assert xla_options.compiler_options("gpu") == {}
+  gpu = xla_options.compiler_options("gpu")
+  assert gpu == {"xla_gpu_deterministic_ops": True} and xla_options.compiler_options("tpu") == {}
+  f.lower(params, x).compile(compiler_options=gpu)  # XLA's debug options are shared: this jaxlib knows the name
 
 
 def test_sgd_chunk_size_rules():

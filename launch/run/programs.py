@@ -104,7 +104,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
     return progs
   t0 = time.time()
   solve = solve_rate_program(agent, _kinetix_level_groups(agent, config.eval.solve_levels),
-                             config.eval.solve_attempts, progs)
+                             config.eval.solve_attempts, progs, kwargs.get("aot"))
   return dataclasses.replace(progs, solve_rates=solve, compile_time=progs.compile_time + time.time() - t0)
 
 
@@ -127,9 +127,12 @@ class LevelGroup(NamedTuple):
   ids: jax.Array
 
 
-def solve_rate_program(agent, groups: list[LevelGroup], attempts: int, progs: Programs) -> Callable:
+def solve_rate_program(agent, groups: list[LevelGroup], attempts: int, progs: Programs,
+                       aot: Callable | None = None) -> Callable:
   """Solve rates (pipeline/solve_rate.py), one compiled program per group, next to the learner's params and fed the
-  run's observation statistics as evaluation is: `(params, key, obs_norm) -> {level: solve rate}`."""
+  run's observation statistics as evaluation is: `(params, key, obs_norm) -> {level: solve rate}`. `aot` as
+  make_programs' (default: compiled with XLA's default options)."""
+  aot = aot or (lambda name, jitted, *args: jitted.lower(*args).compile())
   params, compiled = progs.abstract_state.params, []
   obs_norm = _placed(progs.abstract_state.runner.obs_norm,
                      jax.tree.map(lambda _: progs.layout.replicated, progs.abstract_state.runner.obs_norm))
@@ -137,7 +140,8 @@ def solve_rate_program(agent, groups: list[LevelGroup], attempts: int, progs: Pr
     levels, ids = jax.device_put((group.levels, group.ids), jax.tree.leaves(params)[0].sharding)  # next to params
     fn = jax.jit(solve_rate_lib.make_solve_rates(group.env, agent.apply, agent.dist, attempts))
     key = jax.eval_shape(jax.random.PRNGKey, 0)
-    compiled.append((group.names, fn.lower(params, key, levels, ids, obs_norm).compile(), levels, ids))
+    compiled.append((group.names, aot(f"solve_rates_{len(compiled)}", fn, params, key, levels, ids, obs_norm),
+                     levels, ids))
 
   def solve_rates(params, key, obs_norm) -> dict[str, float]:
     out = {}
@@ -151,7 +155,7 @@ def solve_rate_program(agent, groups: list[LevelGroup], attempts: int, progs: Pr
 def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, layout: Layout,
                   actor_layout: Layout | None = None, *, mode: str = "fused", eval_episodes: int = 0,
                   compile_update: bool = True, num_seeds: int | None = None, updates_per_call: int = 1,
-                  compiler_options: dict[str, str] | None = None) -> Programs:
+                  compiler_options: dict[str, str] | None = None, aot: Callable | None = None) -> Programs:
   """Builds and compiles the programs of a run from its parts.
 
   mode: "fused" (one update program) or "sync" / "overlap" (the pipeline's stages; the lag is the Pipeline's).
@@ -161,6 +165,8 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
     a leading seed axis (never split over devices), the update and evaluation are vmapped over it.
   updates_per_call: k > 1 scans k fused updates per call; the metrics then have a leading axis of k.
   compiler_options: default xla_options.compiler_options(jax.default_backend()).
+  aot: `(name, jitted, *abstract_args) -> program` replaces lowering and compiling (default: compile with
+    `compiler_options`); the cross-platform dry run (launch/run/portability.py) records the programs with it.
   With level_sampler.kind=sfl the re-scoring is a program of its own (`rescore`), and `update` runs it before
   updates 1, 1 + rescore_every, ... (`SFLUpdate`); benchmarks/sfl_cost.py times the two apart.
   """
@@ -168,6 +174,8 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
   ppo = resolved.ppo
   if compiler_options is None:
     compiler_options = xla_options.compiler_options(jax.default_backend())
+  compiled, recording = {}, aot is not None
+  aot = aot or _compiler(compiler_options, compiled)
   if mode == "fused" and actor_layout.mesh is not layout.mesh:
     raise ValueError("the fused update runs on one mesh: actors and learner must share it")
   if mode != "fused" and (num_seeds or updates_per_call != 1):
@@ -201,39 +209,46 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
   progs = Programs(resolved=resolved, agent=agent, layout=layout, actor_layout=actor_layout,
                    state_shardings=state_shardings, abstract_state=abstract_state, init=init,
                    resize_runner=resize_runner)
+  if recording:  # these two compile on their first call in a run; the dry run lowers them as well
+    aot("init", init_jit, key)
+    if resize_runner is not None:
+      aot("resize_runner", resize_runner, abstract_state.runner, abstract_state.key)
   if not compile_update:
     return progs
 
   # Update step(s) and evaluation, compiled ahead of time.
   t0 = time.time()
   update = pipeline = evaluate = rescore = None
-  compiled = {}
   if mode == "fused":
     step = seeded(iteration_lib.make_iteration(agent, ppo, layout.constrain_envs,
                                                flat_gather=layout.num_shards == 1))
     if updates_per_call > 1:
       step = functools.partial(_scanned, step, updates_per_call)
-    update = jax.jit(step, in_shardings=(state_shardings,), out_shardings=(state_shardings, layout.replicated),
-                     donate_argnums=0).lower(abstract_state).compile(compiler_options=compiler_options)
-    compiled["update"] = update
+    update = aot("update", jax.jit(step, in_shardings=(state_shardings,), donate_argnums=0,
+                                   out_shardings=(state_shardings, layout.replicated)), abstract_state)
     if ppo.sfl:
-      rescore = jax.jit(iteration_lib.make_rescore(agent, ppo, layout.constrain_envs), in_shardings=(state_shardings,),
-                        out_shardings=state_shardings, donate_argnums=0).lower(abstract_state).compile(
-                            compiler_options=compiler_options)
-      compiled["rescore"] = rescore
+      rescore = aot("rescore", jax.jit(iteration_lib.make_rescore(agent, ppo, layout.constrain_envs),
+                                       in_shardings=(state_shardings,), out_shardings=state_shardings,
+                                       donate_argnums=0), abstract_state)
       update = SFLUpdate(update, rescore, ppo.sfl.rescore_every)
   else:
-    pipeline = _compile_stages(agent, ppo, actor_layout, layout, abstract_state, compiler_options, compiled)
+    pipeline = _compile_stages(agent, ppo, actor_layout, layout, abstract_state, aot)
   if eval_episodes:
     evaluate_fn = seeded(evaluate_lib.make_evaluate(agent.env, agent.apply, agent.dist, eval_episodes))
     replicated = _with_seed_axis(layout.replicated, num_seeds)
     obs_norm = _placed(abstract_state.runner.obs_norm,
                        jax.tree.map(lambda _: replicated, abstract_state.runner.obs_norm))
-    evaluate = jax.jit(evaluate_fn).lower(abstract_state.params, key, obs_norm).compile(
-        compiler_options=compiler_options)
-    compiled["evaluate"] = evaluate
+    evaluate = aot("evaluate", jax.jit(evaluate_fn), abstract_state.params, key, obs_norm)
   return dataclasses.replace(progs, update=update, pipeline=pipeline, evaluate=evaluate, rescore=rescore,
                              compile_time=time.time() - t0, compiled=compiled)
+
+
+def _compiler(compiler_options: dict, compiled_out: dict) -> Callable:
+  """The default `aot`: lowers and compiles with `compiler_options`, keeping each program in `compiled_out` by name."""
+  def aot(name, jitted, *args):
+    compiled_out[name] = jitted.lower(*args).compile(compiler_options=compiler_options)
+    return compiled_out[name]
+  return aot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,20 +298,16 @@ def _with_seed_axis(shardings, num_seeds):
 
 
 def _compile_stages(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings, actor_layout: Layout,
-                    learner_layout: Layout, example: TrainState,
-                    compiler_options: dict[str, str], compiled_out: dict) -> dataflow.PipelineFns:
-  """The pipeline's stages, each compiled with explicit shardings: act and advantage on the actors' mesh, learn,
-  metrics and the key schedule on the learner's. `example`: the state's shapes (placement is decided here).
-  Each compiled stage is also put in `compiled_out` by name."""
+                    learner_layout: Layout, example: TrainState, aot: Callable) -> dataflow.PipelineFns:
+  """The pipeline's stages, each compiled (`aot`, by its function's name) with explicit shardings: act and advantage on
+  the actors' mesh, learn, metrics and the key schedule on the learner's. `example`: the state's shapes (placement is
+  decided here)."""
   stages = iteration_lib.make_stages(agent, ppo, actor_layout.constrain_envs, learner_layout.constrain_envs,
                                      flat_gather=learner_layout.num_shards == 1)
   a_rep, l_rep = actor_layout.replicated, learner_layout.replicated
 
   def compiled(fn, out_shardings, *args, donate_argnums=()):
-    program = jax.jit(fn, out_shardings=out_shardings, donate_argnums=donate_argnums).lower(*args).compile(
-        compiler_options=compiler_options)
-    compiled_out[fn.__name__] = program
-    return program
+    return aot(fn.__name__, jax.jit(fn, out_shardings=out_shardings, donate_argnums=donate_argnums), *args)
 
   def replicated(tree, sharding):
     return _placed(tree, jax.tree.map(lambda _: sharding, tree))
