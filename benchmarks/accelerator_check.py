@@ -14,6 +14,10 @@ short keeps what it measured; DIR/accelerator_check.md is the table):
                losses, entropy, KL and param norm within --rtol
   resume       a short run through the trainer's checkpointing, its last checkpoint removed and rerun on the
                devices: every metrics row == the uninterrupted run's
+  determinism  the reference config (and, beside --cpu_smoke, entity observations on cue_entities) built and run
+               twice on the devices, each its own compile: params and metrics bit for bit equal (the GPU's
+               xla_gpu_deterministic_ops and the accelerator forms, learner/code_path.py); and the update's time with
+               XLA's default options beside it (the option's cost)
   throughput   ours vs the naive PPO (benchmarks/throughput.py's functions: compile excluded, median of
                --repeats) at --num_envs, with compile times, peak host RSS and peak device memory
   kinetix      the default Kinetix config's SPS (compile excluded, median of --repeats), if kinetix-env imports
@@ -49,7 +53,8 @@ FLAGS.set_default("num_envs", ["2048", "65536", "1048576"])
 FLAGS.set_default("naive_max_envs", 1048576)
 flags.DEFINE_string("out_dir", "runs/accelerator_check", "Where accelerator_check.json and .md are written.")
 flags.DEFINE_bool("cpu_smoke", False, "Tiny sizes on CPU, to keep the check from rotting (CI runs it).")
-flags.DEFINE_list("sections", ["memory", "correctness", "resume", "throughput", "kinetix", "overlap"],
+flags.DEFINE_list("sections", ["memory", "correctness", "resume", "determinism", "throughput", "kinetix",
+                               "overlap"],
                   "Sections to run, in this order.")
 flags.DEFINE_integer("memory_envs", 1048576, "num_envs of the reference config whose compiled memory is reported.")
 flags.DEFINE_integer("correctness_envs", 2048, "num_envs of the correctness run.")
@@ -144,6 +149,36 @@ def resume_section(sizes) -> dict:
           "differing_keys": differing}
 
 
+def determinism_section(sizes) -> dict:
+  import hashlib  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  variants = {"reference": {}}
+  if not FLAGS.cpu_smoke:
+    variants["entity"] = {"env_name": "cue_entities", "network.kind": "entity"}
+  out = {}
+  for name, overrides in variants.items():
+    config = throughput.reference_config(sizes["correctness_envs"], 3)
+    config.update_from_flattened_dict(overrides)
+    runs = []
+    for options in (None, None, {}):  # this backend's options twice (two compiles), then XLA's defaults
+      progs = programs.build(config, eval_episodes=0, compiler_options=options)
+      state, digest, times = progs.init(jax.random.PRNGKey(config.seed)), hashlib.sha256(), []
+      for _ in range(3):
+        t0 = time.perf_counter()
+        state, metrics = progs.update(state)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t0)
+        for leaf in jax.tree.leaves(jax.device_get((state.params, metrics))):
+          digest.update(np.asarray(leaf).tobytes())
+      runs.append({"digest": digest.hexdigest()[:16], "update_s": times[1:]})
+      del progs, state
+    out[name] = {"num_envs": sizes["correctness_envs"], "passed": runs[0]["digest"] == runs[1]["digest"],
+                 "digests": [r["digest"] for r in runs[:2]], "update_s": runs[0]["update_s"],
+                 "xla_defaults_update_s": runs[2]["update_s"]}
+  out["passed"] = all(v["passed"] for v in out.values())
+  return out
+
+
 def throughput_section(sizes) -> dict:
   ceiling = throughput.matmul_gflops()
   rows = []
@@ -207,7 +242,7 @@ def overlap_section(sizes) -> dict:
 
 
 SECTIONS = {"memory": memory_section, "correctness": correctness_section, "resume": resume_section,
-            "throughput": throughput_section, "kinetix": kinetix_section, "overlap": overlap_section}
+            "determinism": determinism_section, "throughput": throughput_section, "kinetix": kinetix_section, "overlap": overlap_section}
 
 
 def _device_peak_bytes():
@@ -266,6 +301,11 @@ def markdown(result: dict) -> str:
     elif name == "resume":
       lines.append(f"| exact resume through checkpoints | {'passed' if sec['passed'] else 'FAILED'}"
                    f"{'' if sec['passed'] else ' (differing: ' + ', '.join(sec['differing_keys']) + ')'} |")
+    elif name == "determinism":
+      for variant, v in ((k, v) for k, v in sec.items() if k != "passed"):
+        lines.append(f"| determinism, {variant} at {v['num_envs']:,} envs: two compiles, bit for bit | "
+                     f"{'passed' if v['passed'] else 'FAILED'} (update {statistics.median(v['update_s']):.4f} s; "
+                     f"with XLA's default options {statistics.median(v['xla_defaults_update_s']):.4f} s) |")
     elif name == "throughput":
       for r in sec["rows"]:
         ratio = f", {r['ratio_vs_naive']:.2f}× naive" if "ratio_vs_naive" in r else ""

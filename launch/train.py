@@ -3,10 +3,13 @@
   python -m launch.train --workdir=DIR [--config=launch/configs/NAME.py[:ARG]] [--config.KEY=VALUE ...]
   python -m launch.train --workdir=DIR --dry_run ...   # print the resolved config, code path and compiled
                                                        # programs' memory per device as JSON, and exit
+  python -m launch.train --dry_run --dry_run_platforms=cuda,tpu ...   # also lower every program for GPU and TPU
+                                                       # (launch/run/portability.py); exit 1 if one fails or is flagged
   python -m launch.train --describe_config [--config=...]   # every key: value, type, doc, rule, resume policy
 
 Exit codes (each non-zero exit ends with one line saying what happened and what to do):
   0    done.
+  1    with --dry_run_platforms: a program did not lower for a platform, or was flagged (the lines on stderr say which).
   2    invalid config or flags; compiled programs that do not fit in device memory (launch/run/memory.py: the message
        names the memory needed and the keys to change); a workdir that cannot be used: in use by another run (its
        lock names the host and pid), not writable (no space, read-only, a path under a file: the message names the path, the cause and the

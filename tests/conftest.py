@@ -47,7 +47,8 @@ def workdir(tmp_path):
 _LONGEST_FIRST = ("test_matrix", "test_matrix_more", "test_multihost", "test_checkpoint", "test_train", "test_dataflow",
                   "test_elastic", "test_faults", "test_entities", "test_autoscale", "test_cli_faults", "test_perf",
                   "test_suites", "test_options", "test_diagnostics", "test_memory", "test_console",
-                  "test_stagnation_study", "test_accelerator_check", "test_elastic_features", "test_portable",
+                  "test_stagnation_study", "test_accelerator_check", "test_portability", "test_elastic_features",
+                  "test_portable",
                   "test_config", "test_advantage_stats", "test_sfl", "test_export", "test_outer_step")
 
 

@@ -21,7 +21,7 @@ def test_cpu_smoke_writes_the_json_and_the_table(tmp_path):
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((out / "accelerator_check.json").read_text())
-  for section in ("memory", "correctness", "resume", "throughput", "kinetix", "overlap"):
+  for section in ("memory", "correctness", "resume", "determinism", "throughput", "kinetix", "overlap"):
     assert section in result and "error" not in result[section], (section, result.get(section))
   assert result["meta"]["device_count"] == 1 and result["meta"]["code_path"] == "cpu"
   update = result["memory"]["reference"]["programs"]["update"]
@@ -31,6 +31,8 @@ def test_cpu_smoke_writes_the_json_and_the_table(tmp_path):
   assert correctness["passed"] and set(correctness["max_rel_diff"]) >= {"policy_loss", "param_norm"}
   assert correctness["device"] != correctness["cpu_reference"]
   assert result["resume"]["passed"] and result["resume"]["differing_keys"] == []
+  determinism = result["determinism"]["reference"]  # two compiles, the same bits; XLA's defaults timed beside
+  assert determinism["passed"] and len(set(determinism["digests"])) == 1 and len(determinism["xla_defaults_update_s"]) == 2
   rows = {(r["impl"], r["num_envs"]) for r in result["throughput"]["rows"]}
   assert rows == {("ours", 64), ("naive", 64)} and "ratio_vs_naive" in result["throughput"]["rows"][0]
   assert all(r["sps"] > 0 and len(r["update_s"]) == 3 for r in result["throughput"]["rows"])
@@ -45,6 +47,7 @@ def test_cpu_smoke_writes_the_json_and_the_table(tmp_path):
   assert result["passed"] is True
   table = (out / "accelerator_check.md").read_text()
   assert "| section | result |" in table and "correctness" in table and "throughput ours at 64 envs" in table
+  assert "determinism, reference at 64 envs: two compiles, bit for bit | passed" in table
 
 
 _INTERLEAVE_CHECK = """
