@@ -158,8 +158,13 @@ def main(argv):
         described["code_path"] = code_path.describe()  # "portable" with PPO_PORTABLE=1 or on an accelerator
         described["memory_per_transition"] = memory.per_transition(config)  # shapes only: any num_envs, no compile
         if FLAGS.dry_run_memory:
-          report = memory.plan(config)
+          from launch.run import traffic  # pylint: disable=import-outside-toplevel
+          progs = memory.planned_programs(config)
+          report = memory.analyse(progs)
           described["memory"] = report.as_dict()
+          described["traffic_per_update"] = {  # bytes between devices: the collectives of the update (or learn stage)
+              "devices": jax.device_count() if config.mesh.data == -1 else config.mesh.data,
+              **traffic.of(progs.compiled.get("update") or progs.compiled["learn"])}
           if not report.fits:
             described.setdefault("warnings", []).append(f"does not fit in device memory: {report.summary()}")
         lowerings = []

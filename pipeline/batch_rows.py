@@ -200,14 +200,32 @@ def at(x: Array, idx: Int[Array, "M"], flat: bool = False) -> Array:
   return x[idx // num_envs, idx % num_envs]
 
 
-def take(rows: Rows, idx: Int[Array, "M"], flat: bool = False) -> Float[Array, "M F"]:
-  """The rows of the flat (t, n) sample indices `idx` (`flat`: see `at`)."""
+def take(rows: Rows, idx: Int[Array, "M"], flat: bool = False, local_shards: int = 0) -> Float[Array, "M F"]:
+  """The rows of the flat (t, n) sample indices `idx` (`flat`: see `at`; `local_shards`: see `at_local`)."""
+  if local_shards:
+    return at_local(rows.data, idx, local_shards)
   return at(rows.data, idx, flat)
 
 
-def column_at(rows: Rows, name: str, idx: Int[Array, "M"], flat: bool = False) -> Float[Array, "M"]:
+def at_local(x: Array, idx: Int[Array, "M"], shards: int) -> Array:
+  """x [T, N, ...] at flat (t, n) indices `idx` whose i-th block of M / shards falls in the i-th block of N / shards
+  envs (a local shuffle's, pipeline/sgd.local_indices): gathered as a batch of `shards` gathers, one per block of
+  envs, so with the env axis split over that many devices each gathers the rows it holds and none moves."""
+  num_steps, num_envs = x.shape[:2]
+  per = num_envs // shards
+  blocks = x.reshape((num_steps, shards, per) + x.shape[2:])
+  idx = idx.reshape(shards, -1)
+  t, n = idx // num_envs, idx % per
+  out = jax.vmap(lambda b, ti, ni: b[ti, ni], in_axes=(1, 0, 0))(blocks, t, n)  # [shards, M / shards, ...]
+  return out.reshape((-1,) + x.shape[2:])
+
+
+def column_at(rows: Rows, name: str, idx: Int[Array, "M"], flat: bool = False,
+              local_shards: int = 0) -> Float[Array, "M"]:
   """The float32 scalar leaf `name` of the flat (t, n) sample indices `idx`: one float read per sample (`flat`: see
-  `at`)."""
+  `at`; `local_shards`: see `at_local`)."""
+  if local_shards:
+    return at_local(rows.data[..., rows.offset(name)], idx, local_shards)
   if flat:
     return rows.data.reshape(-1, rows.data.shape[-1]).at[idx, rows.offset(name)].get(mode="promise_in_bounds")
   num_envs = rows.data.shape[1]

@@ -41,6 +41,7 @@ class PPOSettings:
   sgd_chunk_size: int | None = None  # samples per gradient chunk (divides the minibatch); None: whole minibatch
   diagnostics: bool = True  # compute learner/diagnostics.py's per-update statistics
   kl_quantile: float = 0.9  # which quantile of the per-state KL to report
+  local_shuffle: bool = False  # each learner device draws its share of every minibatch from its own samples
   ewma_decay: float | None = None  # PPO-EWMA: proximal params = EWMA of params with this decay; None = off
   obs_norm: bool = False  # normalise observations with running statistics
   reset_pool_size: int = 0  # 0: plain auto-reset; else finished episodes restart from a pool of this many states
@@ -147,9 +148,11 @@ def split_update_key(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lambda tree, axis=0: tree,
-                learner_constrain: Callable | None = None, *, flat_gather: bool = False) -> Stages:
+                learner_constrain: Callable | None = None, *, flat_gather: bool = False,
+                learner_shards: int = 1) -> Stages:
   """`*_constrain(tree, axis)` pin the env axis of intermediates to the actors' / learner's mesh; `flat_gather`:
-  the learner's batch is on one device, so minibatches gather rows by flat index (batch_rows.at: faster)."""
+  the learner's batch is on one device, so minibatches gather rows by flat index (batch_rows.at: faster);
+  `learner_shards`: devices the learner's env axis is split over (with ppo.local_shuffle each permutes its own)."""
   learner_constrain = learner_constrain or actor_constrain
   loss_fn = functools.partial(losses.ppo_loss, apply_fn=agent.apply, dist=agent.dist, clip_eps=ppo.clip_eps,
                               vf_coef=ppo.vf_coef, ent_coef=ppo.ent_coef)
@@ -172,7 +175,7 @@ def make_stages(agent: Agent, ppo: PPOSettings, actor_constrain: Callable = lamb
         params, opt_state, batch, key, loss_fn=loss_fn, optimizer=agent.optimizer, update_epochs=ppo.update_epochs,
         num_minibatches=ppo.num_minibatches, chunk_size=ppo.sgd_chunk_size, constrain=learner_constrain,
         proximal=proximal, ewma_decay=ppo.ewma_decay, track_grad_noise=ppo.diagnostics, lr_scale=lr_scale,
-        flat_gather=flat_gather)
+        flat_gather=flat_gather, local_shards=learner_shards if ppo.local_shuffle else 0)
     diagnostics = None
     if ppo.diagnostics:
       states = lambda row: (lambda mb: (mb.obs, mb.behaviour_head))(batch_rows.unpack(batch, row))
@@ -212,14 +215,14 @@ def make_rescore(agent: Agent, ppo: PPOSettings, constrain_envs: Callable = lamb
   return rescore
 
 
-def make_iteration(agent: Agent, ppo: PPOSettings,
-                   constrain_envs: Callable = lambda tree, axis=0: tree, *, flat_gather: bool = False) -> Callable:
+def make_iteration(agent: Agent, ppo: PPOSettings, constrain_envs: Callable = lambda tree, axis=0: tree, *,
+                   flat_gather: bool = False, shards: int = 1) -> Callable:
   """Returns the fused update `TrainState -> (TrainState, UpdateMetrics)`: all stages in one function.
 
   `constrain_envs(tree, axis)` pins the env axis of intermediate arrays to the mesh (sharding.Layout.constrain_envs);
-  `flat_gather`: as make_stages'.
+  `flat_gather`, `shards` (make_stages' learner_shards): as make_stages'.
   """
-  stages = make_stages(agent, ppo, constrain_envs, flat_gather=flat_gather)
+  stages = make_stages(agent, ppo, constrain_envs, flat_gather=flat_gather, learner_shards=shards)
 
   def iteration(state: TrainState) -> tuple[TrainState, UpdateMetrics]:
     key, rollout_key, sgd_key = split_update_key(state.key)

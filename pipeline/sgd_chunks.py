@@ -28,14 +28,14 @@ class MinibatchGrad:
   chunk_sq_norm: Float[Array, "3"] | None = None
 
 
-def advantage_stats(rows: batch_rows.Rows, chunks: Int[Array, "C K"],
-                    constrain: Callable = lambda x: x, flat: bool = False) -> tuple[jax.Array, jax.Array]:
+def advantage_stats(rows: batch_rows.Rows, chunks: Int[Array, "C K"], constrain: Callable = lambda x: x,
+                    flat: bool = False, local_shards: int = 0) -> tuple[jax.Array, jax.Array]:
   """(mean, std) of the `.advantage` column over the samples `chunks` (flat (t, n) indices), a chunk at a time:
   each chunk's mean and sum of squared deviations, merged by Chan et al.'s pairwise update, so no [M] array of
-  the minibatch's advantages or gather indices is ever held. `flat`: batch_rows.at's."""
+  the minibatch's advantages or gather indices is ever held. `flat`, `local_shards`: batch_rows.take's."""
   def merge(carry, chunk_idx):
     count, mean, m2 = carry
-    a = constrain(batch_rows.column_at(rows, ".advantage", chunk_idx, flat))
+    a = constrain(batch_rows.column_at(rows, ".advantage", chunk_idx, flat, local_shards))
     chunk_mean = a.mean()
     chunk_m2 = jnp.sum(jnp.square(a - chunk_mean))
     size = jnp.float32(a.shape[0])
@@ -51,11 +51,12 @@ def advantage_stats(rows: batch_rows.Rows, chunks: Int[Array, "C K"],
 def minibatch_grad(params, rows: batch_rows.Rows, idx: Int[Array, "M"], *,
                    loss_fn: Callable, chunk_size: int, constrain: Callable = lambda x: x,
                    chunk_sq_norms: bool = False, stats: tuple[jax.Array, jax.Array] | None = None,
-                   flat: bool = False) -> MinibatchGrad:
+                   flat: bool = False, local_shards: int = 0) -> MinibatchGrad:
   """The gradient of `loss_fn` on the samples `idx` (flat (t, n) indices) of the [T, N] batch packed in `rows`
   (pipeline/batch_rows.py: rows of a losses.Minibatch); the minibatch's advantage statistics are `stats` (mean, std)
   when given (pipeline/advantage_stats.py), else gathered from its `.advantage` column. `flat`: gather by flat
-  index (batch_rows.at; only where the env axis is not split over devices).
+  index (batch_rows.at; only where the env axis is not split over devices); `local_shards`: `idx` is a local
+  shuffle's over that many devices (pipeline/sgd.local_indices), gathered where the rows are (batch_rows.take_local).
 
   `loss_fn(params, mb, advantage_stats=...)` must be a mean over the samples of `mb`. `chunk_size` divides M.
   With `chunk_sq_norms` the result's `chunk_sq_norm` is the mean over chunks of |chunk gradient|² per parameter
@@ -64,9 +65,9 @@ def minibatch_grad(params, rows: batch_rows.Rows, idx: Int[Array, "M"], *,
   """
   minibatch_size = idx.shape[0]
   num_chunks = minibatch_size // chunk_size
-  take = lambda i: batch_rows.unpack(rows, constrain(batch_rows.take(rows, i, flat)))
+  take = lambda i: batch_rows.unpack(rows, constrain(batch_rows.take(rows, i, flat, local_shards)))
   if stats is None:
-    stats = advantage_stats(rows, idx.reshape(num_chunks, chunk_size), constrain, flat)
+    stats = advantage_stats(rows, idx.reshape(num_chunks, chunk_size), constrain, flat, local_shards)
   grad_fn = jax.grad(lambda p, mb: loss_fn(p, mb, advantage_stats=stats), has_aux=True)
   if num_chunks == 1:
     grads, aux = grad_fn(params, take(idx))

@@ -33,8 +33,24 @@ def mesh_devices(data_devices: int, devices: list) -> list:
 
 
 def make_mesh(data_devices: int = -1, devices=None) -> Mesh:
-  """A 1-D mesh over `data_devices` devices (-1: all visible devices, across all processes; see mesh_devices)."""
-  return Mesh(np.asarray(mesh_devices(data_devices, list(jax.devices() if devices is None else devices))), (DATA,))
+  """A 1-D mesh over `data_devices` devices (-1: all visible devices, across all processes; see mesh_devices), in
+  the interconnect's order on TPUs (`topology_order`)."""
+  return Mesh(topology_order(mesh_devices(data_devices, list(jax.devices() if devices is None else devices))),
+              (DATA,))
+
+
+def topology_order(devices: list) -> np.ndarray:
+  """On TPUs, `devices` in the order of the interconnect's rings (jax.experimental.mesh_utils, as jax.make_mesh
+  orders them), so the gradient all-reduce's neighbours on the data axis are physical neighbours; elsewhere, or where
+  mesh_utils does not know the topology, as given. Results do not depend on the order (per-env randomness and
+  minibatches are drawn over global env indices)."""
+  if not devices or getattr(devices[0], "platform", None) != "tpu":
+    return np.asarray(devices)
+  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+  try:
+    return mesh_utils.create_device_mesh((len(devices),), devices=devices, allow_split_physical_axes=True)
+  except (ValueError, NotImplementedError, AssertionError, KeyError):  # a topology mesh_utils does not know
+    return np.asarray(devices)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -136,3 +136,50 @@ def test_bad_platform_flags_are_one_line_exit_2():
   proc = subprocess.run([sys.executable, "-m", "launch.train", "--dry_run_platforms=tpu"], cwd=REPO,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and proc.stderr.strip() == "error: --dry_run_platforms needs --dry_run"
+
+
+def test_local_shuffle_draws_each_minibatch_from_every_device_own_samples():
+  """sgd.shuffle=local: every epoch's minibatches partition the batch; chunk c of minibatch b holds K / D samples of
+  each device's envs, in device order (what batch_rows.at_local gathers in place)."""
+  from pipeline import sgd  # pylint: disable=import-outside-toplevel
+  steps, envs, m, k, d = 16, 64, 256, 64, 8
+  idx = np.concatenate([np.asarray(sgd.local_indices(jax.random.PRNGKey(3), jnp.int32(b), steps, envs, m, k, d))
+                        for b in range(steps * envs // m)])
+  assert sorted(idx.tolist()) == list(range(steps * envs))
+  device_of = (idx % envs) // (envs // d)
+  np.testing.assert_array_equal(device_of.reshape(-1, d, k // d), np.broadcast_to(np.arange(d)[:, None],
+                                                                                    (len(idx) // k, d, k // d)))
+
+
+def test_local_shuffle_moves_no_rows_between_devices():
+  """The update's collectives on 8 devices (launch/run/traffic.py): the global shuffle's minibatch gathers move one
+  batch of rows per epoch; the local shuffle's move none, and its gradient all-reduces are the same."""
+  from launch.configs import default  # pylint: disable=import-outside-toplevel
+  from launch.run import programs, traffic  # pylint: disable=import-outside-toplevel
+  out = {}
+  for shuffle in ("global", "local"):
+    config = default.get_config()
+    config.update_from_flattened_dict({"num_envs": 64, "num_steps": 16, "diagnostics.enabled": False,
+                                       "sgd.shuffle": shuffle, "mesh.data": 8})
+    out[shuffle] = traffic.of(programs.build(config, eval_episodes=0).compiled["update"])
+  row_bytes = out["global"]["largest"]  # the gathered minibatch [256 samples, W columns] as float32, 16 times
+  gathered = out["global"]["by_source"]["minibatch gathers"]
+  assert gathered >= 4 * 64 * 16 * 4 * 4 and any(o["source"] == "minibatch gathers" for o in row_bytes)  # ≥ 4 cols
+  assert "minibatch gathers" not in out["local"]["by_source"]
+  assert out["local"]["by_source"]["gradients"] == out["global"]["by_source"]["gradients"]
+
+
+def test_tpu_meshes_take_the_interconnect_order(monkeypatch):
+  """sharding.topology_order: TPUs in mesh_utils' ring order; CPUs and GPUs as given; an unknown topology as given."""
+  import types  # pylint: disable=import-outside-toplevel
+  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+  from sharding import mesh  # pylint: disable=import-outside-toplevel
+  tpus = [types.SimpleNamespace(id=i, platform="tpu", process_index=0) for i in range(4)]
+  monkeypatch.setattr(mesh_utils, "create_device_mesh", lambda shape, devices, **_: np.asarray(devices[::-1]))
+  assert [d.id for d in mesh.topology_order(tpus)] == [3, 2, 1, 0]
+  assert [d.id for d in mesh.topology_order(jax.devices())] == [d.id for d in jax.devices()]
+
+  def unknown(*_, **__):
+    raise NotImplementedError("topology")
+  monkeypatch.setattr(mesh_utils, "create_device_mesh", unknown)
+  assert [d.id for d in mesh.topology_order(tpus)] == [0, 1, 2, 3]

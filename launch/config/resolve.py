@@ -297,6 +297,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, planning: bool 
                     sgd_chunk_size=chunk_size(config.sgd_chunk_size, scaled.minibatch_size, config.diagnostics.enabled,
                                               _shards(flat, num_devices)[2]),
                     diagnostics=config.diagnostics.enabled, kl_quantile=float(config.diagnostics.kl_quantile),
+                    local_shuffle=config.sgd.shuffle == "local",
                     ewma_decay=ewma.decay_from_center_of_mass(com) if config.ewma.enabled else None,
                     outer_step=None if config.outer_step.mode == "none" else outer_step.OuterSettings(
                         **config.outer_step.to_dict()),

@@ -43,6 +43,9 @@ SCHEMA = Schema(
         non_negative_int("must be a non-negative integer (0 = derive it from num_minibatches)"), WARN),
     Key("sgd_chunk_size", 4096, int, "samples per gradient chunk, accumulated over the minibatch (speed/memory only)",
         positive_int(), WARN),
+    Key("sgd.shuffle", "global", str, "global: minibatches drawn from the whole batch | local: each device permutes "
+        "its own samples (no rows cross devices; results depend on the device count)", one_of("global", "local"),
+        WARN),
     Key("learning_rate", 2.5e-3, float, "Adam step size at scaling.base_num_envs (initial, if annealed)",
         positive_number(), WARN),
     Key("anneal_lr", True, bool, "linearly anneal the learning rate to 0 over the run", BOOL,

@@ -145,10 +145,15 @@ def analyse(progs) -> MemoryReport:
 
 def plan(config: ml_collections.ConfigDict) -> MemoryReport:
   """The report for `config` without running it: programs compiled from abstract shapes, no state allocated."""
+  return analyse(planned_programs(config))
+
+
+def planned_programs(config: ml_collections.ConfigDict):
+  """`config`'s programs (launch/run/programs.Programs) compiled from abstract shapes, for this process's devices."""
   from launch.run import programs  # pylint: disable=import-outside-toplevel  (programs imports the world)
   resolved = config_lib.resolve(config, num_devices=jax.device_count(), planning=True,
                                 num_processes=jax.process_count())
-  return analyse(programs.build(config, resolved=resolved))
+  return programs.build(config, resolved=resolved)
 
 
 def per_transition(config: ml_collections.ConfigDict, num_devices: int | None = None) -> dict[str, Any]:

@@ -221,7 +221,7 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
   update = pipeline = evaluate = rescore = None
   if mode == "fused":
     step = seeded(iteration_lib.make_iteration(agent, ppo, layout.constrain_envs,
-                                               flat_gather=layout.num_shards == 1))
+                                               flat_gather=layout.num_shards == 1, shards=layout.num_shards))
     if updates_per_call > 1:
       step = functools.partial(_scanned, step, updates_per_call)
     update = aot("update", jax.jit(step, in_shardings=(state_shardings,), donate_argnums=0,
@@ -303,7 +303,8 @@ def _compile_stages(agent: iteration_lib.Agent, ppo: iteration_lib.PPOSettings, 
   the actors' mesh, learn, metrics and the key schedule on the learner's. `example`: the state's shapes (placement is
   decided here)."""
   stages = iteration_lib.make_stages(agent, ppo, actor_layout.constrain_envs, learner_layout.constrain_envs,
-                                     flat_gather=learner_layout.num_shards == 1)
+                                     flat_gather=learner_layout.num_shards == 1,
+                                     learner_shards=learner_layout.num_shards)
   a_rep, l_rep = actor_layout.replicated, learner_layout.replicated
 
   def compiled(fn, out_shardings, *args, donate_argnums=()):
