@@ -29,6 +29,7 @@ AXES: dict[str, dict[str, dict[str, Any]]] = {
     "ewma": {"off": {"ewma.enabled": False}, "on": {"ewma.enabled": True}},
     "outer_step": {"none": {"outer_step.mode": "none"}, "adaptive_kl": {"outer_step.mode": "adaptive_kl"}},
     "diagnostics": {"on": {"diagnostics.enabled": True}, "off": {"diagnostics.enabled": False}},
+    "shuffle": {"global": {}, "local": {"sgd.shuffle": "local"}},
     # The schedule: SIZES[0] → SIZES[1] envs, or back; or autoscale's growth (its verdict placed by the test hook).
     "resize": {"grow": {}, "shrink": {}, "autoscale": {}},
 }

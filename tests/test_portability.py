@@ -96,22 +96,37 @@ def _dry_run(*args, env=None):
                         timeout=600)
 
 
-@pytest.mark.parametrize("args", [
-    (),
-    ("--config.env_name=cue_entities", "--config.network.kind=entity"),
-    ("--config.env_name=levels", "--config.level_sampler.kind=sfl", "--config.reset_pool.size=64",
-     "--config.level_sampler.batch_size=64", "--config.level_sampler.buffer_size=16"),
-    ("--config=launch/configs/brax.py",),
-], ids=["default", "entity", "sfl", "brax"])
-def test_every_program_lowers_for_cuda_and_tpu(args):
-  proc = _dry_run(*args)
+def _check_lowered(lowerings, expected):
+  assert all(x.lowered and not x.flags for x in lowerings), [x.line() for x in lowerings if not x.ok]
+  assert {(x.program, x.platform) for x in lowerings} == {(n, p) for n in expected for p in ("cuda", "tpu")}
+
+
+def test_the_default_config_lowers_for_cuda_and_tpu():
+  """Through the CLI: the JSON's `lowering` entry, one line per program and platform on stderr, exit 0."""
+  proc = _dry_run()
   assert proc.returncode == 0, proc.stderr[-3000:]
   lowering = json.loads(proc.stdout)["lowering"]
-  programs = {(p["program"], p["platform"]) for p in lowering["programs"]}
   assert lowering["devices"] == 8 and all(p["lowered"] and not p["flags"] for p in lowering["programs"])
-  expected = {"init", "resize_runner", "update", "evaluate"} | ({"rescore"} if "sfl" in str(args) else set())
-  assert programs == {(name, platform) for name in expected for platform in ("cuda", "tpu")}
-  assert "nothing flagged" in proc.stderr
+  assert {p["program"] for p in lowering["programs"]} == {"init", "resize_runner", "update", "evaluate"}
+  assert proc.stderr.count("nothing flagged") == 8
+
+
+@pytest.mark.parametrize("overrides", [
+    {"env_name": "cue_entities", "network.kind": "entity"},
+    {"env_name": "levels", "level_sampler.kind": "sfl", "reset_pool.size": 64, "level_sampler.batch_size": 64,
+     "level_sampler.buffer_size": 16},
+    {"pipeline.mode": "sync", "sgd.shuffle": "local"},
+    "brax",
+], ids=["entity", "sfl", "sync_local", "brax"])
+def test_every_program_lowers_for_cuda_and_tpu(overrides):
+  """In this process (8 CPU devices): entity observations, SFL, the staged pipeline with the local shuffle, Brax."""
+  from launch.configs import brax, default  # pylint: disable=import-outside-toplevel
+  config = brax.get_config() if overrides == "brax" else default.get_config()
+  if overrides != "brax":
+    config.update_from_flattened_dict(overrides)
+  expected = ({"act", "advantage", "learn", "metrics", "split_update_key"} if config.pipeline.mode == "sync"
+              else {"update"} | ({"rescore"} if config.level_sampler.kind == "sfl" else set()))
+  _check_lowered(portability.check(config, ["cuda", "tpu"]), expected | {"init", "resize_runner", "evaluate"})
 
 
 def test_the_cpu_forms_planted_into_a_gpu_lowering_fail_the_dry_run():
