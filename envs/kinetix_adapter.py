@@ -18,6 +18,8 @@ kinetix-env requires jax <= 0.9.0, so it lives in its own virtual environment (b
 """
 from __future__ import annotations
 
+import functools
+
 import glob
 import os
 
@@ -177,7 +179,14 @@ def solve_levels(spec: str) -> dict[str, list[str]]:
 
 
 def stacked_levels(names: list[str], observation: str):
-  """One env for levels of one size (its step and observations) and their start states stacked [L, ...]."""
+  """One env for levels of one size (its step and observations) and their start states stacked [L, ...]. Kept for
+  the process: kinetix-env's loader takes ~2 s a level in eager JAX ops, and a run rebuilds its programs (with the
+  solve levels) at every change of num_envs (elastic schedules, autoscale)."""
+  return _stacked_levels(tuple(names), observation)
+
+
+@functools.lru_cache(maxsize=8)
+def _stacked_levels(names: tuple[str, ...], observation: str):
   _, _, _, _, _, saving = import_kinetix()
   loaded = [saving.load_from_json_file(saving.get_correct_path_of_json_level(n)) for n in names]
   if any(static != loaded[0][1] for _, static, _ in loaded):

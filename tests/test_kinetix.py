@@ -57,6 +57,7 @@ def test_solve_rates_equal_a_per_level_loop():
   # covers solved and unsolved episodes, not only zeros.
   names, attempts = ["s/h0_weak_thrust", "s/h3_point_the_thruster", "s/h5_rotate_fall"], 3
   env, levels = kinetix_adapter.stacked_levels(names, "entity")
+  assert kinetix_adapter.stacked_levels(list(names), "entity")[1] is levels  # loaded once per process
   dist = distributions.for_action_space(env.action_space)
   model = entity_network.EntityActorCritic(dist, hidden_sizes=(16,), width=16, layers=1, heads=4, qkv_features=8)
   params = model.init(jax.random.PRNGKey(0), env.reset(jax.random.PRNGKey(0))[1])
