@@ -131,9 +131,12 @@ def streamed_bytes_per_transition(config) -> tuple[dict, int]:
   rows = per["packed_row_bytes"]
   # the rollout writes every row; GAE reads and rewrites three of its columns (counted as whole rows: they share
   # cache lines); the minibatches' advantage statistics read the advantage column once (whole rows again,
-  # pipeline/advantage_stats.py); each epoch reads every row once, and writes and reads its permutation (an int32
-  # per transition).
-  streamed = rows + 2 * rows + rows + config.update_epochs * (rows + 8)
+  # pipeline/advantage_stats.py; on the accelerators' path each minibatch gathers its own, once per epoch:
+  # learner/code_path.py); each epoch reads every row once, and writes and reads its permutation (an int32 per
+  # transition).
+  from learner import code_path  # pylint: disable=import-outside-toplevel
+  stats = rows if code_path.cpu_forms() else config.update_epochs * rows
+  streamed = rows + 2 * rows + stats + config.update_epochs * (rows + 8)
   return per, streamed
 
 

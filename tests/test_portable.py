@@ -114,3 +114,11 @@ def test_toy_env_learned_to_known_optimum(workdir):
                          learning_rate=1e-2, log_every=10, eval_every=40)
   row = trainer.train_and_evaluate(config, workdir)
   assert row["eval_return"] == 8.0  # CueEnv(length=8) optimum; a random policy gets ~0.5
+
+
+def test_throughput_counts_the_gathered_statistics_on_this_path():
+  """benchmarks/throughput.py's traffic bound: here the minibatches gather their advantage statistics every epoch
+  (learner/code_path.py) instead of one streaming pass: CartPole's 36-byte rows, 4 epochs."""
+  from benchmarks import throughput  # pylint: disable=import-outside-toplevel
+  assert throughput.streamed_bytes_per_transition(throughput.reference_config(64, 2))[1] == \
+      36 + 2 * 36 + 4 * 36 + 4 * (36 + 8)
