@@ -25,6 +25,7 @@ import glob
 import json
 import os
 import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -119,7 +120,7 @@ def run_all() -> None:
     name = f"{game}/{arm}/{seed}"
     if name in results["runs"]:
       continue
-    workdir = os.path.join(FLAGS.out, "runs", name.replace("/", "_"))
+    workdir = os.path.join(tempfile.gettempdir(), "autoscale_minatar_runs", name.replace("/", "_"))  # removed after
     shutil.rmtree(workdir, ignore_errors=True)
     start, cpu = time.time(), time.process_time()
     trainer.train_and_evaluate(make_config(game, arm, seed), workdir)
