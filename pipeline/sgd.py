@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from learner import diagnostics, ewma as ewma_lib, losses
-from learner import code_path
+from learner import code_path, diagnostics, ewma as ewma_lib, losses
 from pipeline import advantage_stats, batch_rows, permutation, sgd_chunks
 
 

@@ -100,26 +100,28 @@ def lower(name: str, jitted, args: tuple, platform: str) -> Lowering:
   except Exception as e:  # pylint: disable=broad-except  (any lowering failure is the finding)
     message = " ".join(str(e).split())
     return Lowering(name, platform, False, error=(message[:300] + " ...") if len(message) > 300 else message)
-  return Lowering(name, platform, True, flags=tuple(scan(text, platform)), notes=tuple(notes(text, platform)))
+  findings = _findings(text, platform)  # the module scanned once for both lists
+  return Lowering(name, platform, True, flags=tuple(scan(text, platform, findings)),
+                  notes=tuple(notes(text, platform, findings)))
 
 
-def scan(text: str, platform: str) -> list[str]:
+def scan(text: str, platform: str, findings: list | None = None) -> list[str]:
   """What `platform` would run non-deterministically or not at all in the StableHLO module `text` (with its debug
   locations), one string per kind and place with its count: host callbacks and CPU kernels; on GPUs, float
   scatter-adds in this project's code (or at no known place)."""
   found: dict[str, int] = {}
-  for kind, where, blocking in _findings(text, platform):
+  for kind, where, blocking in findings if findings is not None else _findings(text, platform):
     if blocking:
       found[f"{kind} at {where}"] = found.get(f"{kind} at {where}", 0) + 1
   return [f"{kind} x{count}" for kind, count in found.items()]
 
 
-def notes(text: str, platform: str) -> list[str]:
+def notes(text: str, platform: str, findings: list | None = None) -> list[str]:
   """What `scan` leaves to the GPU's deterministic-ops option, counted per kind and package: float scatter-adds in an
   env library's code (Brax's, jax2d's physics), and scatter-sets whose indices are not marked unique (a vmapped
   `x.at[i].set(v)` becomes one; each batch element then writes its own row, so they do not collide)."""
   found: dict[str, dict[str, int]] = {}
-  for kind, where, blocking in _findings(text, platform):
+  for kind, where, blocking in findings if findings is not None else _findings(text, platform):
     if not blocking:
       package = where.split("/", 1)[0] if "/" in where else where
       found.setdefault(kind, {})[package] = found.setdefault(kind, {}).get(package, 0) + 1
