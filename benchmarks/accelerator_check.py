@@ -49,6 +49,7 @@ from learner import code_path
 
 FLAGS = flags.FLAGS
 # --num_envs, --repeats, --impls and --naive_max_envs are benchmarks/throughput.py's flags.
+throughput.define_flags()
 FLAGS.set_default("num_envs", ["2048", "65536", "1048576"])
 FLAGS.set_default("naive_max_envs", 1048576)
 flags.DEFINE_string("out_dir", "runs/accelerator_check", "Where accelerator_check.json and .md are written.")

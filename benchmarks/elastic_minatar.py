@@ -31,23 +31,28 @@ from launch.run import trainer
 from launch.configs import default
 from benchmarks.stats import bootstrap_ci
 
-flags.DEFINE_string("out", "docs/elastic", "Directory for results.json / results.md / the figure and the workdirs.")
-flags.DEFINE_string("env_name", "gymnax:Breakout-MinAtar", "Environment (a MinAtar game).")
-flags.DEFINE_integer("num_envs", 8, "The small N the run starts at (and scaling.base_num_envs).")
-flags.DEFINE_integer("growth", 16, "The schedule arm grows to growth x num_envs.")
-flags.DEFINE_float("grow_at", 0.5, "Share of the budget after which the schedule arm grows.")
-flags.DEFINE_integer("total_env_steps", 2**22, "Env-step budget per run (equal for every arm).")
-flags.DEFINE_integer("num_steps", 32, "Rollout length T.")
-flags.DEFINE_integer("seeds", 5, "Seeds per arm.")
-flags.DEFINE_float("learning_rate", 2.5e-3, "Base learning rate (constant: an anneal would hide the plateau).")
-flags.DEFINE_string("outer_mode", "samples_per_kl", "Outer-step control of arm (c): adaptive_kl or samples_per_kl.")
-flags.DEFINE_float("samples_per_kl", 0.0, "samples_per_kl target; 0 = the base batch / outer_kl_target.")
-flags.DEFINE_float("outer_kl_target", 0.01, "adaptive_kl target KL per update.")
-flags.DEFINE_integer("eval_points", 64, "Evaluations per run, evenly spaced in env steps (the same for every arm).")
-flags.DEFINE_integer("eval_episodes", 32, "Episodes per evaluation (deterministic policy).")
-flags.DEFINE_bool("smoke", False, "A few updates per arm and one seed: checks the plumbing, measures nothing.")
-flags.DEFINE_bool("keep_workdirs", False, "Keep each run's workdir under OUT/runs (else removed after reading).")
-flags.DEFINE_bool("report_only", False, "Only rewrite results.md and the figure from OUT/results.json.")
+
+def define_flags() -> None:
+  """This benchmark's flags, defined when it runs: importing it (its statistics) defines none."""
+  flags.DEFINE_string("out", "docs/elastic", "Directory for results.json / results.md / the figure and the workdirs.")
+  flags.DEFINE_string("env_name", "gymnax:Breakout-MinAtar", "Environment (a MinAtar game).")
+  flags.DEFINE_integer("num_envs", 8, "The small N the run starts at (and scaling.base_num_envs).")
+  flags.DEFINE_integer("growth", 16, "The schedule arm grows to growth x num_envs.")
+  flags.DEFINE_float("grow_at", 0.5, "Share of the budget after which the schedule arm grows.")
+  flags.DEFINE_integer("total_env_steps", 2**22, "Env-step budget per run (equal for every arm).")
+  flags.DEFINE_integer("num_steps", 32, "Rollout length T.")
+  flags.DEFINE_integer("seeds", 5, "Seeds per arm.")
+  flags.DEFINE_float("learning_rate", 2.5e-3, "Base learning rate (constant: an anneal would hide the plateau).")
+  flags.DEFINE_string("outer_mode", "samples_per_kl", "Outer-step control of arm (c): adaptive_kl or samples_per_kl.")
+  flags.DEFINE_float("samples_per_kl", 0.0, "samples_per_kl target; 0 = the base batch / outer_kl_target.")
+  flags.DEFINE_float("outer_kl_target", 0.01, "adaptive_kl target KL per update.")
+  flags.DEFINE_integer("eval_points", 64, "Evaluations per run, evenly spaced in env steps (the same for every arm).")
+  flags.DEFINE_integer("eval_episodes", 32, "Episodes per evaluation (deterministic policy).")
+  flags.DEFINE_bool("smoke", False, "A few updates per arm and one seed: checks the plumbing, measures nothing.")
+  flags.DEFINE_bool("keep_workdirs", False, "Keep each run's workdir under OUT/runs (else removed after reading).")
+  flags.DEFINE_bool("report_only", False, "Only rewrite results.md and the figure from OUT/results.json.")
+
+
 FLAGS = flags.FLAGS
 
 ARMS = ("unchanged", "grown", "outer_step")
@@ -237,4 +242,5 @@ def main(_):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

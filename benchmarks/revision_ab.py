@@ -31,13 +31,18 @@ import time
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_string("a", None, "Checkout of revision A (a directory with launch/, pipeline/, ...).", required=True)
-flags.DEFINE_string("b", ".", "Checkout of revision B.")
-flags.DEFINE_integer("rounds", 15, "Timed rounds per revision (alternating).")
-flags.DEFINE_integer("updates", 10, "Updates per timed round.")
-flags.DEFINE_list("a_env", [], "Extra environment of A's worker, as NAME=VALUE (e.g. GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
-                  "with --a=. --b=. compares one checkout with and without it).")
-flags.DEFINE_list("b_env", [], "Extra environment of B's worker, as NAME=VALUE.")
+
+def define_flags() -> None:
+  """This benchmark's flags, defined when it runs: importing it defines none."""
+  flags.DEFINE_string("a", None, "Checkout of revision A (a directory with launch/, pipeline/, ...).", required=True)
+  flags.DEFINE_string("b", ".", "Checkout of revision B.")
+  flags.DEFINE_integer("rounds", 15, "Timed rounds per revision (alternating).")
+  flags.DEFINE_integer("updates", 10, "Updates per timed round.")
+  flags.DEFINE_list("a_env", [], "Extra environment of A's worker, as NAME=VALUE (e.g. GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
+                    "with --a=. --b=. compares one checkout with and without it).")
+  flags.DEFINE_list("b_env", [], "Extra environment of B's worker, as NAME=VALUE.")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -163,4 +168,5 @@ if __name__ == "__main__":
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     _worker(sys.argv[3:], int(sys.argv[2]))
   else:
+    define_flags()
     app.run(main)

@@ -39,12 +39,17 @@ from launch.run import programs
 from launch.configs import default
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("num_envs", ["2048", "65536"], "Env counts to measure (1048576 needs ~11 GB and --impls=ours).")
-flags.DEFINE_integer("repeats", 3, "Timed updates per implementation and size (the median is reported).")
-flags.DEFINE_list("impls", ["ours", "naive"], "Implementations to run: ours, naive.")
-flags.DEFINE_integer("naive_max_envs", 65536, "Skip the naive implementation above this many envs: its full-batch "
-                     "copies and unchunked minibatch activations need > 24 GB at 1,048,576 envs.")
-flags.DEFINE_string("json_out", None, "Also write the results as JSON lines to this file.")
+
+
+def define_flags() -> None:
+  """This benchmark's flags, defined when it runs (or by a benchmark built on it): importing it defines none."""
+  flags.DEFINE_list("num_envs", ["2048", "65536"], "Env counts to measure (1048576 needs ~11 GB and --impls=ours).")
+  flags.DEFINE_integer("repeats", 3, "Timed updates per implementation and size (the median is reported).")
+  flags.DEFINE_list("impls", ["ours", "naive"], "Implementations to run: ours, naive.")
+  flags.DEFINE_integer("naive_max_envs", 65536, "Skip the naive implementation above this many envs: its full-batch "
+                       "copies and unchunked minibatch activations need > 24 GB at 1,048,576 envs.")
+  flags.DEFINE_string("json_out", None, "Also write the results as JSON lines to this file.")
+
 
 NUM_STEPS = 128
 
@@ -247,4 +252,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -43,3 +43,21 @@ def test_two_checkouts_take_turns_and_the_ratios_are_reported():
     assert rounds and len(rounds.group(1).split(",")) == 3, proc.stdout
   assert re.search(r"B / A per pair of rounds: median \d+\.\d+ .*in \d of 3\)", proc.stdout), proc.stdout
   assert "batch 32" in proc.stdout
+
+
+def test_the_benchmarks_tests_import_define_no_flags_when_imported():
+  """Tests share processes (pytest-xdist runs several files per worker), and absl refuses a flag name defined by two
+  modules: a benchmark module that tests import defines its flags only when it runs (`define_flags()`), so any of them
+  import together, in any order."""
+  imported = sorted({name.strip() for path in os.listdir(os.path.join(REPO, "tests")) if path.endswith(".py")
+                     for line in open(os.path.join(REPO, "tests", path), encoding="utf-8")
+                     if (m := re.match(r"\s*from benchmarks import ([\w, ]+)", line))
+                     for name in re.sub(r" as \w+", "", m.group(1)).split(",")})
+  assert {"elastic_minatar", "revision_ab", "throughput"} <= set(imported), imported
+  code = ("import importlib, sys\nfrom absl import flags\n"
+          f"for name in {imported!r}: importlib.import_module('benchmarks.' + name)\n"
+          "print(sorted(m for m in flags.FLAGS.flags_by_module_dict() if m.startswith('benchmarks')))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "[]", proc.stdout

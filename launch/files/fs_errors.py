@@ -140,11 +140,24 @@ def _verbose() -> bool:
     return False
 
 
+def _raised_in_orbax(error: BaseException | None) -> bool:
+  """Whether a frame of `error`'s chain (its cause, its context) is orbax's."""
+  for e in _chain(error) if error is not None else ():
+    tb = e.__traceback__
+    while tb is not None:
+      if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+        return True
+      tb = tb.tb_next
+  return False
+
+
 def _drop_orbax_filesystem_errors(record) -> bool:
-  """Orbax logs every thread's traceback of a failed save; the run reports the failure once, in one line."""
-  if _verbose() or f"{os.sep}orbax{os.sep}" not in record.pathname or record.levelno < 40:  # 40: ERROR
-    return True
+  """Orbax logs every thread's traceback of a failed save, and asyncio logs those of its futures that nobody awaited
+  once the save failed ("Future exception was never retrieved"); the run reports the failure once, in one line."""
   error = record.exc_info[1] if record.exc_info else None
+  if _verbose() or record.levelno < 40 or not (f"{os.sep}orbax{os.sep}" in record.pathname  # 40: ERROR
+                                               or _raised_in_orbax(error)):
+    return True
   return not ((error is not None and filesystem_cause(error)) or filesystem_cause(Exception(record.getMessage())))
 
 
@@ -173,6 +186,8 @@ def install_console_filters() -> None:
   """For launch.train: orbax's repeated tracebacks of file-system failures and of a failed restore stay off, and so
   do TensorStore's native ones after a failed read or write (launch/files/stderr_filter.py)."""
   logging.get_absl_logger().addFilter(_drop_orbax_filesystem_errors)
+  # Other loggers' records (asyncio's) reach absl's handler through the root logger, past the absl logger's filters.
+  logging.get_absl_handler().addFilter(_drop_orbax_filesystem_errors)
   sys.unraisablehook = _quiet_unraisable
   if not _verbose():
     stderr_filter.install()
