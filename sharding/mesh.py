@@ -16,20 +16,19 @@ DATA = "data"
 
 
 def mesh_devices(data_devices: int, devices: list) -> list:
-  """The devices of a `data_devices`-long mesh: all of them for -1; else the first ones, as many from every process
-  (each process of a multi-process run must hold a part of the mesh: the run's programs execute on all of them)."""
+  """The devices of a `data_devices`-long mesh: all of them for -1, else the first ones. With several processes the
+  mesh takes whole processes, so all of them: every process runs the run's programs and must hold a part of their
+  mesh, and a mesh of some of each process's devices would leave the others idle on every host and cut the TPU
+  interconnect's rings (`topology_order`) short. Fewer devices: fewer processes, or fewer devices per process."""
   if data_devices == -1:
     return list(devices)
   if not 1 <= data_devices <= len(devices):
     raise ValueError(f"mesh.data={data_devices} but {len(devices)} devices are visible")
-  processes = sorted({d.process_index for d in devices})
-  if len(processes) == 1:
-    return list(devices[:data_devices])
-  if data_devices % len(processes):
-    raise ValueError(f"mesh.data={data_devices} must be a multiple of the {len(processes)} processes (each takes an "
-                     "equal share of its devices), or -1")
-  share = data_devices // len(processes)
-  return [d for p in processes for d in [d for d in devices if d.process_index == p][:share]]
+  processes = {d.process_index for d in devices}
+  if len(processes) > 1 and data_devices != len(devices):
+    raise ValueError(f"mesh.data={data_devices}: with {len(processes)} processes the mesh takes whole processes, so "
+                     f"-1 or all {len(devices)} devices")
+  return list(devices[:data_devices])
 
 
 def make_mesh(data_devices: int = -1, devices=None) -> Mesh:

@@ -96,19 +96,23 @@ def test_mesh_larger_than_visible_devices():
       "config.mesh.data=4: must be -1 (all devices) or between 1 and the 2 visible devices"]
 
 
-def test_with_several_processes_the_mesh_takes_an_equal_share_of_every_process():
-  """Four devices over two processes ([p0, p0, p1, p1]): a 2-device mesh is one device of each, not process 0's two
-  (process 1 would hold none of the mesh its programs run on); an odd count is refused in one line."""
+def test_with_several_processes_the_mesh_takes_whole_processes():
+  """Four devices over two processes ([p0, p0, p1, p1]): the mesh is all of them; a part of each process's devices (or
+  one process's) is refused in one line naming how to use fewer devices."""
   fake = [types.SimpleNamespace(id=i, process_index=i // 2) for i in range(4)]
-  assert [d.id for d in mesh.mesh_devices(2, fake)] == [0, 2]
   assert [d.id for d in mesh.mesh_devices(-1, fake)] == [0, 1, 2, 3]
-  assert [d.id for d in mesh.mesh_devices(2, fake[:2])] == [0, 1]  # one process: the first ones
-  with pytest.raises(ValueError, match="multiple of the 2 processes"):
-    mesh.mesh_devices(3, fake)
-  config = default.get_config()
-  config.mesh.data = 3
-  assert config_lib.check(config, 4, num_processes=2) == [
-      "config.mesh.data=3: must be -1 or a multiple of the 2 processes: each process holds an equal share of the mesh"]
+  assert [d.id for d in mesh.mesh_devices(4, fake)] == [0, 1, 2, 3]
+  assert [d.id for d in mesh.mesh_devices(1, fake[:2])] == [0]  # one process: the first ones
+  for data in (1, 2, 3):
+    with pytest.raises(ValueError, match="takes whole processes"):
+      mesh.mesh_devices(data, fake)
+    config = default.get_config()
+    config.mesh.data = data
+    assert config_lib.check(config, 4, num_processes=2) == [
+        f"config.mesh.data={data}: must be -1 or all 4 devices with 2 processes: the mesh takes whole processes (to "
+        "use fewer devices, start fewer processes or give each fewer: CUDA_VISIBLE_DEVICES, TPU_VISIBLE_CHIPS)"]
+  config.mesh.data = 4
+  assert config_lib.check(config, 4, num_processes=2) == []
 
 
 def test_unknown_and_missing_keys_in_a_config_file():

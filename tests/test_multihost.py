@@ -92,7 +92,7 @@ def _slurm_env(i, job_id, jax_cache):
   return env
 
 
-def _start_two(workdir, jax_cache, logs, pause=None):
+def _start_two(workdir, jax_cache, logs, pause=None, extra=()):
   """Both processes of one 2 x 2-device run, started directly so that each can be signalled alone."""
   address = f"127.0.0.1:{local.free_port()}"
   env = local.process_env(devices_per_process=2)
@@ -102,7 +102,7 @@ def _start_two(workdir, jax_cache, logs, pause=None):
     env["PPO_TEST_PAUSE_AT_UPDATE"] = str(pause)
   args = [sys.executable, "-m", "launch.train", f"--workdir={workdir}", *DEBUG_ARGS,
           f"--coordinator_address={address}", "--num_processes=2",
-          "--verbosity=0"]  # INFO logs: every process says where it resumed from (the console is process 0's)
+          "--verbosity=0", *extra]  # INFO logs: every process says where it resumed from (the console is process 0's)
   return [subprocess.Popen(args + [f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                            stderr=open(logs[i], "w", encoding="utf-8")) for i in (0, 1)]
 
@@ -151,6 +151,19 @@ def test_killed_process_stops_the_survivor(jax_cache, tmp_path):
   assert codes[0] not in (0, 3), errs[0][-3000:]  # neither finished nor stopped on request
   assert took < 60, took
   assert "another task died" in errs[0], errs[0][-3000:]
+
+
+def test_a_mesh_of_part_of_each_process_is_one_line_in_every_process(jax_cache, tmp_path):
+  """2 processes x 2 devices with mesh.data=2: the mesh takes whole processes, so both exit 2 before compiling, with
+  one line naming the key and how to use fewer devices."""
+  logs = [str(tmp_path / f"p{i}.log") for i in (0, 1)]
+  codes, errs = _finish(_start_two(str(tmp_path / "run"), jax_cache, logs, extra=["--config.mesh.data=2"]), logs,
+                        timeout=90)
+  assert codes == [2, 2], errs
+  for err in errs:
+    assert "Traceback" not in err, err[-3000:]
+    assert ("config.mesh.data=2: must be -1 or all 4 devices with 2 processes: the mesh takes whole processes"
+            in err.strip().splitlines()[-1]), err[-3000:]
 
 
 def test_sigterm_to_one_process_stops_both_at_one_update_and_resumes_exactly(two_processes, jax_cache, tmp_path):

@@ -114,9 +114,10 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
     err("reset_pool.refresh", f"must divide reset_pool.size={flat['reset_pool.size']}")
   if valid("mesh.data") and flat["mesh.data"] > num_devices:
     err("mesh.data", f"must be -1 (all devices) or between 1 and the {num_devices} visible devices")
-  elif valid("mesh.data") and num_processes > 1 and flat["mesh.data"] != -1 and flat["mesh.data"] % num_processes:
-    err("mesh.data", f"must be -1 or a multiple of the {num_processes} processes: each process holds an equal share "
-        "of the mesh")
+  elif valid("mesh.data") and num_processes > 1 and flat["mesh.data"] not in (-1, num_devices):
+    err("mesh.data", f"must be -1 or all {num_devices} devices with {num_processes} processes: the mesh takes whole "
+        "processes (to use fewer devices, start fewer processes or give each fewer: CUDA_VISIBLE_DEVICES, "
+        "TPU_VISIBLE_CHIPS)")
   mode, actor_devices = flat["pipeline.mode"], flat["pipeline.actor_devices"]
   if valid("pipeline.max_policy_lag") and mode == "overlap" and flat["pipeline.max_policy_lag"] < 1:
     err("pipeline.max_policy_lag", SCHEMA["pipeline.max_policy_lag"].rule.message)
