@@ -152,7 +152,7 @@ def reasons(cell: dict[str, str]) -> list[str]:
   if cell["processes"] == "2" and cell["pipeline"] != "fused":
     out.append("the staged pipeline runs in one process")
   if cell["processes"] == "2" and cell["devices"] == "1":
-    out.append("each process holds a part of the mesh")
+    out.append("the mesh takes whole processes")
   if cell["outer_step"] != "none" and (cell["diagnostics"] == "off" or cell["pipeline"] != "fused"):
     out.append("outer-step control reads the measured KL, in the fused update")
   return out
