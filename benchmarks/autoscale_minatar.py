@@ -32,6 +32,7 @@ import numpy as np
 from absl import app, flags
 from scipy import stats
 
+from benchmarks import stats as stats_lib
 from launch.configs import default
 from launch.evaluate import run_episodes
 from launch.report import metrics_file
@@ -87,8 +88,8 @@ def sampled_evaluation(workdir: str, seed: int) -> dict:
   run = saved_run.load(workdir)
   out = run_episodes(envs.make(run.config.env_name), run.policy.act, SAMPLED_EPISODES, jax.random.PRNGKey(1000 + seed),
                      deterministic=False)
-  distinct = len(set(zip(out["returns"].tolist(), out["lengths"].tolist())))
-  return {"sampled_eval": float(out["returns"].mean()), "sampled_distinct": distinct}
+  return {"sampled_eval": float(out["returns"].mean()),
+          "sampled_distinct": stats_lib.distinct_episodes(out["returns"], out["lengths"])}
 
 
 def summarize(rows: list[dict], budget: int) -> dict:
@@ -147,8 +148,7 @@ def t_cell(values: list[float]) -> str:
   values = [v for v in values if v is not None]
   if len(values) < 2:
     return "n/a" if not values else f"{values[0]:.2f} (1 seed)"
-  mean, half = np.mean(values), stats.t.ppf(0.975, len(values) - 1) * stats.sem(values)
-  return f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}] (n={len(values)})"
+  return stats_lib.t_interval(values).cell()
 
 
 def report(results: dict) -> str:
@@ -167,15 +167,28 @@ def report(results: dict) -> str:
                    f"| {t_cell([x.get('sampled_eval') for x in r])} ({min((x.get('sampled_distinct', 0) for x in r), default=0)}) "
                    f"| {t_cell([x['final_eval'] for x in r])} | "
                    f"{np.mean([x['seconds'] for x in r]) / 60 if r else float('nan'):.1f} |")
-    lines += ["", "autoscale minus each arm, paired by seed (training return, last tenth; whole budget):", "",
-              "| arm | last tenth | whole budget |", "| --- | --- | --- |"]
-    for arm in FLAGS.arms:
-      if arm == "autoscale":
-        continue
+    lines += ["", "autoscale minus each arm, paired by seed (training return, last tenth; whole budget): mean "
+              "difference [paired Student-t 95% interval] (pairs); p: exact sign-flip permutation test, and Holm's "
+              "adjustment over the arms of this game and column:", "",
+              "| arm | last tenth | p (Holm) | whole budget | p (Holm) |", "| --- | --- | --- | --- | --- |"]
+    others = [arm for arm in FLAGS.arms if arm != "autoscale"]
+    pairs = {}
+    for arm in others:
       seeds = sorted(set(runs["autoscale"]) & set(runs[arm]))
-      diff = lambda m: [runs["autoscale"][s][m] - runs[arm][s][m] for s in seeds  # pylint: disable=cell-var-from-loop
-                        if runs["autoscale"][s][m] is not None and runs[arm][s][m] is not None]
-      lines.append(f"| {arm} | {t_cell(diff('final_return'))} | {t_cell(diff('mean_return'))} |")
+      for metric in ("final_return", "mean_return"):
+        pairs[arm, metric] = ([runs["autoscale"][s][metric] for s in seeds], [runs[arm][s][metric] for s in seeds])
+    p_raw = {key: stats_lib.paired_permutation_test(*ab).p_value for key, ab in pairs.items()}
+    p_holm = {}
+    for metric in ("final_return", "mean_return"):
+      p_holm.update({(arm, metric): p for arm, p in stats_lib.holm(
+          {arm: p_raw[arm, metric] for arm in others if not np.isnan(p_raw[arm, metric])}).items()})
+    for arm in others:
+      cells = []
+      for metric in ("final_return", "mean_return"):
+        diff = stats_lib.paired_t_interval(*pairs[arm, metric])
+        cells += [diff.cell() if diff.n > 1 else "n/a",
+                  f"{p_raw[arm, metric]:.3g} ({p_holm.get((arm, metric), float('nan')):.3g})"]
+      lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     growths = [(s, g) for s, x in sorted(runs["autoscale"].items()) for g in x["growths"]]
     lines += ["", "Autoscale's growths (seed: env step, from → to, KL per update, samples per update / noise "
               "scale):", ""]
