@@ -150,7 +150,7 @@ def train_and_evaluate(progs, state, budget: int, name: str):
 
   def evaluate(state, point):
     k = jax.vmap(jax.random.fold_in, (0, None))(eval_keys, point)
-    return np.asarray(jax.device_get(progs.evaluate_state(state, k))).tolist()
+    return np.asarray(jax.device_get(progs.evaluate_state(state, k).mean_return)).tolist()
 
   points = [{"env_steps": 0, "eval_return": evaluate(state, 0)}]
   t0, cpu0 = time.time(), time.process_time()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from envs import base, cartpole, cue, cue_entities, levels
+from envs import base, cartpole, cue, cue_entities, levels, sticky
 
 BUILTIN: dict[str, Callable[[], base.Environment]] = {
     "CartPole-v1": cartpole.CartPole,
@@ -78,13 +78,14 @@ def _make_cartpole_substeps(substeps: str) -> base.Environment:
 _ADAPTERS = {"cartpole_substeps": _make_cartpole_substeps, "gymnax": _make_gymnax, "brax": _make_brax, "kinetix": _make_kinetix, "craftax": _make_craftax}
 
 
-def make(env_name: str) -> base.Environment:
-  """Builds the environment named by a config's env_name."""
+def make(env_name: str, sticky_actions: float = 0.0) -> base.Environment:
+  """Builds the environment named by a config's env_name; with `sticky_actions` > 0 it repeats its previous action
+  with that probability (envs/sticky.py)."""
   if env_name in BUILTIN:
-    return BUILTIN[env_name]()
+    return sticky.wrap(BUILTIN[env_name](), sticky_actions)
   prefix, sep, rest = env_name.partition(":")
   if sep and prefix in _ADAPTERS:
-    return _ADAPTERS[prefix](rest)
+    return sticky.wrap(_ADAPTERS[prefix](rest), sticky_actions)
   raise UnknownEnvError(
       f'unknown env "{env_name}": built-ins are {", ".join(sorted(BUILTIN))}; adapters take the form '
       + ", ".join(f'"{p}:<id>"' for p in PREFIXES))

@@ -100,6 +100,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("env_name", None, "Evaluate on this env instead of the run's (same observation and action space).")
   flags.DEFINE_string("video", None, "Write one episode as an animation to this .gif or .mp4 file.")
   flags.DEFINE_bool("deterministic", True, "Act with the distribution's mode (else sample).")
+  flags.DEFINE_float("sticky_actions", None, "Probability that the env repeats its previous action (envs/sticky.py); "
+                     "default: the run's config.sticky_actions.")
   flags.DEFINE_integer("seed", 0, "Seed of the episodes' start states (and sampled actions).")
 
 
@@ -123,7 +125,10 @@ def main(argv):
   try:
     run = saved_run.load(workdir)
     env_name = FLAGS.env_name or run.config.env_name
-    env = envs.make(env_name)
+    sticky = run.config.get("sticky_actions", 0.0) if FLAGS.sticky_actions is None else FLAGS.sticky_actions
+    if not 0 <= sticky < 1:
+      raise config_lib.ConfigError(f"--sticky_actions={sticky}: must be in [0, 1)")
+    env = envs.make(env_name, sticky)
   except (config_lib.ConfigError, fs_errors.WorkdirError, envs.UnknownEnvError, ImportError) as e:
     _fail(str(e))
   spec = run.policy.spec
@@ -137,11 +142,12 @@ def main(argv):
   eval_key, video_key = jax.random.split(key)
   mode = "deterministic" if FLAGS.deterministic else "sampled"
   print(f"evaluate: {env_name} | checkpoint {run.step_dir} (update {run.update}) | {FLAGS.episodes} episodes | "
-        f"{mode} actions")
+        f"{mode} actions" + (f" | sticky actions {sticky:g}" if sticky else ""))
   out = run_episodes(env, run.policy.act, FLAGS.episodes, eval_key, FLAGS.deterministic)
   ret = out["returns"]
+  distinct = len(set(zip(ret.tolist(), out["lengths"].tolist())))
   print(f"return {ret.mean():.1f} ± {ret.std():.1f} (min {ret.min():.1f}, max {ret.max():.1f}) | "
-        f"length {out['lengths'].mean():.1f}")
+        f"length {out['lengths'].mean():.1f} | {distinct} distinct (return, length) of {FLAGS.episodes}")
   if out["success"] is not None:
     print(f"success {out['success'].mean():.3f} ({int(out['success'].sum())}/{FLAGS.episodes})")
   if video:

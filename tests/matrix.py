@@ -2,13 +2,20 @@
 together in at least one cell (an all-pairs covering set, not the full product), and every pair that cannot work is
 refused by a config rule naming its keys. tests/test_matrix.py runs the cells through a run's lifecycle;
 docs/matrix.md lists them (`python -m tests.matrix > docs/matrix.md`; tests/test_matrix.py fails when it is stale).
+The cells are solved once and committed (tests/data/matrix_cells.json): `python -m tests.matrix --solve >
+docs/matrix.md` after changing an axis, a refusal reason or a cost.
 
 A feature added to the trainer joins the matrix: an axis here (its values, and what each sets in the config), and
 a refusal rule for any value it cannot be combined with.
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import itertools
+import json
+import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +37,8 @@ AXES: dict[str, dict[str, dict[str, Any]]] = {
     "outer_step": {"none": {"outer_step.mode": "none"}, "adaptive_kl": {"outer_step.mode": "adaptive_kl"}},
     "diagnostics": {"on": {"diagnostics.enabled": True}, "off": {"diagnostics.enabled": False}},
     "shuffle": {"global": {}, "local": {"sgd.shuffle": "local"}},
+    "sticky": {"off": {}, "on": {"sticky_actions": 0.25}},
+    "eval": {"mode": {}, "sampled": {"eval.policy": "sampled"}},
     # The schedule: SIZES[0] → SIZES[1] envs, or back; or autoscale's growth (its verdict placed by the test hook).
     "resize": {"grow": {}, "shrink": {}, "autoscale": {}},
 }
@@ -92,19 +101,50 @@ def _all_cells() -> Iterator[dict[str, str]]:
     yield dict(zip(names, values))
 
 
-def covering_set() -> tuple[list[dict[str, str]], dict[tuple, list[str]]]:
-  """(the cells: the valid combinations of least total `cost` that cover every pair of values some valid combination
-  has; the refused pairs: each pair no valid combination has → the errors of its refusal cell, the combination with
-  that pair that breaks the fewest rules).
+SOLVED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "matrix_cells.json")
 
-  The cells solve a weighted set cover exactly, as a 0/1 integer program (scipy.optimize.milp, HiGHS, which jax's own
-  scipy dependency brings): minimise the summed cost of the chosen combinations such that every pair is in one. Each
-  cost is raised by a distinct share below 1e-6 (by the combination's place in `_all_cells`' order), so that the
-  optimum is unique and the page does not depend on the solver's tie-breaking."""
+
+def fingerprint() -> str:
+  """What the covering set depends on: the axes, the refusal reasons and the costs (their source)."""
+  text = repr(AXES) + inspect.getsource(reasons) + inspect.getsource(cost)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def every_pair() -> set[tuple[tuple[str, str], tuple[str, str]]]:
+  """Every pair of values of two axes (sorted as `_pairs` yields them)."""
+  return {tuple(sorted(((a, v), (b, w)))) for a, b in itertools.combinations(AXES, 2)
+          for v in AXES[a] for w in AXES[b]}
+
+
+def covering_set() -> tuple[list[dict[str, str]], dict[tuple, list[str]]]:
+  """(the cells, the refused pairs → the errors of each one's refusal cell): the cells `solve` found, as committed in
+  tests/data/matrix_cells.json (solving takes minutes of CPU; `python -m tests.matrix --solve` rewrites the file when
+  AXES, `reasons` or `cost` change, and tests/test_matrix.py fails while the file's fingerprint is stale). Every pair
+  the cells do not hold is refused; tests/test_matrix.py checks each refusal with the config rules."""
+  with open(SOLVED, encoding="utf-8") as f:
+    cells = json.load(f)["cells"]
+  covered = set().union(*(set(_pairs(c)) for c in cells))
+  refused = {}
+  for pair in sorted(every_pair() - covered):
+    refused[pair] = refusal(_refusal_cell(pair))
+  return cells, refused
+
+
+def _refusal_cell(pair) -> dict[str, str]:
+  """The combination with `pair` that breaks the fewest rules (the first in `_all_cells`' order among those)."""
+  return min((c for c in _all_cells() if all(c[a] == v for a, v in pair)), key=lambda c: len(reasons(c)))
+
+
+def solve() -> list[dict[str, str]]:
+  """The valid combinations of least total `cost` that cover every pair of values some valid combination has.
+
+  A weighted set cover solved exactly, as a 0/1 integer program (scipy.optimize.milp, HiGHS, which jax's own scipy
+  dependency brings): minimise the summed cost of the chosen combinations such that every pair is in one. Each cost is
+  raised by a distinct share below 1e-6 (by the combination's place in `_all_cells`' order), so that the optimum is
+  unique and the page does not depend on the solver's tie-breaking."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   from scipy import optimize, sparse  # pylint: disable=import-outside-toplevel
-  every = list(_all_cells())
-  valid = [c for c in every if not reasons(c)]
+  valid = [c for c in _all_cells() if not reasons(c)]
   bit: dict[tuple, int] = {}
   rows, cols = [], []
   for j, cell in enumerate(valid):
@@ -118,12 +158,7 @@ def covering_set() -> tuple[list[dict[str, str]], dict[tuple, list[str]]]:
   if not solved.success:
     raise RuntimeError(f"the covering set's integer program: {solved.message}")
   chosen = np.flatnonzero(solved.x > 0.5)
-  cells = [valid[j] for j in sorted(chosen, key=lambda j: (-costs[j], j))]
-  refused = {}
-  for pair in sorted(set().union(*(set(_pairs(c)) for c in every)) - set(bit)):
-    cell = min((c for c in every if all(c[a] == v for a, v in pair)), key=lambda c: len(reasons(c)))
-    refused[pair] = refusal(cell)
-  return cells, refused
+  return [valid[j] for j in sorted(chosen, key=lambda j: (-costs[j], j))]
 
 
 def cost(cell: dict[str, str]) -> float:
@@ -186,4 +221,8 @@ def render() -> str:
 
 
 if __name__ == "__main__":
+  if sys.argv[1:] == ["--solve"]:  # after a change of AXES, reasons or cost: minutes of CPU
+    with open(SOLVED, "w", encoding="utf-8") as f:
+      json.dump({"fingerprint": fingerprint(), "cells": solve()}, f, indent=1)
+      f.write("\n")
   print(render(), end="")

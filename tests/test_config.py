@@ -238,11 +238,12 @@ def test_every_config_key_is_in_the_schema_with_a_resume_policy():
                              "network.hidden_sizes", "network.activation", "network.shared_trunk", "ewma.enabled",
                              "outer_step.mode", "network.kind", "network.entity_width", "network.entity_layers",
                              "network.entity_heads", "network.entity_qkv", "level_sampler.kind",
-                             "level_sampler.buffer_size"}
+                             "level_sampler.buffer_size", "sticky_actions"}
   assert set(free) == {"log_every", "eval_every", "eval_episodes", "checkpoint_every", "keep_checkpoints",
                        "restore_from", "mesh.data", "pipeline.actor_devices", "pipeline.mode",
                        "pipeline.max_policy_lag", "log_checkpoints", "wandb.project", "wandb.entity", "wandb.name",
-                       "wandb.mode", "plateau.share", "eval.solve_levels", "eval.solve_attempts"}
+                       "wandb.mode", "plateau.share", "eval.solve_levels", "eval.solve_attempts",
+                       "eval.policy"}
 
 
 def test_the_schema_refuses_a_key_without_a_resume_policy_rule_or_doc():

@@ -97,3 +97,32 @@ def test_cartpole_substeps_refines_the_same_dynamics():
   np.testing.assert_allclose(a, b, atol=5e-3)  # ... but the same physics over one 0.02 s step
   with pytest.raises(envs.UnknownEnvError):
     envs.make("cartpole_substeps:zero")
+
+
+def test_sticky_actions_repeat_the_previous_action_with_their_probability():
+  """envs/sticky.py: after a reset the previous action is the no-op (0); each step executes it instead of the agent's
+  with probability p (20,000 envs, p = 0.25: within 5 standard errors); 0 leaves the env unwrapped."""
+  assert type(envs.make("CartPole-v1", 0.0)) is cartpole.CartPole
+  env = envs.make("CartPole-v1", 0.25)
+  n = 20_000
+  state, obs = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), n))
+  assert obs.shape == (n, 4) and np.all(np.asarray(state.last_action) == 0)
+  res = jax.vmap(env.step)(jax.random.split(jax.random.PRNGKey(1), n), state, jnp.ones((n,), jnp.int32))
+  kept = float(np.mean(np.asarray(res.state.last_action) == 0))
+  assert abs(kept - 0.25) < 5 * np.sqrt(0.25 * 0.75 / n), kept
+  # What was executed is what the wrapped env stepped with: same key split, same inner state.
+  step_keys = jax.vmap(lambda k: jax.random.split(k)[1])(jax.random.split(jax.random.PRNGKey(1), n))
+  inner = jax.vmap(env.env.step)(step_keys, state.inner, res.state.last_action)
+  np.testing.assert_array_equal(np.asarray(inner.obs), np.asarray(res.obs))
+  with pytest.raises(ValueError, match="must be in"):
+    envs.make("CartPole-v1", 1.0)
+
+
+def test_sticky_actions_keep_what_the_env_offers():
+  """SFL's `success` is the wrapped env's, on its own state; other attributes pass through."""
+  plain, env = envs.make("levels"), envs.make("levels", 0.1)
+  assert env.max_episode_steps == plain.max_episode_steps and env.num_levels == plain.num_levels
+  state, _ = env.reset(jax.random.PRNGKey(0))
+  res = env.step(jax.random.PRNGKey(1), state, jnp.int32(1))
+  assert bool(env.success(res)) == bool(plain.success(res.replace(state=res.state.inner)))
+  assert not hasattr(envs.make("CartPole-v1", 0.1), "success")

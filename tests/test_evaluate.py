@@ -98,3 +98,25 @@ def test_gymnax_frames_through_its_renderer():
   images = render.frames(env, [s0, s1])
   assert len(images) == 2 and images[0].ndim == 3 and images[0].shape[2] == 3 and images[0].std() > 0
   assert not np.array_equal(images[0], images[1])
+
+
+def test_evaluations_count_their_distinct_episodes_and_sticky_or_sampled_ones_differ():
+  """pipeline/evaluate.py on gymnax's SpaceInvaders-MinAtar, which resets and steps deterministically: the mode policy
+  of an untrained network (its weights x10, so that its action depends on what it sees) plays one episode 64 times;
+  sticky actions (p = 0.1) make several of them differ (6 here: an untrained policy dies early), sampled actions
+  most (46)."""
+  from learner import distributions, networks  # pylint: disable=import-outside-toplevel
+  from pipeline import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+  assert int(evaluate_lib.distinct_pairs(jax.numpy.array([1.0, 1.0, 2.0, 1.0]), jax.numpy.array([3, 3, 3, 4]))) == 3
+  plain = envs.make("gymnax:SpaceInvaders-MinAtar")
+  dist = distributions.for_action_space(plain.action_space)
+  model = networks.ActorCritic(dist, (16,))
+  obs = plain.reset(jax.random.PRNGKey(0))[1][None]
+  params = jax.tree.map(lambda x: 10 * x, model.init(jax.random.PRNGKey(0), obs))
+  out = {}
+  for name, env, sampled in (("mode", plain, False), ("sticky", envs.make("gymnax:SpaceInvaders-MinAtar", 0.1), False),
+                             ("sampled", plain, True)):
+    evaluate = jax.jit(evaluate_lib.make_evaluate(env, model.apply, dist, 64, sampled=sampled))
+    out[name] = jax.device_get(evaluate(params, jax.random.PRNGKey(1)))
+  assert int(out["mode"].distinct) == 1, out
+  assert int(out["sticky"].distinct) >= 4 and int(out["sampled"].distinct) >= 32, out

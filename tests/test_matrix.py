@@ -9,6 +9,7 @@ Cells with two processes train through launch/local.py (their stop and resume: t
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -186,10 +187,18 @@ def test_refused_pair(pair):
   assert all(e.startswith("config.") and "\n" not in e for e in errors), errors
 
 
-def test_the_cells_cover_every_pair_and_the_refusals_are_the_config_rules():
+def test_the_committed_cells_are_solved_for_these_axes_and_rules():
+  """tests/data/matrix_cells.json was solved for this AXES, `reasons` and `cost` (else: python -m tests.matrix
+  --solve > docs/matrix.md); its cells are distinct combinations the rules let run. That they cover every pair that
+  can run is test_refused_pair's: a pair they miss is refused there, and fails unless the config rules refuse it."""
+  with open(matrix.SOLVED, encoding="utf-8") as f:
+    assert json.load(f)["fingerprint"] == matrix.fingerprint(), (
+        "tests/data/matrix_cells.json is stale: python -m tests.matrix --solve > docs/matrix.md")
+  assert all(set(c) == set(matrix.AXES) and all(c[a] in matrix.AXES[a] for a in c) for c in CELLS)
+  assert len({tuple(sorted(c.items())) for c in CELLS}) == len(CELLS)
+  assert not any(matrix.reasons(c) for c in CELLS)
   covered = set().union(*(set(matrix._pairs(c)) for c in CELLS))  # pylint: disable=protected-access
-  everything = set().union(*(set(matrix._pairs(c)) for c in matrix._all_cells()))  # pylint: disable=protected-access
-  assert covered | set(REFUSED) == everything and not covered & set(REFUSED)
+  assert covered | set(REFUSED) == matrix.every_pair() and not covered & set(REFUSED)
 
 
 def test_the_page_lists_the_cells():

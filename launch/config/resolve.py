@@ -118,6 +118,9 @@ def check(config: ml_collections.ConfigDict, num_devices: int, planning: bool = 
     err("mesh.data", f"must be -1 or all {num_devices} devices with {num_processes} processes: the mesh takes whole "
         "processes (to use fewer devices, start fewer processes or give each fewer: CUDA_VISIBLE_DEVICES, "
         "TPU_VISIBLE_CHIPS)")
+  if valid("sticky_actions", "eval.solve_levels") and flat["sticky_actions"] and flat["eval.solve_levels"]:
+    err("sticky_actions", "solve rates (eval.solve_levels) play kinetix-env's levels as they ship, without sticky "
+        "actions: set one of the two")
   mode, actor_devices = flat["pipeline.mode"], flat["pipeline.actor_devices"]
   if valid("pipeline.max_policy_lag") and mode == "overlap" and flat["pipeline.max_policy_lag"] < 1:
     err("pipeline.max_policy_lag", SCHEMA["pipeline.max_policy_lag"].rule.message)

@@ -27,6 +27,10 @@ SCHEMA = Schema(
     Key("env_name", "CartPole-v1", str, 'built-in, or "gymnax:<id>", "brax:<name>", "kinetix:<s|m|l|level>", '
         '"craftax:<id>"', Rule(lambda v: isinstance(v, str), "must be a string naming an env"),
         must_match("the saved env states and observations belong to that env")),
+    Key("sticky_actions", 0.0, float, "probability that an env repeats its previous action instead of the agent's "
+        "(Machado et al. 2018; MinAtar's original: 0.1), in training and every evaluation",
+        Rule(lambda v: is_number(v) and 0 <= v < 1, "must be in [0, 1)"),
+        must_match("the saved env states hold the previous action only with sticky actions, and the task differs")),
     Key("num_envs", 32, int, "parallel envs, split over the mesh's data axis", positive_int(),
         must_match("there is one saved env state per env")),
     Key("seed", 0, int, "the only source of randomness; results do not depend on the device count",
@@ -59,7 +63,7 @@ SCHEMA = Schema(
     # Logging, evaluation, checkpoints.
     Key("log_every", 10, int, "updates between metrics lines (metrics are pulled from the device only then)",
         positive_int(), FREE),
-    Key("eval_every", 50, int, "updates between deterministic evaluations (and always at the end)", positive_int(),
+    Key("eval_every", 50, int, "updates between evaluations (and always at the end)", positive_int(),
         FREE),
     Key("eval_episodes", 32, int, "episodes per evaluation, run in parallel", positive_int(), FREE),
     Key("checkpoint_every", 50, int, "updates between async full-state checkpoints in DIR/checkpoints (and at the end)",
@@ -115,6 +119,9 @@ SCHEMA = Schema(
         positive_int(), must_match(_SHAPES)),
     Key("network.entity_qkv", 16, int, "entity network: total query/key/value width over all heads",
         positive_int(), must_match(_SHAPES)),
+    Key("eval.policy", "mode", str, "mode: evaluations act with the policy's most likely action | sampled: draw "
+        "actions as in training (each row's eval_distinct counts the distinct episodes played)",
+        one_of("mode", "sampled"), FREE),
     Key("eval.solve_levels", "", str, 'Kinetix solve rates at eval points: "s,m,l" (shipped levels), level names, ""',
         Rule(lambda v: isinstance(v, str), "must be a comma-separated list of sizes / level names"), FREE),
     Key("eval.solve_attempts", 20, int, "sampled-policy episodes per level for solve rates (kinetix-env: 20)",

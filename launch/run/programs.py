@@ -68,7 +68,7 @@ class Programs:
 
 def build_agent(config: ml_collections.ConfigDict, resolved: config_lib.Resolved) -> iteration_lib.Agent:
   """The env, network, action distribution and optimizer that `config` describes."""
-  env = envs.make(config.env_name)
+  env = envs.make(config.env_name, config.get("sticky_actions", 0.0))
   dist = distributions.for_action_space(env.action_space)
   net = config.network
   if net.kind == "entity":
@@ -99,7 +99,8 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
   actor_mesh, learner_mesh = split_mesh(mesh if mesh is not None else make_mesh(config.mesh.data),
                                         config.pipeline.actor_devices)
   progs = make_programs(agent, resolved, Layout(learner_mesh), Layout(actor_mesh), mode=mode or config.pipeline.mode,
-                        eval_episodes=config.eval_episodes if eval_episodes is None else eval_episodes, **kwargs)
+                        eval_episodes=config.eval_episodes if eval_episodes is None else eval_episodes,
+                        eval_sampled=config.eval.get("policy", "mode") == "sampled", **kwargs)
   if not config.eval.solve_levels or not progs.evaluate:
     return progs
   t0 = time.time()
@@ -154,12 +155,14 @@ def solve_rate_program(agent, groups: list[LevelGroup], attempts: int, progs: Pr
 
 def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, layout: Layout,
                   actor_layout: Layout | None = None, *, mode: str = "fused", eval_episodes: int = 0,
-                  compile_update: bool = True, num_seeds: int | None = None, updates_per_call: int = 1,
+                  eval_sampled: bool = False, compile_update: bool = True, num_seeds: int | None = None,
+                  updates_per_call: int = 1,
                   compiler_options: dict[str, str] | None = None, aot: Callable | None = None) -> Programs:
   """Builds and compiles the programs of a run from its parts.
 
   mode: "fused" (one update program) or "sync" / "overlap" (the pipeline's stages; the lag is the Pipeline's).
   eval_episodes: parallel episodes of the evaluate program (0: no evaluate program).
+  eval_sampled: the evaluate program draws actions as in training instead of taking the mode (eval.policy).
   compile_update: False builds only the init and the state's placement (e.g. a restore target).
   num_seeds: S independent runs in one program (fused only): init takes keys [S], every state leaf and metric gets
     a leading seed axis (never split over devices), the update and evaluation are vmapped over it.
@@ -234,7 +237,8 @@ def make_programs(agent: iteration_lib.Agent, resolved: config_lib.Resolved, lay
   else:
     pipeline = _compile_stages(agent, ppo, actor_layout, layout, abstract_state, aot)
   if eval_episodes:
-    evaluate_fn = seeded(evaluate_lib.make_evaluate(agent.env, agent.apply, agent.dist, eval_episodes))
+    evaluate_fn = seeded(evaluate_lib.make_evaluate(agent.env, agent.apply, agent.dist, eval_episodes,
+                                                    sampled=eval_sampled))
     replicated = _with_seed_axis(layout.replicated, num_seeds)
     obs_norm = _placed(abstract_state.runner.obs_norm,
                        jax.tree.map(lambda _: replicated, abstract_state.runner.obs_norm))

@@ -202,8 +202,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, segment: elastic.Seg
         if update % config.eval_every == 0 or is_last:
           eval_start = time.time()
           with learner_lock:
-            eval_return = evaluate(result.snapshot.state, jax.random.fold_in(eval_key, update))
-          row["eval_return"] = float(eval_return)
+            evaluation = jax.device_get(evaluate(result.snapshot.state, jax.random.fold_in(eval_key, update)))
+          row["eval_return"], row["eval_distinct"] = float(evaluation.mean_return), int(evaluation.distinct)
           if progs.solve_rates:  # Kinetix solve rates (config.eval.solve_levels): sampled policy, per level
             with learner_lock:
               level_rates = progs.solve_rates_state(result.snapshot.state, jax.random.fold_in(eval_key, update))
