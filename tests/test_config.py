@@ -281,3 +281,13 @@ def test_describe_config_lists_every_key_with_this_configs_values():
     assert f"\n{key.name}: {key.type.__name__} = " in proc.stdout
   assert "\nnum_envs: int = 8 (default 32)\n    parallel envs, split over the mesh's data axis\n" in proc.stdout
   assert "resume: must_match (there is one saved env state per env)" in proc.stdout
+
+
+def test_sticky_actions_and_the_evaluation_policy_are_checked_in_one_line():
+  assert _errors(sticky_actions=1.0) == ["config.sticky_actions=1.0: must be in [0, 1)"]
+  assert _errors(sticky_actions=-0.1) == ["config.sticky_actions=-0.1: must be in [0, 1)"]
+  assert _errors(**{"eval.policy": "greedy"}) == ["config.eval.policy='greedy': must be one of ['mode', 'sampled']"]
+  assert _errors(sticky_actions=0.1, **{"env_name": "levels", "eval.policy": "sampled"}) == []
+  errors = _errors(sticky_actions=0.1, **{"eval.solve_levels": "s"})
+  assert errors[0] == ("config.sticky_actions=0.1: solve rates (eval.solve_levels) play kinetix-env's levels as they "
+                       "ship, without sticky actions: set one of the two"), errors
