@@ -36,6 +36,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("ref", "fae4f2a", "Git revision of the reference code.")
 flags.DEFINE_list("tasks", ["cartpole", "breakout", "brax"], "Tasks to check (TASKS).")
 flags.DEFINE_integer("seeds", 5, "Seeds per tree and task.")
+flags.DEFINE_integer("first_seed", 0, "The first seed (seeds first_seed .. first_seed + seeds - 1): several processes "
+                     "can share a check's seeds, each with its own --out.")
 flags.DEFINE_string("out", "", "Write the runs' returns to this JSON file.")
 flags.DEFINE_float("max_curve_gap", 2.5, "Largest allowed gap of the mean curves, in seed standard deviations.")
 flags.DEFINE_multi_string("override", [], "Extra --config.KEY=VALUE for both trees.")
@@ -111,14 +113,15 @@ def main(argv):
     print(f"--tasks: unknown {', '.join(unknown)} (known: {', '.join(TASKS)})", file=sys.stderr)
     sys.exit(2)
   trees = {"this": REPO, "ref": _reference_tree(FLAGS.ref)}
-  ok, record = True, {"ref": FLAGS.ref, "seeds": FLAGS.seeds, "runs": []}
+  ok, record = True, {"ref": FLAGS.ref, "seeds": FLAGS.seeds, "first_seed": FLAGS.first_seed,
+                      "override": FLAGS.override, "ref_override": FLAGS.ref_override, "runs": []}
   with tempfile.TemporaryDirectory() as tmp:
     for task in FLAGS.tasks:
       config, task_overrides = TASKS[task]
       overrides = {"this": task_overrides + FLAGS.override,
                    "ref": task_overrides + FLAGS.override + FLAGS.ref_override}
       final, best, curves = ({k: [] for k in trees} for _ in range(3))
-      for seed in range(FLAGS.seeds):
+      for seed in range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds):
         runs = {}
         for name, tree in trees.items():
           rows = runs[name] = _train(tree, seed, os.path.join(tmp, f"{task}-{name}-{seed}"), config, overrides[name])
@@ -127,7 +130,11 @@ def main(argv):
           best[name].append(max(evals))
           curves[name].append(_curve(rows))
           record["runs"].append({"task": task, "tree": name, "seed": seed, "final_eval": evals[-1],
-                                 "best_eval": max(evals), "mean_training_return": float(curves[name][-1].mean())})
+                                 "best_eval": max(evals), "mean_training_return": float(curves[name][-1].mean()),
+                                 "training_return_curve": curves[name][-1].tolist()})
+          if FLAGS.out:  # after every run: a check cut short keeps what it measured
+            with open(FLAGS.out, "w", encoding="utf-8") as f:
+              json.dump(record, f, indent=1)
           print(f"{task} seed {seed} {name:>4}: final eval {evals[-1]:7.1f}  best eval {max(evals):7.1f}  "
                 f"mean training return {curves[name][-1].mean():7.1f}  sps {rows[-1]['sps']:8.0f}", flush=True)
         if FLAGS.same_rows:
