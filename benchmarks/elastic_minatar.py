@@ -1,5 +1,5 @@
 """Growing a stalled run: a MinAtar game at a small N, (a) continued unchanged, (b) grown to 16x N mid-run by
-`scaling.schedule` (recipe), (c) at N with outer-step control; evaluation returns with bootstrap confidence intervals
+`scaling.schedule` (recipe), (c) at N with outer-step control; evaluation returns with Student-t confidence intervals
 over seeds.
 
 Every arm is the trainer itself (launch/run/trainer.py `train_and_evaluate`, one workdir per arm and seed), at an equal
@@ -7,7 +7,7 @@ env-step budget; the schedule arm switches at `--grow_at` of the budget. All arm
 (`--eval_points` evenly spaced): the grown arm's evaluation interval in updates is 16x shorter, so that its grown
 segment is evaluated as often per env step; its extra evaluations before the growth are not used, so that final and
 best returns are taken over the same points for every arm. Results: OUT/results.json (each run's summary and
-evaluation curve), OUT/results.md (a table: mean, 95% bootstrap CI of the mean and min-max over seeds) and
+evaluation curve), OUT/results.md (a table: mean, Student-t 95% interval of the mean and min-max over seeds) and
 OUT/elastic_minatar.png (the curves).
 
   nice -n 10 python -m benchmarks.elastic_minatar --out=docs/elastic > /tmp/elastic.log 2>&1   # the benchmark
@@ -29,7 +29,7 @@ from absl import app, flags
 from launch.report import metrics_file
 from launch.run import trainer
 from launch.configs import default
-from benchmarks.stats import bootstrap_ci
+from benchmarks.stats import t_band, t_interval
 
 
 def define_flags() -> None:
@@ -120,8 +120,8 @@ def cell(values: list) -> str:
   values = [v for v in values if v is not None]
   if not values:
     return "n/a"
-  lo, hi = bootstrap_ci(values)
-  return f"{np.mean(values):.2f} [{lo:.2f}, {hi:.2f}] ({min(values):.2f} to {max(values):.2f})"
+  interval = t_interval(values)
+  return f"{interval.mean:.2f} [{interval.low:.2f}, {interval.high:.2f}] ({min(values):.2f} to {max(values):.2f})"
 
 
 def machine() -> str:
@@ -175,14 +175,14 @@ def plot(results: dict, path: str) -> None:
     steps = [s for s, _ in runs[0]["curve"]]
     curves = np.array([[v for _, v in r["curve"]] for r in runs if len(r["curve"]) == len(steps)])
     mean = curves.mean(axis=0)
-    band = np.array([bootstrap_ci(curves[:, i]) for i in range(len(steps))])
+    band = t_band(curves)
     line, = ax.plot(steps, mean, label=f"{labels[arm]}, {len(curves)} seeds")
     ax.fill_between(steps, band[:, 0], band[:, 1], color=line.get_color(), alpha=0.2, linewidth=0)
   ax.axvline(flags_["grow_at"] * flags_["total_env_steps"], color="grey", linestyle="--", linewidth=1)
   ax.text(flags_["grow_at"] * flags_["total_env_steps"], ax.get_ylim()[1], " growth", va="top", color="grey")
   ax.set_xlabel("env steps")
   ax.set_ylabel(f"evaluation return ({flags_['eval_episodes']} episodes, deterministic)")
-  ax.set_title(f"{flags_['env_name']}: mean over seeds, band = 95% bootstrap CI of the mean", fontsize=9)
+  ax.set_title(f"{flags_['env_name']}: mean over seeds, band = Student-t 95% interval of the mean", fontsize=9)
   ax.legend(fontsize=8, loc="upper left")
   ax.grid(alpha=0.3)
   fig.tight_layout()
@@ -199,7 +199,7 @@ def report(results: dict) -> str:
            f"{flags_['eval_points']} evaluations of {flags_['eval_episodes']} episodes per run; "
            f"{results.get('seconds', 0) / 60:.1f} min in all"
            + (" — SMOKE RUN, measures nothing" if flags_["smoke"] else ""), "",
-           "Cells: mean over seeds [95% bootstrap CI of the mean] (min to max over seeds).", "",
+           "Cells: mean over seeds [Student-t 95% interval of the mean] (min to max over seeds).", "",
            "| arm | final eval return | best eval return | mean eval return, last quarter | minutes per run |",
            "| --- | --- | --- | --- | --- |"]
   for arm in ARMS:
@@ -210,7 +210,7 @@ def report(results: dict) -> str:
                  f"{np.mean([r['seconds'] for r in runs]) / 60:.1f} |")
   # Paired by seed: the same seed gives the same initial params and, for the grown arm, the same run up to the
   # growth, so the difference per seed removes the seeds' spread that the arms share.
-  lines += ["", "Difference to `unchanged`, paired by seed: mean [95% bootstrap CI] (min to max).", "",
+  lines += ["", "Difference to `unchanged`, paired by seed: mean [paired Student-t 95% interval] (min to max).", "",
             "| arm - unchanged | final eval return | best eval return | mean eval return, last quarter |",
             "| --- | --- | --- | --- |"]
   base = {k.split("/")[1]: v for k, v in results["runs"].items() if k.startswith("unchanged/")}

@@ -87,7 +87,7 @@ def report(out: str) -> str:
     runs[run["game"], run["variant"]] = run
   if not runs:
     return "no results yet\n"
-  lines = ["Env steps counted from the plateau. Cells: mean [95% bootstrap CI] over seeds; differences paired by seed.",
+  lines = ["Env steps counted from the plateau. Cells: mean [Student-t 95% interval of the mean] over seeds; differences paired by seed.",
            "", "| game | variant | N | lr | EWMA com | eval at plateau | eval at +half | eval at +end | "
            "+end minus unchanged | compile s | run s |", "| " + " | ".join(["---"] * 11) + " |"]
   for (game, variant), run in sorted(runs.items()):
@@ -112,12 +112,12 @@ def _plot(chosen: dict, game: str, path: str) -> None:
   fig, ax = plt.subplots(figsize=(8, 4.5))
   for name, run in chosen.items():
     s, r = study.evals(run)
-    band = np.array([study.bootstrap_ci(x) for x in r])
+    band = study.t_band(r.T)
     line, = ax.plot(s, r.mean(1), label=f"{name} ({r.shape[1]} seeds)")
     ax.fill_between(s, band[:, 0], band[:, 1], color=line.get_color(), alpha=0.15, linewidth=0)
   ax.set_xlabel("env steps after the plateau checkpoint")
   ax.set_ylabel("evaluation return (deterministic)")
-  ax.set_title(f"{game}: continued from the plateau, band = 95% bootstrap CI over seeds", fontsize=9)
+  ax.set_title(f"{game}: continued from the plateau, band = Student-t 95% interval of the mean", fontsize=9)
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
   fig.tight_layout()

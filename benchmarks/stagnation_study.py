@@ -33,7 +33,7 @@ from absl import flags
 from launch.config import resolve as config_lib
 from launch.run import programs
 from launch.configs import default
-from benchmarks.stats import bootstrap_ci
+from benchmarks.stats import t_band, t_interval
 
 # Own flag values, not absl's global ones: the benchmarks' flags share names (out, seeds, ...), and a test process
 # imports several of them.
@@ -252,9 +252,8 @@ def last_quarter(run: dict, budget: int) -> np.ndarray:
 def cell(values) -> str:
   if values is None:
     return "n/a"
-  values = np.asarray(values, float)
-  lo, hi = bootstrap_ci(values)
-  return f"{values.mean():.2f} [{lo:.2f}, {hi:.2f}]"
+  interval = t_interval(np.asarray(values, float))
+  return f"{interval.mean:.2f} [{interval.low:.2f}, {interval.high:.2f}]"
 
 
 def late_b_simple(run: dict, key: str = "") -> float:
@@ -304,14 +303,14 @@ def plot_curves(runs: dict[str, dict], game: str, experiment: str, path: str, lo
   fig, ax = plt.subplots(figsize=(8, 4.5))
   for name, run in chosen.items():
     s, r = evals(run)
-    band = np.array([bootstrap_ci(x) for x in r])
+    band = t_band(r.T)
     line, = ax.plot(s, r.mean(1), label=f"{name} ({r.shape[1]} seeds)")
     ax.fill_between(s, band[:, 0], band[:, 1], color=line.get_color(), alpha=0.15, linewidth=0)
   if log_x:
     ax.set_xscale("symlog", linthresh=FLAGS.eval_spacing)
   ax.set_xlabel("env steps")
   ax.set_ylabel(f"evaluation return (deterministic, {FLAGS.eval_episodes} episodes)")
-  ax.set_title(f"{game} ({experiment}): mean over seeds, band = 95% bootstrap CI", fontsize=9)
+  ax.set_title(f"{game} ({experiment}): mean over seeds, band = Student-t 95% interval of the mean", fontsize=9)
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
   fig.tight_layout()
@@ -326,7 +325,7 @@ def report(out: str) -> str:
     return "no results yet\n"
   total = sum(r["compile_s"] + _run_wall(r) for r in runs.values())
   lines = [f"Arms done: {len(runs)} of {len(arms())}; compute so far {total / 60:.1f} min "
-           f"({next(iter(runs.values()))['machine']}). Cells: mean over seeds [95% bootstrap CI of the mean] of the "
+           f"({next(iter(runs.values()))['machine']}). Cells: mean over seeds [Student-t 95% interval of the mean] of the "
            "evaluation return at that env-step point.", ""] + table(runs) + [""]
   for game in FLAGS.games:
     for experiment in ("plateau", "baselines"):

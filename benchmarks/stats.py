@@ -63,6 +63,13 @@ def paired_t_interval(a, b, confidence: float = 0.95) -> Interval:
   return dataclasses.replace(out, method=f"paired {out.method}")
 
 
+def t_band(curves) -> np.ndarray:
+  """Per column of `curves` [seeds, points]: the Student-t 95% interval of the mean over seeds, as [points, 2]
+  (a figure's band)."""
+  curves = np.asarray(curves, np.float64)
+  return np.array([[t_interval(col).low, t_interval(col).high] for col in curves.T])
+
+
 def bootstrap_ci(values, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
   """95% percentile-bootstrap interval of the mean of `values` (resampling seeds with replacement). Under-covers at
   small n (see the module's docstring): reports show it beside `t_interval`, never alone."""

@@ -2,18 +2,18 @@
 taken on the evaluation grid shared by all arms (the benchmark itself is minutes: `--smoke`)."""
 import numpy as np
 
-from benchmarks import elastic_minatar
+from benchmarks import elastic_minatar, stats
 
 
 def test_bootstrap_ci_brackets_the_mean():
   values = [3.0, 7.0, 8.0, 20.0, 25.0]
-  lo, hi = elastic_minatar.bootstrap_ci(values)
+  lo, hi = stats.bootstrap_ci(values)
   assert min(values) < lo < np.mean(values) < hi < max(values)
-  assert elastic_minatar.bootstrap_ci([4.0, 4.0, 4.0]) == (4.0, 4.0)
-  assert elastic_minatar.bootstrap_ci([2.5]) == (2.5, 2.5)
+  assert stats.bootstrap_ci([4.0, 4.0, 4.0]) == (4.0, 4.0)
+  assert stats.bootstrap_ci([2.5]) == (2.5, 2.5)
   # More seeds of the same spread: a narrower interval.
-  wide = np.subtract(*elastic_minatar.bootstrap_ci(values)[::-1])
-  narrow = np.subtract(*elastic_minatar.bootstrap_ci(values * 8)[::-1])
+  wide = np.subtract(*stats.bootstrap_ci(values)[::-1])
+  narrow = np.subtract(*stats.bootstrap_ci(values * 8)[::-1])
   assert narrow < wide / 2
 
 
