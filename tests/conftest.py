@@ -66,3 +66,27 @@ def no_plots(monkeypatch):
   from launch.report import plots  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(plots, "plot_runs", lambda workdirs, out_path: out_path)
   monkeypatch.setattr(plots, "plot_diagnostics", lambda workdirs, out_path: out_path)
+
+
+# PPO_TEST_CPU_LOG=FILE: one JSON line per test (its setup, call and teardown) with its wall time and the CPU time of
+# this worker and of the child processes it waited for (subprocess runs), to see where the suite's CPU goes; CI's
+# wall time varies too much from run to run on a shared 2-core machine to compare trees by.
+if os.environ.get("PPO_TEST_CPU_LOG"):
+  import json  # pylint: disable=wrong-import-position,wrong-import-order
+  import resource  # pylint: disable=wrong-import-position,wrong-import-order
+  import time  # pylint: disable=wrong-import-position,wrong-import-order
+
+  def _cpu() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+  @pytest.hookimpl(wrapper=True)
+  def pytest_runtest_protocol(item, nextitem):  # pylint: disable=unused-argument
+    start_wall, start_cpu = time.time(), _cpu()
+    try:
+      return (yield)
+    finally:
+      with open(os.environ["PPO_TEST_CPU_LOG"], "a", encoding="utf-8") as f:
+        f.write(json.dumps({"test": item.nodeid, "wall_s": round(time.time() - start_wall, 2),
+                            "cpu_s": round(_cpu() - start_cpu, 2),
+                            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main")}) + "\n")
