@@ -30,7 +30,6 @@ import time
 
 import numpy as np
 from absl import app, flags
-from scipy import stats
 
 from benchmarks import stats as stats_lib
 from launch.configs import default
@@ -222,8 +221,8 @@ def plot(results: dict, path: str) -> None:
       mean = curves.mean(axis=0)
       line, = ax.plot(grid, mean, label=f"{arm} ({len(curves)} seeds)")
       if len(curves) > 1:
-        half = stats.t.ppf(0.975, len(curves) - 1) * stats.sem(curves, axis=0)
-        ax.fill_between(grid, mean - half, mean + half, color=line.get_color(), alpha=0.15, linewidth=0)
+        band = stats_lib.t_band(curves)
+        ax.fill_between(grid, band[:, 0], band[:, 1], color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_title(game, fontsize=10)
     ax.set_xlabel("env steps")
     ax.set_ylabel("training return (sampled policy)")
